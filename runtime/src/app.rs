@@ -1,0 +1,309 @@
+//! The application: handlers on one broker, their lifecycle and graceful shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Accepts, Broker};
+use crate::engine::run_consumer;
+use crate::error::{AppError, BrokerError, SubscriptionError};
+use crate::extract::Context;
+use crate::handler::Handler;
+use crate::subscription::Subscription;
+
+/// The default graceful-shutdown timeout, the same for every broker.
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(15);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Hook = Box<dyn FnOnce() -> BoxFuture<anyhow::Result<()>> + Send>;
+
+/// Starts one subscriber's consumer loop, with its handler type erased.
+trait Start<B: Broker>: Send {
+    fn subscription(&self) -> &Subscription;
+    fn start(
+        self: Box<Self>,
+        consumer: B::Consumer,
+        ctx: Context,
+        stop: CancellationToken,
+        abort: CancellationToken,
+    ) -> BoxFuture<Result<(), BrokerError>>;
+}
+
+struct Registered<H> {
+    handler: Arc<H>,
+    sub: Arc<Subscription>,
+}
+
+impl<B: Broker, H: Handler> Start<B> for Registered<H> {
+    fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    fn start(
+        self: Box<Self>,
+        consumer: B::Consumer,
+        ctx: Context,
+        stop: CancellationToken,
+        abort: CancellationToken,
+    ) -> BoxFuture<Result<(), BrokerError>> {
+        Box::pin(run_consumer(self.handler, self.sub, ctx, consumer, stop, abort))
+    }
+}
+
+/// Tells a running [`App`] to shut down gracefully. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Ask the App to stop: it stops fetching, lets in-flight handlers finish (within the
+    /// graceful timeout), settles them, and disconnects.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Subscribers on one broker, run until SIGINT/SIGTERM or a [`ShutdownHandle`].
+///
+/// ```
+/// use brook_runtime::{App, MemoryBroker};
+/// # async fn run() -> Result<(), brook_runtime::AppError> {
+/// let app = App::new(MemoryBroker::new())
+///     .state(String::from("shared config"))
+///     .graceful_timeout(std::time::Duration::from_secs(5));
+/// let handle = app.shutdown_handle();
+/// handle.shutdown(); // from anywhere, e.g. a test or an admin endpoint
+/// app.run().await
+/// # }
+/// ```
+pub struct App<B: Broker> {
+    broker: B,
+    subscribers: Vec<Box<dyn Start<B>>>,
+    invalid: Vec<SubscriptionError>,
+    ctx: Context,
+    graceful_timeout: Duration,
+    on_startup: Vec<Hook>,
+    on_shutdown: Vec<Hook>,
+    shutdown: ShutdownHandle,
+}
+
+impl<B: Broker> App<B> {
+    /// An App on `broker` with no subscribers yet.
+    pub fn new(broker: B) -> Self {
+        App {
+            broker,
+            subscribers: Vec::new(),
+            invalid: Vec::new(),
+            ctx: Context::default(),
+            graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
+            on_startup: Vec::new(),
+            on_shutdown: Vec::new(),
+            shutdown: ShutdownHandle::default(),
+        }
+    }
+
+    /// Adds a subscriber (a `#[subscriber]` function, by name).
+    pub fn subscribe<H: Handler>(mut self, handler: H) -> Self
+    where
+        B: Accepts<H::Broker>,
+    {
+        match handler.subscription() {
+            Ok(sub) => self.subscribers.push(Box::new(Registered {
+                handler: Arc::new(handler),
+                sub: Arc::new(sub),
+            })),
+            // Reported by `start`, with every other invalid subscriber.
+            Err(e) => self.invalid.push(e),
+        }
+        self
+    }
+
+    /// Makes `value` available to handlers as a `State<T>` argument.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.ctx.insert(value);
+        self
+    }
+
+    /// How long in-flight handlers may run after shutdown starts (default 15 s). Handlers
+    /// still running then are cancelled and their messages left unsettled, so the broker
+    /// redelivers them.
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// Runs `hook` after connecting, before consuming. An error aborts the start.
+    pub fn on_startup<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.on_startup.push(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// Runs `hook` after consumers have drained, before disconnecting.
+    pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.on_shutdown.push(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// A handle that stops the App when [`ShutdownHandle::shutdown`] is called.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &B {
+        &self.broker
+    }
+
+    /// Runs until SIGINT/SIGTERM or the shutdown handle, then shuts down gracefully.
+    pub async fn run(self) -> Result<(), AppError> {
+        let running = self.start().await?;
+        let handle = running.shutdown.clone();
+        tokio::select! {
+            signal = shutdown_signal() => {
+                signal?;
+                tracing::info!("shutdown signal received");
+            }
+            _ = handle.0.cancelled() => {}
+        }
+        running.stop().await
+    }
+
+    /// Validates every subscriber, connects, runs the startup hooks and starts consuming;
+    /// returns at once with a [`RunningApp`] to stop later (tests, embedding).
+    pub async fn start(self) -> Result<RunningApp<B>, AppError> {
+        if let Some(first) = self.invalid.into_iter().next() {
+            return Err(first.into());
+        }
+        self.broker.connect().await?;
+        for hook in self.on_startup {
+            hook().await.map_err(|source| AppError::Hook { stage: "startup", source })?;
+        }
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for subscriber in self.subscribers {
+            let sub = subscriber.subscription();
+            if let Some(warning) = sub.warning() {
+                tracing::warn!(subscriber = sub.name(), "{warning}");
+            }
+            let consumer = match self.broker.subscribe(sub).await {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    stop.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(e.into());
+                }
+            };
+            tracing::info!(
+                subscriber = sub.name(),
+                broker = self.broker.kind().name(),
+                source = sub.source_name(),
+                ack_policy = %sub.policy(),
+                "subscribed"
+            );
+            let name = sub.name().to_owned();
+            let run = subscriber.start(consumer, self.ctx.clone(), stop.clone(), abort.clone());
+            tasks.spawn(async move {
+                if let Err(error) = run.await {
+                    tracing::error!(subscriber = name, %error, "subscriber stopped with an error");
+                }
+            });
+        }
+        Ok(RunningApp {
+            broker: self.broker,
+            tasks,
+            stop,
+            abort,
+            graceful_timeout: self.graceful_timeout,
+            on_shutdown: self.on_shutdown,
+            shutdown: self.shutdown,
+        })
+    }
+}
+
+/// A started [`App`].
+pub struct RunningApp<B: Broker> {
+    broker: B,
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    graceful_timeout: Duration,
+    on_shutdown: Vec<Hook>,
+    shutdown: ShutdownHandle,
+}
+
+impl<B: Broker> RunningApp<B> {
+    /// The broker.
+    pub fn broker(&self) -> &B {
+        &self.broker
+    }
+
+    /// A handle that makes [`RunningApp::wait`] return.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the shutdown handle, then stops gracefully.
+    pub async fn wait(self) -> Result<(), AppError> {
+        self.shutdown.0.cancelled().await;
+        self.stop().await
+    }
+
+    /// Graceful shutdown: stop fetching; let in-flight handlers finish and settle within the
+    /// graceful timeout (cancelling, unsettled, whatever is still running then); close the
+    /// consumers (Kafka commits here); run the shutdown hooks; disconnect.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(self.graceful_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                timeout = ?self.graceful_timeout,
+                "graceful timeout reached; cancelling handlers still running (their messages stay unsettled)"
+            );
+            self.abort.cancel();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        let mut result = Ok(());
+        for hook in self.on_shutdown {
+            if let Err(source) = hook().await {
+                tracing::error!(error = %source, "shutdown hook failed");
+                if result.is_ok() {
+                    result = Err(AppError::Hook { stage: "shutdown", source });
+                }
+            }
+        }
+        self.broker.close().await?;
+        self.shutdown.shutdown();
+        result
+    }
+}
+
+async fn shutdown_signal() -> Result<(), AppError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(AppError::Signal),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(AppError::Signal)
+    }
+}

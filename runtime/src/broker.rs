@@ -1,0 +1,150 @@
+//! What a broker crate implements: connect, subscribe (a [`Consumer`] of [`Message`]s, each
+//! with its [`Settler`](crate::Settler)), publish, close. Nothing here decides *when* to
+//! settle; that is the engine's job, so broker crates only map protocol calls.
+
+use std::future::Future;
+
+use brook_caps::BrokerKind;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::codec;
+use crate::error::BrokerError;
+use crate::handler::kind::Kind;
+use crate::headers::{Headers, CONTENT_TYPE, CORRELATION_ID, REPLY_TO};
+use crate::message::Message;
+use crate::subscription::Subscription;
+
+/// A broker client. Cheap to clone (clones share the connection).
+pub trait Broker: Clone + Send + Sync + 'static {
+    /// What [`Broker::subscribe`] returns.
+    type Consumer: Consumer;
+
+    /// Which broker this is.
+    fn kind(&self) -> BrokerKind;
+
+    /// Connect, failing with a clear error (naming the broker and address, never a password)
+    /// rather than hanging when the broker is unreachable.
+    fn connect(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Start consuming `subscription` (declaring what it needs). The policy is in the
+    /// subscription because some brokers consume differently under `AckFirst` (RabbitMQ's
+    /// no_ack, Kafka's auto-commit).
+    fn subscribe(
+        &self,
+        subscription: &Subscription,
+    ) -> impl Future<Output = Result<Self::Consumer, BrokerError>> + Send;
+
+    /// Publish one message, awaiting the broker's confirmation where it gives one.
+    fn publish_message(
+        &self,
+        message: Outgoing,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Disconnect (after consumers have closed).
+    fn close(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Publish `value` to `destination`: strings as text, byte strings raw, anything else as
+    /// JSON (see [`codec::encode`]).
+    fn publish<T: Serialize + ?Sized + Sync>(
+        &self,
+        value: &T,
+        destination: &str,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        let message = Outgoing::encode(value, destination);
+        async move { self.publish_message(message?).await }
+    }
+}
+
+/// A stream of deliveries for one subscription.
+pub trait Consumer: Send + 'static {
+    /// The next delivery; `None` when the consumer has ended for good. Transient failures
+    /// (a broker restart) are the consumer's to recover from; it yields `Err` only for what the
+    /// App should log.
+    fn next(&mut self) -> impl Future<Output = Option<Result<Message, BrokerError>>> + Send;
+
+    /// Stop consuming, after every message handed out has been settled or abandoned. Brokers
+    /// that need it commit here (Kafka, synchronously) and hand unsettled messages back.
+    fn close(self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}
+
+/// Which handlers a broker can run: its own, and for the in-memory broker, everyone's (so
+/// handlers written for Kafka can be tested in memory).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run a handler declared for another broker (`{K}`)",
+    label = "this handler was checked against `{K}`'s rules",
+    note = "declare the subscriber with the broker the App uses (`broker = ...` in #[subscriber]), or test it with MemoryBroker"
+)]
+pub trait Accepts<K: Kind> {}
+
+/// A message to publish.
+///
+/// ```
+/// use brook_runtime::Outgoing;
+/// #[derive(serde::Serialize)]
+/// struct Order { id: u64 }
+/// let out = Outgoing::encode(&Order { id: 1 }, "orders").unwrap()
+///     .with_correlation_id("abc")
+///     .with_header("x-tenant", "acme")
+///     .with_key("customer-42");
+/// assert_eq!(out.headers.get("content-type"), Some("application/json"));
+/// assert_eq!(&out.body[..], br#"{"id":1}"#);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Outgoing {
+    /// Topic / exchange / subject / channel / list / stream to publish to.
+    pub destination: String,
+    /// The payload.
+    pub body: Bytes,
+    /// Headers, with FastStream's names for the well-known ones.
+    pub headers: Headers,
+    /// Partitioning / ordering key where the broker has one (Kafka key, routing key...).
+    pub key: Option<Bytes>,
+}
+
+impl Outgoing {
+    /// A raw payload with no headers.
+    pub fn new(destination: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Outgoing {
+            destination: destination.into(),
+            body: body.into(),
+            headers: Headers::new(),
+            key: None,
+        }
+    }
+
+    /// `value` encoded as [`codec::encode`] does, with its content type.
+    pub fn encode<T: Serialize + ?Sized>(
+        value: &T,
+        destination: impl Into<String>,
+    ) -> Result<Self, BrokerError> {
+        let (body, content_type) = codec::encode(value).map_err(BrokerError::Encode)?;
+        let mut out = Outgoing::new(destination, body);
+        if let Some(ct) = content_type {
+            out.headers.insert(CONTENT_TYPE, ct);
+        }
+        Ok(out)
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets `correlation_id`.
+    pub fn with_correlation_id(self, id: impl Into<String>) -> Self {
+        self.with_header(CORRELATION_ID, id)
+    }
+
+    /// Sets `reply_to`.
+    pub fn with_reply_to(self, destination: impl Into<String>) -> Self {
+        self.with_header(REPLY_TO, destination)
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}

@@ -1,0 +1,358 @@
+//! The settlement engine: the one implementation of the ack-policy table and its rules.
+//!
+//! Every broker runs messages through [`process`]; broker crates never decide when to settle.
+//! The decision itself is the pure function [`decide`], so the table is tested on its own.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_caps::AckPolicy;
+use futures_util::FutureExt as _;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::broker::Consumer;
+use crate::extract::Context;
+use crate::handler::{Handler, HandlerError};
+use crate::interrupt::find_interrupt;
+use crate::message::{Message, SettleReport, Settled, Settlement};
+use crate::subscription::Subscription;
+
+/// How a handler run ended, as far as settlement is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The handler returned `Ok` (or `()`).
+    Succeeded,
+    /// The handler returned an interrupt (`brook::Ack`, `Nack`, `Reject`).
+    Interrupted(Settlement),
+    /// The handler returned an error.
+    Failed,
+    /// The handler panicked (treated as an error).
+    Panicked,
+    /// The payload could not be decoded; the handler did not run.
+    Undecodable,
+}
+
+/// What `policy` says to do after a handler run. `None`: leave the message as it is (already
+/// acked by `AckFirst`, or the handler's to settle under `Manual`).
+///
+/// Interrupts apply under every policy, `Manual` included; a payload that cannot be decoded
+/// gets `on_decode_error` (reject by default: redelivery cannot fix it) under every policy
+/// but `AckFirst`, where the message is gone already.
+pub fn decide(
+    policy: AckPolicy,
+    completion: Completion,
+    on_decode_error: Settlement,
+) -> Option<Settlement> {
+    use AckPolicy::*;
+    use Completion::*;
+    match (policy, completion) {
+        (_, Interrupted(settlement)) => Some(settlement),
+        (AckFirst, _) => None,
+        (_, Undecodable) => Some(on_decode_error),
+        (Manual, _) => None,
+        (Ack | RejectOnError | NackOnError, Succeeded) => Some(Settlement::Ack),
+        (Ack, Failed | Panicked) => Some(Settlement::Ack),
+        (RejectOnError, Failed | Panicked) => Some(Settlement::Reject),
+        (NackOnError, Failed | Panicked) => Some(Settlement::NACK),
+    }
+}
+
+/// What became of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Settled (by the engine or by the handler).
+    Settled(Settled),
+    /// Left unsettled by the policy (`Manual` without a settlement; the broker redelivers it
+    /// when the consumer goes away).
+    Unsettled,
+    /// The graceful-shutdown timeout cut the handler off; not settled, so redelivered.
+    Cancelled,
+    /// Settling failed on the broker (e.g. connection lost); the broker redelivers it.
+    SettleFailed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Settled(s) => s.as_str(),
+            Outcome::Unsettled => "unsettled",
+            Outcome::Cancelled => "cancelled",
+            Outcome::SettleFailed => "settle_failed",
+        }
+    }
+}
+
+/// Runs one message through the handler and settles it as the subscription's policy says.
+/// Never panics and never returns an error: every failure is logged and becomes an [`Outcome`].
+pub async fn process<H: Handler>(
+    handler: &H,
+    sub: &Subscription,
+    ctx: &Context,
+    msg: Message,
+) -> Outcome {
+    let span = tracing::info_span!(
+        "brook.message",
+        broker = msg.broker().name(),
+        subscriber = sub.name(),
+        topic = msg.topic(),
+        message_id = %msg.id(),
+        delivery = msg.delivery_count(),
+        outcome = tracing::field::Empty,
+    );
+    let outcome = run(handler, sub, ctx, &msg).instrument(span.clone()).await;
+    span.record("outcome", outcome.as_str());
+    outcome
+}
+
+async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &Message) -> Outcome {
+    let policy = sub.policy();
+    let count = msg.delivery_count();
+    if let (Some(max), Some(n)) = (sub.max_deliveries(), count) {
+        if n > max {
+            tracing::warn!(
+                max_deliveries = max,
+                "message delivered {n} times, more than max_deliveries; rejecting it without running the handler"
+            );
+            return settle(msg, Settlement::Reject).await;
+        }
+    }
+    if policy == AckPolicy::AckFirst {
+        if let Err(error) = msg.ack().await {
+            // At-most-once: a message we could not ack is not processed; the broker redelivers it.
+            tracing::error!(%error, "ack_policy = AckFirst could not ack the message; not running the handler");
+            return Outcome::SettleFailed;
+        }
+    }
+
+    let (completion, failure) = match AssertUnwindSafe(handler.call(msg, ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => (Completion::Succeeded, None),
+        Ok(Err(HandlerError::Extract(error))) => (
+            Completion::Undecodable,
+            Some(format!(
+                "subscriber `{}` cannot use the message from `{}`: {error}",
+                sub.name(),
+                msg.topic()
+            )),
+        ),
+        Ok(Err(HandlerError::Failed(error))) => match find_interrupt(&error) {
+            Some(settlement) => (Completion::Interrupted(settlement), None),
+            None => (Completion::Failed, Some(format!("handler failed: {error:#}"))),
+        },
+        Err(panic) => (
+            Completion::Panicked,
+            Some(format!("handler panicked: {}", panic_message(&*panic))),
+        ),
+    };
+
+    let mut decision = decide(policy, completion, sub.on_decode_error());
+    if let (Some(Settlement::Nack { .. }), Some(max), Some(n)) = (decision, sub.max_deliveries(), count) {
+        if n >= max {
+            tracing::warn!(max_deliveries = max, "delivery {n} of at most {max} failed; rejecting instead of redelivering");
+            decision = Some(Settlement::Reject);
+        }
+    }
+    if let Some(failure) = failure {
+        let action = match decision {
+            Some(s) => s.kind().as_str(),
+            None if policy == AckPolicy::AckFirst => "already acked",
+            None => "left for the handler to settle",
+        };
+        tracing::error!(ack_policy = %policy, "{failure}; message {action}");
+    }
+    match decision {
+        Some(settlement) => settle(msg, settlement).await,
+        None => msg.settled().map_or(Outcome::Unsettled, Outcome::Settled),
+    }
+}
+
+async fn settle(msg: &Message, settlement: Settlement) -> Outcome {
+    match msg.settle(settlement).await {
+        Ok(SettleReport::Settled(kind)) => Outcome::Settled(kind),
+        Ok(SettleReport::AlreadySettled(kind)) => {
+            tracing::debug!("already settled as {kind} by the handler; the engine sends nothing");
+            Outcome::Settled(kind)
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not settle the message ({:?}); the broker will redeliver it", settlement.kind());
+            Outcome::SettleFailed
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+/// Runs a subscriber until `stop`: reads messages from `consumer`, handles up to `concurrency`
+/// at once (keeping messages with the same ordering key in order), and on `stop` lets in-flight
+/// handlers finish until `abort` (the graceful timeout) cuts them off unsettled. Then closes the
+/// consumer, which commits or hands back what is left.
+pub(crate) async fn run_consumer<H: Handler, C: Consumer>(
+    handler: Arc<H>,
+    sub: Arc<Subscription>,
+    ctx: Context,
+    mut consumer: C,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> Result<(), crate::BrokerError> {
+    let workers = sub.concurrency();
+    if workers <= 1 {
+        while let Some(msg) = next_message(&mut consumer, &sub, &stop).await {
+            run_until_abort(&*handler, &sub, &ctx, msg, &abort).await;
+        }
+        return consumer.close().await;
+    }
+
+    // Unkeyed messages go to whichever worker is free; keyed ones always to the same worker,
+    // so their order holds.
+    let (shared_tx, shared_rx) = mpsc::channel::<Message>(workers);
+    let shared_rx = Arc::new(Mutex::new(shared_rx));
+    let mut keyed = Vec::with_capacity(workers);
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::channel::<Message>(1);
+        keyed.push(tx);
+        let worker = Worker {
+            handler: handler.clone(),
+            sub: sub.clone(),
+            ctx: ctx.clone(),
+            abort: abort.clone(),
+        };
+        tasks.spawn(worker.run(rx, shared_rx.clone()));
+    }
+    while let Some(msg) = next_message(&mut consumer, &sub, &stop).await {
+        let sent = match msg.ordering_key() {
+            Some(key) => keyed[(key % workers as u64) as usize].send(msg).await,
+            None => shared_tx.send(msg).await,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    drop(keyed);
+    drop(shared_tx);
+    while tasks.join_next().await.is_some() {}
+    consumer.close().await
+}
+
+struct Worker<H> {
+    handler: Arc<H>,
+    sub: Arc<Subscription>,
+    ctx: Context,
+    abort: CancellationToken,
+}
+
+impl<H: Handler> Worker<H> {
+    async fn run(self, mut own: mpsc::Receiver<Message>, shared: Arc<Mutex<mpsc::Receiver<Message>>>) {
+        let mut own_open = true;
+        loop {
+            let msg = tokio::select! {
+                m = own.recv(), if own_open => match m {
+                    Some(m) => m,
+                    None => { own_open = false; continue }
+                },
+                m = async { shared.lock().await.recv().await } => match m {
+                    Some(m) => m,
+                    None => break, // the dispatcher is done
+                },
+            };
+            run_until_abort(&*self.handler, &self.sub, &self.ctx, msg, &self.abort).await;
+        }
+        while let Some(msg) = own.recv().await {
+            run_until_abort(&*self.handler, &self.sub, &self.ctx, msg, &self.abort).await;
+        }
+    }
+}
+
+async fn next_message<C: Consumer>(
+    consumer: &mut C,
+    sub: &Subscription,
+    stop: &CancellationToken,
+) -> Option<Message> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(msg)) => return Some(msg),
+            None => return None,
+            Some(Err(error)) => {
+                tracing::error!(subscriber = sub.name(), %error, "consumer error");
+                // Back off a little so a persistent failure does not spin.
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn run_until_abort<H: Handler>(
+    handler: &H,
+    sub: &Subscription,
+    ctx: &Context,
+    msg: Message,
+    abort: &CancellationToken,
+) -> Outcome {
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => {
+            tracing::warn!(subscriber = sub.name(), "graceful shutdown timed out; message left unsettled for redelivery");
+            Outcome::Cancelled
+        }
+        outcome = process(handler, sub, ctx, msg) => outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AckPolicy::*;
+    use Completion::*;
+
+    const R: Settlement = Settlement::Reject;
+    const A: Settlement = Settlement::Ack;
+    const N: Settlement = Settlement::NACK;
+
+    #[test]
+    fn the_policy_table() {
+        // policy, Succeeded, Failed, Panicked, Undecodable
+        let table = [
+            (AckFirst, None, None, None, None),
+            (Ack, Some(A), Some(A), Some(A), Some(R)),
+            (RejectOnError, Some(A), Some(R), Some(R), Some(R)),
+            (NackOnError, Some(A), Some(N), Some(N), Some(R)),
+            (Manual, None, None, None, Some(R)),
+        ];
+        for (policy, ok, failed, panicked, undecodable) in table {
+            assert_eq!(decide(policy, Succeeded, R), ok, "{policy} ok");
+            assert_eq!(decide(policy, Failed, R), failed, "{policy} failed");
+            assert_eq!(decide(policy, Panicked, R), panicked, "{policy} panicked");
+            assert_eq!(decide(policy, Undecodable, R), undecodable, "{policy} undecodable");
+        }
+    }
+
+    #[test]
+    fn interrupts_apply_under_every_policy_and_decode_errors_can_nack() {
+        for policy in AckPolicy::ALL {
+            for s in [A, N, R, Settlement::Nack { delay: Some(Duration::from_secs(1)) }] {
+                assert_eq!(decide(policy, Interrupted(s), R), Some(s), "{policy} {s:?}");
+            }
+        }
+        assert_eq!(decide(NackOnError, Undecodable, N), Some(N));
+    }
+}

@@ -1,0 +1,138 @@
+//! Typed errors of the runtime. Handlers and applications use `anyhow`; the library does not.
+
+use std::error::Error as StdError;
+
+use brook_caps::{ArgError, BrokerKind};
+
+/// A boxed error from a client library, kept as the `source` of a [`BrokerError`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Something a broker (or its client library) could not do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker could not be reached or refused the credentials. `address` never carries a
+    /// password.
+    #[error("cannot connect to {} at {address}: {source}", .broker.display_name())]
+    Connect {
+        /// Which broker.
+        broker: BrokerKind,
+        /// Where, without credentials.
+        address: String,
+        /// What the client said.
+        #[source]
+        source: BoxError,
+    },
+    /// A protocol operation failed (declare, subscribe, publish, ack, ...).
+    #[error("{} {operation} failed: {source}", .broker.display_name())]
+    Operation {
+        /// Which broker.
+        broker: BrokerKind,
+        /// What was attempted, e.g. "basic.ack".
+        operation: &'static str,
+        /// What the client said.
+        #[source]
+        source: BoxError,
+    },
+    /// The subscription or message cannot be served by this broker as configured.
+    #[error("{}: {message}", .broker.display_name())]
+    Invalid {
+        /// Which broker.
+        broker: BrokerKind,
+        /// What is wrong and what to do instead.
+        message: String,
+    },
+    /// A payload could not be encoded for publishing.
+    #[error("cannot encode the payload: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The broker was closed.
+    #[error("{} is closed", .0.display_name())]
+    Closed(BrokerKind),
+}
+
+impl BrokerError {
+    /// Wraps a client error as a failed `operation`.
+    pub fn operation(
+        broker: BrokerKind,
+        operation: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        BrokerError::Operation {
+            broker,
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+/// A subscription that brook refuses: unknown or ill-typed arguments, or a policy that cannot
+/// work on its source. The same checks run at compile time in `#[subscriber]`.
+#[derive(Debug, thiserror::Error)]
+#[error("subscriber `{subscriber}` on {}: {source}", .broker.display_name())]
+pub struct SubscriptionError {
+    /// The subscriber's name.
+    pub subscriber: String,
+    /// The broker it was declared for.
+    pub broker: BrokerKind,
+    /// What is wrong.
+    #[source]
+    pub source: ArgError,
+}
+
+/// A handler argument that could not be produced from the message: above all, a payload that
+/// does not decode into the handler's type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExtractError {
+    /// The payload does not decode into the requested type.
+    #[error("cannot decode the payload ({content_type}) as `{type_name}`: {source}")]
+    Decode {
+        /// The Rust type asked for.
+        type_name: &'static str,
+        /// The message's content type (or "no content-type").
+        content_type: String,
+        /// serde's message.
+        #[source]
+        source: BoxError,
+    },
+    /// brook has no codec for the message's content type.
+    #[error("unsupported content-type `{0}`: brook decodes application/json, text/plain and application/octet-stream")]
+    UnsupportedContentType(String),
+    /// A text argument was asked for, but the payload is not UTF-8.
+    #[error("the payload is not UTF-8 text: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// A `State<T>` argument was asked for, but no such state was registered on the App.
+    #[error("no state of type `{0}` was registered: add it with App::state(...)")]
+    MissingState(&'static str),
+    /// A broker-specific message type was asked for on a message of another broker.
+    #[error("`{wanted}` is not available on a message from {}", .got.display_name())]
+    WrongBroker {
+        /// The broker the message came from.
+        got: BrokerKind,
+        /// The type asked for.
+        wanted: &'static str,
+    },
+}
+
+/// Why an [`App`](crate::App) could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// A subscriber's arguments are invalid.
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
+    /// The broker failed (connect, subscribe, close).
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A startup or shutdown hook failed.
+    #[error("{stage} hook failed: {source}")]
+    Hook {
+        /// "startup" or "shutdown".
+        stage: &'static str,
+        /// The hook's error.
+        source: anyhow::Error,
+    },
+    /// Waiting for the OS signal failed.
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signal(#[source] std::io::Error),
+}

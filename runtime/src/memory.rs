@@ -1,0 +1,471 @@
+//! The in-memory broker: brook's embedded default, for examples and for users' tests.
+//!
+//! It has real settlement semantics, so a handler tested here behaves as it will on a broker:
+//! - a topic holds messages until they are consumed; subscribers of the same group compete for
+//!   them, and each group gets every message published after it exists (a topic that has no
+//!   group yet keeps messages for the default group, so publishing before subscribing works);
+//! - ack removes a message; nack puts it back at the head of its queue (after a delay, if
+//!   given) with its delivery count kept; reject moves it to an inspectable dead-letter list;
+//! - messages a consumer still holds unsettled when it closes are redelivered.
+//!
+//! Handlers declared for any broker run here (so Kafka or RabbitMQ handlers can be unit-tested
+//! without a server); the semantics are the ones above, not the other broker's.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use brook_caps::BrokerKind;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{Accepts, Broker, Consumer, Outgoing};
+use crate::error::BrokerError;
+use crate::handler::kind::Kind;
+use crate::headers::Headers;
+use crate::message::{Message, MessageId, SettleFuture, Settled, Settlement, Settler};
+use crate::subscription::Subscription;
+
+/// The in-memory broker. Clones share the same topics.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    next_id: AtomicU64,
+    next_consumer: AtomicU64,
+    recorder: Arc<Recorder>,
+}
+
+struct Topic {
+    name: Arc<str>,
+    state: Mutex<TopicState>,
+    ready: Notify,
+    recorder: Arc<Recorder>,
+}
+
+#[derive(Default)]
+struct TopicState {
+    groups: HashMap<String, Group>,
+    dead_letters: Vec<DeadLetter>,
+}
+
+#[derive(Default)]
+struct Group {
+    ready: VecDeque<Stored>,
+    delayed: Vec<(Instant, Stored)>,
+    in_flight: HashMap<u64, (u64, Stored)>,
+}
+
+#[derive(Clone)]
+struct Stored {
+    id: u64,
+    body: Bytes,
+    headers: Headers,
+    key: Option<u64>,
+    deliveries: u32,
+}
+
+/// A rejected message, kept for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The id `publish_traced` returned.
+    pub id: u64,
+    /// The consumer group that rejected it ("" is the default group).
+    pub group: String,
+    /// The payload.
+    pub body: Bytes,
+    /// The headers.
+    pub headers: Headers,
+    /// How many times it had been delivered.
+    pub deliveries: u32,
+}
+
+/// What a topic holds right now.
+#[derive(Clone, Debug, Default)]
+pub struct TopicSnapshot {
+    /// One entry per consumer group.
+    pub groups: Vec<GroupSnapshot>,
+    /// Rejected messages, oldest first.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// What one consumer group of a topic holds right now.
+#[derive(Clone, Debug, Default)]
+pub struct GroupSnapshot {
+    /// The group's name ("" is the default group).
+    pub name: String,
+    /// Payloads waiting for delivery, in delivery order (delayed ones last).
+    pub waiting: Vec<Bytes>,
+    /// Messages delivered and not settled yet.
+    pub in_flight: usize,
+}
+
+impl TopicSnapshot {
+    /// The group named `name` ("" for the default group).
+    pub fn group(&self, name: &str) -> Option<&GroupSnapshot> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// Deliveries and settlements of each message, recorded while a test harness is attached.
+#[derive(Default)]
+struct Recorder {
+    enabled: AtomicBool,
+    traces: Mutex<HashMap<u64, Trace>>,
+    changed: Notify,
+}
+
+/// What happened to one published message so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// How many times it was delivered.
+    pub deliveries: u32,
+    /// Its settlements, in order (a nacked message has several).
+    pub settlements: Vec<Settled>,
+}
+
+impl Trace {
+    /// The last settlement.
+    pub fn last(&self) -> Option<Settled> {
+        self.settlements.last().copied()
+    }
+
+    /// Whether the message is done with: acked or rejected.
+    pub fn is_final(&self) -> bool {
+        matches!(self.last(), Some(Settled::Acked | Settled::Rejected))
+    }
+
+    /// How many times it was delivered again after the first delivery.
+    pub fn redeliveries(&self) -> u32 {
+        self.deliveries.saturating_sub(1)
+    }
+}
+
+impl Recorder {
+    fn record(&self, id: u64, f: impl FnOnce(&mut Trace)) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        f(lock(&self.traces).entry(id).or_default());
+        self.changed.notify_waiters();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a way
+    // that matters more than stopping the broker would, so keep going.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryBroker {
+    /// A new broker with no topics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        lock(&self.shared.topics)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Topic {
+                    name: name.into(),
+                    state: Mutex::new(TopicState::default()),
+                    ready: Notify::new(),
+                    recorder: self.shared.recorder.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// Publishes and returns the message's id (for [`MemoryBroker::trace`]).
+    pub fn publish_traced(&self, message: Outgoing) -> u64 {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let topic = self.topic(&message.destination);
+        let key = message.key.as_ref().map(|k| {
+            let mut h = DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish()
+        });
+        let body = message.body;
+        // Turn a Vec-backed payload into a shared one now, so delivering it is a reference-count
+        // bump rather than an allocation.
+        drop(body.clone());
+        let stored = Stored { id, body, headers: message.headers, key, deliveries: 0 };
+        self.shared.recorder.record(id, |_| {});
+        {
+            let mut state = lock(&topic.state);
+            if state.groups.is_empty() {
+                state.groups.insert(String::new(), Group::default());
+            }
+            for group in state.groups.values_mut() {
+                group.ready.push_back(stored.clone());
+            }
+        }
+        topic.ready.notify_waiters();
+        id
+    }
+
+    /// What `topic` holds right now: waiting and in-flight messages per group, dead letters.
+    pub fn snapshot(&self, topic: &str) -> TopicSnapshot {
+        let topic = self.topic(topic);
+        let state = lock(&topic.state);
+        let mut groups: Vec<_> = state
+            .groups
+            .iter()
+            .map(|(name, g)| GroupSnapshot {
+                name: name.clone(),
+                waiting: g
+                    .ready
+                    .iter()
+                    .chain(g.delayed.iter().map(|(_, s)| s))
+                    .map(|s| s.body.clone())
+                    .collect(),
+                in_flight: g.in_flight.len(),
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        TopicSnapshot { groups, dead_letters: state.dead_letters.clone() }
+    }
+
+    /// Rejected messages of `topic`, oldest first.
+    pub fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {
+        self.snapshot(topic).dead_letters
+    }
+
+    /// Starts recording deliveries and settlements per message (the test harness does this).
+    pub fn record(&self) {
+        self.shared.recorder.enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// What happened to message `id` so far (recorded only after [`MemoryBroker::record`]).
+    pub fn trace(&self, id: u64) -> Trace {
+        lock(&self.shared.recorder.traces).get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Waits until `done` holds for the trace of message `id`; returns that trace.
+    pub async fn wait_for_trace(&self, id: u64, mut done: impl FnMut(&Trace) -> bool) -> Trace {
+        let recorder = &self.shared.recorder;
+        loop {
+            let changed = recorder.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let trace = self.trace(id);
+            if done(&trace) {
+                return trace;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("topics", &lock(&self.shared.topics).len())
+            .finish()
+    }
+}
+
+impl<K: Kind> Accepts<K> for MemoryBroker {}
+
+impl Broker for MemoryBroker {
+    type Consumer = MemoryConsumer;
+
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Memory
+    }
+
+    async fn connect(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<MemoryConsumer, BrokerError> {
+        let topic = self.topic(subscription.source_name());
+        let group: Arc<str> = subscription.str("group_id").unwrap_or("").into();
+        lock(&topic.state).groups.entry(group.to_string()).or_default();
+        Ok(MemoryConsumer {
+            topic,
+            group,
+            id: self.shared.next_consumer.fetch_add(1, Ordering::Relaxed),
+            closed: false,
+        })
+    }
+
+    async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
+        self.publish_traced(message);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// A consumer of one topic and group of the [`MemoryBroker`].
+pub struct MemoryConsumer {
+    topic: Arc<Topic>,
+    group: Arc<str>,
+    id: u64,
+    closed: bool,
+}
+
+impl MemoryConsumer {
+    fn take_ready(&self) -> Result<Message, Option<Instant>> {
+        let mut state = lock(&self.topic.state);
+        let group = state.groups.entry(self.group.to_string()).or_default();
+        if !group.delayed.is_empty() {
+            let now = Instant::now();
+            let mut due: Vec<_> = Vec::new();
+            group.delayed.retain(|(at, s)| {
+                let is_due = *at <= now;
+                if is_due {
+                    due.push(s.clone());
+                }
+                !is_due
+            });
+            for s in due.into_iter().rev() {
+                group.ready.push_front(s);
+            }
+        }
+        let Some(mut stored) = group.ready.pop_front() else {
+            return Err(group.delayed.iter().map(|(at, _)| *at).min());
+        };
+        stored.deliveries += 1;
+        let settler = MemorySettler {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            consumer: self.id,
+            id: stored.id,
+        };
+        let mut msg = Message::new(BrokerKind::Memory, self.topic.name.clone(), stored.body.clone(), settler)
+            .with_headers(stored.headers.clone())
+            .with_id(MessageId::Number(stored.id))
+            .with_delivery_count(stored.deliveries);
+        if let Some(key) = stored.key {
+            msg = msg.with_ordering_key(key);
+        }
+        let (id, deliveries) = (stored.id, stored.deliveries);
+        group.in_flight.insert(stored.id, (self.id, stored));
+        drop(state);
+        self.topic.recorder.record(id, |t| t.deliveries = deliveries);
+        Ok(msg)
+    }
+
+    fn requeue_unsettled(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let mut state = lock(&self.topic.state);
+        if let Some(group) = state.groups.get_mut(&*self.group) {
+            let mut mine: Vec<Stored> = Vec::new();
+            group.in_flight.retain(|_, (consumer, stored)| {
+                let is_mine = *consumer == self.id;
+                if is_mine {
+                    mine.push(stored.clone());
+                }
+                !is_mine
+            });
+            mine.sort_by_key(|s| std::cmp::Reverse(s.id));
+            for s in mine {
+                group.ready.push_front(s);
+            }
+        }
+        drop(state);
+        self.topic.ready.notify_waiters();
+    }
+}
+
+impl Consumer for MemoryConsumer {
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        loop {
+            let notified = self.topic.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.take_ready() {
+                Ok(msg) => return Some(Ok(msg)),
+                Err(Some(at)) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                Err(None) => notified.await,
+            }
+        }
+    }
+
+    async fn close(mut self) -> Result<(), BrokerError> {
+        self.requeue_unsettled();
+        Ok(())
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        self.requeue_unsettled();
+    }
+}
+
+struct MemorySettler {
+    topic: Arc<Topic>,
+    group: Arc<str>,
+    consumer: u64,
+    id: u64,
+}
+
+impl Settler for MemorySettler {
+    fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
+        let mut guard = lock(&self.topic.state);
+        let state = &mut *guard;
+        let Some(group) = state.groups.get_mut(&*self.group) else {
+            return SettleFuture::ready(Ok(()));
+        };
+        // Only the consumer that holds the delivery may settle it: after that consumer closed,
+        // the message was handed back and a late settlement must not touch the new delivery.
+        match group.in_flight.get(&self.id) {
+            Some((holder, _)) if *holder == self.consumer => {}
+            _ => {
+                return SettleFuture::ready(Err(BrokerError::Invalid {
+                    broker: BrokerKind::Memory,
+                    message: format!("message {} is no longer held by this consumer; it was handed back for redelivery", self.id),
+                }))
+            }
+        }
+        let Some((_, stored)) = group.in_flight.remove(&self.id) else {
+            return SettleFuture::ready(Ok(()));
+        };
+        let mut notify = false;
+        match settlement {
+            Settlement::Ack => {}
+            Settlement::Nack { delay: Some(delay) } if !delay.is_zero() => {
+                group.delayed.push((Instant::now() + delay, stored));
+                notify = true;
+            }
+            Settlement::Nack { .. } => {
+                group.ready.push_front(stored);
+                notify = true;
+            }
+            Settlement::Reject => state.dead_letters.push(DeadLetter {
+                id: stored.id,
+                group: self.group.to_string(),
+                body: stored.body,
+                headers: stored.headers,
+                deliveries: stored.deliveries,
+            }),
+        }
+        drop(guard);
+        if notify {
+            self.topic.ready.notify_waiters();
+        }
+        self.topic.recorder.record(self.id, |t| t.settlements.push(settlement.kind()));
+        SettleFuture::ready(Ok(()))
+    }
+}

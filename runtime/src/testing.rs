@@ -1,0 +1,128 @@
+//! A test harness for handlers, in the spirit of FastStream's `TestBroker`: run your App on the
+//! in-memory broker, publish, and await what happened to each message, with no sleeps.
+//!
+//! ```
+//! use brook_runtime::testing::TestApp;
+//! use brook_runtime::{App, MemoryBroker, Settled};
+//! # async fn demo(app: App<MemoryBroker>) -> Result<(), Box<dyn std::error::Error>> {
+//! let test = TestApp::start(app).await?;
+//! let sent = test.publish(&serde_json::json!({"id": 1}), "orders").await?;
+//! let trace = sent.settled().await?;          // waits until acked or rejected (5 s at most)
+//! assert_eq!(trace.last(), Some(Settled::Acked));
+//! assert_eq!(trace.redeliveries(), 0);
+//! test.stop().await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::app::{App, RunningApp};
+use crate::broker::Outgoing;
+use crate::error::{AppError, BrokerError};
+use crate::memory::{MemoryBroker, Trace};
+
+/// How long the harness waits for a message's fate by default.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// A message's fate did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("message {id} was not {waiting_for} within {timeout:?}; so far: {trace:?}")]
+pub struct WaitTimeout {
+    /// The message.
+    pub id: u64,
+    /// What was awaited.
+    pub waiting_for: String,
+    /// How long was waited.
+    pub timeout: Duration,
+    /// What had happened by then.
+    pub trace: Trace,
+}
+
+/// An [`App`] on a [`MemoryBroker`], started for a test.
+pub struct TestApp {
+    broker: MemoryBroker,
+    running: RunningApp<MemoryBroker>,
+}
+
+impl TestApp {
+    /// Starts `app` and records every delivery and settlement.
+    pub async fn start(app: App<MemoryBroker>) -> Result<TestApp, AppError> {
+        let broker = app.broker().clone();
+        broker.record();
+        let running = app.start().await?;
+        Ok(TestApp { broker, running })
+    }
+
+    /// The broker, to inspect topics and dead letters.
+    pub fn broker(&self) -> &MemoryBroker {
+        &self.broker
+    }
+
+    /// Publishes `value` (encoded as [`Broker::publish`](crate::Broker::publish) would) to
+    /// `topic`.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        topic: &str,
+    ) -> Result<Published, BrokerError> {
+        Ok(self.publish_message(Outgoing::encode(value, topic)?))
+    }
+
+    /// Publishes a prepared message.
+    pub fn publish_message(&self, message: Outgoing) -> Published {
+        Published { id: self.broker.publish_traced(message), broker: self.broker.clone() }
+    }
+
+    /// Stops the App gracefully.
+    pub async fn stop(self) -> Result<(), AppError> {
+        self.running.stop().await
+    }
+}
+
+/// A message published through the harness.
+pub struct Published {
+    id: u64,
+    broker: MemoryBroker,
+}
+
+impl Published {
+    /// The message's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What has happened to it so far.
+    pub fn trace(&self) -> Trace {
+        self.broker.trace(self.id)
+    }
+
+    /// Waits (at most [`DEFAULT_WAIT`]) until it is acked or rejected.
+    pub async fn settled(&self) -> Result<Trace, WaitTimeout> {
+        self.wait_until("acked or rejected", DEFAULT_WAIT, Trace::is_final).await
+    }
+
+    /// Waits (at most [`DEFAULT_WAIT`]) until it has been delivered `n` times.
+    pub async fn delivered(&self, n: u32) -> Result<Trace, WaitTimeout> {
+        self.wait_until(&format!("delivered {n} times"), DEFAULT_WAIT, |t| t.deliveries >= n)
+            .await
+    }
+
+    /// Waits until `done` holds for its trace, at most `timeout`.
+    pub async fn wait_until(
+        &self,
+        waiting_for: &str,
+        timeout: Duration,
+        done: impl FnMut(&Trace) -> bool,
+    ) -> Result<Trace, WaitTimeout> {
+        tokio::time::timeout(timeout, self.broker.wait_for_trace(self.id, done))
+            .await
+            .map_err(|_| WaitTimeout {
+                id: self.id,
+                waiting_for: waiting_for.to_owned(),
+                timeout,
+                trace: self.trace(),
+            })
+    }
+}
