@@ -199,65 +199,173 @@ const BROKER_NAMES: &[&str] = &["memory", "kafka", "rabbit", "nats", "redis", "m
 
 /// Arguments every subscriber accepts, whatever the broker.
 pub const COMMON_ARGUMENTS: &[ArgSpec] = &[
-    arg("broker", ArgKind::Ident(BROKER_NAMES), "which broker the subscriber is for (optional when only one is compiled in)"),
-    arg("ack_policy", ArgKind::Ident(POLICY_NAMES), "when and how the message is settled"),
-    arg("concurrency", ArgKind::Int, "how many messages of this subscriber are handled at once (default 1)"),
-    arg("max_deliveries", ArgKind::Int, "reject (dead-letter) a message instead of delivering it more than this many times"),
-    arg("on_decode_error", ArgKind::Ident(&["Reject", "Nack"]), "what to do with a payload that cannot be decoded (default Reject)"),
+    arg(
+        "broker",
+        ArgKind::Ident(BROKER_NAMES),
+        "which broker the subscriber is for (optional when only one is compiled in)",
+    ),
+    arg(
+        "ack_policy",
+        ArgKind::Ident(POLICY_NAMES),
+        "when and how the message is settled",
+    ),
+    arg(
+        "concurrency",
+        ArgKind::Int,
+        "how many messages of this subscriber are handled at once (default 1)",
+    ),
+    arg(
+        "max_deliveries",
+        ArgKind::Int,
+        "reject (dead-letter) a message instead of delivering it more than this many times",
+    ),
+    arg(
+        "on_decode_error",
+        ArgKind::Ident(&["Reject", "Nack"]),
+        "what to do with a payload that cannot be decoded (default Reject)",
+    ),
 ];
 
 const MEMORY_ARGUMENTS: &[ArgSpec] = &[
     arg("topic", ArgKind::Str, "the topic to consume"),
-    arg("group_id", ArgKind::Str, "consumers of one group compete for messages; each group gets every message"),
+    arg(
+        "group_id",
+        ArgKind::Str,
+        "consumers of one group compete for messages; each group gets every message",
+    ),
 ];
 
 const KAFKA_ARGUMENTS: &[ArgSpec] = &[
-    arg("topic", ArgKind::Str, "the topic to consume (several: comma-separated)"),
-    arg("group_id", ArgKind::Str, "the consumer group; needed by every policy that commits offsets"),
-    arg("auto_offset_reset", ArgKind::Ident(&["earliest", "latest"]), "where a group with no committed offset starts"),
+    arg(
+        "topic",
+        ArgKind::Str,
+        "the topic to consume (several: comma-separated)",
+    ),
+    arg(
+        "group_id",
+        ArgKind::Str,
+        "the consumer group; needed by every policy that commits offsets",
+    ),
+    arg(
+        "auto_offset_reset",
+        ArgKind::Ident(&["earliest", "latest"]),
+        "where a group with no committed offset starts",
+    ),
 ];
 
 const RABBIT_ARGUMENTS: &[ArgSpec] = &[
     arg("queue", ArgKind::Str, "the queue to consume"),
     arg("topic", ArgKind::Str, "alias of `queue`"),
     arg("exchange", ArgKind::Str, "bind the queue to this exchange"),
-    arg("routing_key", ArgKind::Str, "the binding key (default: the queue name)"),
-    arg("exchange_type", ArgKind::Ident(&["direct", "fanout", "topic", "headers"]), "the exchange's type when brook declares it"),
-    arg("durable", ArgKind::Bool, "declare the queue durable (default true)"),
-    arg("auto_delete", ArgKind::Bool, "declare the queue auto-delete"),
-    arg("declare", ArgKind::Bool, "declare the queue and exchange if missing (default true)"),
+    arg(
+        "routing_key",
+        ArgKind::Str,
+        "the binding key (default: the queue name)",
+    ),
+    arg(
+        "exchange_type",
+        ArgKind::Ident(&["direct", "fanout", "topic", "headers"]),
+        "the exchange's type when brook declares it",
+    ),
+    arg(
+        "durable",
+        ArgKind::Bool,
+        "declare the queue durable (default true)",
+    ),
+    arg(
+        "auto_delete",
+        ArgKind::Bool,
+        "declare the queue auto-delete",
+    ),
+    arg(
+        "declare",
+        ArgKind::Bool,
+        "declare the queue and exchange if missing (default true)",
+    ),
     arg("passive", ArgKind::Bool, "only check that the queue exists"),
-    arg("queue_type", ArgKind::Ident(&["classic", "quorum", "stream"]), "x-queue-type of a declared queue"),
-    arg("dead_letter_exchange", ArgKind::Str, "x-dead-letter-exchange of a declared queue"),
+    arg(
+        "queue_type",
+        ArgKind::Ident(&["classic", "quorum", "stream"]),
+        "x-queue-type of a declared queue",
+    ),
+    arg(
+        "dead_letter_exchange",
+        ArgKind::Str,
+        "x-dead-letter-exchange of a declared queue",
+    ),
     arg("prefetch", ArgKind::Int, "basic.qos prefetch count"),
 ];
 
 const NATS_ARGUMENTS: &[ArgSpec] = &[
-    arg("subject", ArgKind::Str, "the subject to consume (wildcards allowed)"),
+    arg(
+        "subject",
+        ArgKind::Str,
+        "the subject to consume (wildcards allowed)",
+    ),
     arg("topic", ArgKind::Str, "alias of `subject`"),
     arg("queue_group", ArgKind::Str, "core NATS queue group"),
-    arg("stream", ArgKind::Str, "consume through this JetStream stream"),
-    arg("durable", ArgKind::Str, "the durable JetStream pull consumer"),
-    arg("deliver_policy", ArgKind::Ident(&["all", "new", "last"]), "where a new JetStream consumer starts"),
+    arg(
+        "stream",
+        ArgKind::Str,
+        "consume through this JetStream stream",
+    ),
+    arg(
+        "durable",
+        ArgKind::Str,
+        "the durable JetStream pull consumer",
+    ),
+    arg(
+        "deliver_policy",
+        ArgKind::Ident(&["all", "new", "last"]),
+        "where a new JetStream consumer starts",
+    ),
     arg("max_ack_pending", ArgKind::Int, "JetStream max_ack_pending"),
     arg("max_deliver", ArgKind::Int, "JetStream's own max_deliver"),
     arg("batch", ArgKind::Int, "JetStream pull batch size"),
-    arg("create", ArgKind::Bool, "create the stream/consumer if missing (default true)"),
+    arg(
+        "create",
+        ArgKind::Bool,
+        "create the stream/consumer if missing (default true)",
+    ),
 ];
 
 const REDIS_ARGUMENTS: &[ArgSpec] = &[
-    arg("channel", ArgKind::Str, "pub/sub channel (patterns allowed)"),
+    arg(
+        "channel",
+        ArgKind::Str,
+        "pub/sub channel (patterns allowed)",
+    ),
     arg("list", ArgKind::Str, "list to pop from"),
     arg("stream", ArgKind::Str, "stream to read"),
-    arg("group", ArgKind::Str, "stream consumer group; needed by every policy that acknowledges"),
-    arg("consumer", ArgKind::Str, "consumer name in the group (default: unique per process)"),
-    arg("min_idle_ms", ArgKind::Int, "claim other consumers' pending entries idle this long"),
+    arg(
+        "group",
+        ArgKind::Str,
+        "stream consumer group; needed by every policy that acknowledges",
+    ),
+    arg(
+        "consumer",
+        ArgKind::Str,
+        "consumer name in the group (default: unique per process)",
+    ),
+    arg(
+        "min_idle_ms",
+        ArgKind::Int,
+        "claim other consumers' pending entries idle this long",
+    ),
     arg("batch", ArgKind::Int, "entries per XREADGROUP"),
-    arg("dead_letter_stream", ArgKind::Str, "XADD rejected entries here"),
+    arg(
+        "dead_letter_stream",
+        ArgKind::Str,
+        "XADD rejected entries here",
+    ),
 ];
 
 const MQTT_ARGUMENTS: &[ArgSpec] = &[
-    arg("topic", ArgKind::Str, "topic filter (`+` and `#` allowed; `$share/group/...` for shared subscriptions)"),
+    arg(
+        "topic",
+        ArgKind::Str,
+        "topic filter (`+` and `#` allowed; `$share/group/...` for shared subscriptions)",
+    ),
     arg("qos", ArgKind::Int, "0, 1 or 2 (default 1)"),
 ];
 
@@ -433,15 +541,13 @@ impl Source {
     pub const fn describe(self) -> &'static str {
         match self {
             Source::MemoryTopic => "in-memory topic",
-            Source::KafkaTopic { grouped: true } => "Kafka topic",
-            Source::KafkaTopic { grouped: false } => "Kafka topic without group_id",
+            Source::KafkaTopic { .. } => "Kafka topic",
             Source::RabbitQueue => "RabbitMQ queue",
             Source::NatsCore => "NATS core subject",
             Source::JetStream => "NATS JetStream stream",
             Source::RedisChannel => "Redis pub/sub channel",
             Source::RedisList => "Redis list",
-            Source::RedisStream { grouped: true } => "Redis stream",
-            Source::RedisStream { grouped: false } => "Redis stream without group",
+            Source::RedisStream { .. } => "Redis stream",
             Source::MqttTopic { qos: 0 } => "MQTT QoS 0 topic",
             Source::MqttTopic { .. } => "MQTT topic",
         }
@@ -512,8 +618,8 @@ pub fn check(source: Source, source_name: &str, policy: AckPolicy) -> Verdict {
         };
         if commits_or_acks {
             let why = match (source, policy) {
-                (Source::KafkaTopic { .. }, _) => "a Kafka consumer without a group cannot commit offsets".to_owned(),
-                (Source::RedisStream { .. }, _) => "entries read without a group have no pending list to acknowledge".to_owned(),
+                (Source::KafkaTopic { .. }, _) => "without group_id, a Kafka consumer has no group to commit offsets for".to_owned(),
+                (Source::RedisStream { .. }, _) => "without group, entries are read with XREAD and have no pending list to acknowledge".to_owned(),
                 (_, AckPolicy::Manual) => format!("{broker} has no acknowledgement there, so msg.ack()/nack()/reject() would do nothing"),
                 _ => format!("{broker} has no acknowledgement there, so nothing would ever be redelivered"),
             };
@@ -584,13 +690,13 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
             return Err(unknown_argument(broker, name));
         };
         if args[..i].iter().any(|(n, _)| n == name) {
-            return Err(arg_error(Some(spec.name), format!("argument `{name}` is given twice")));
+            return Err(arg_error(
+                Some(spec.name),
+                format!("argument `{name}` is given twice"),
+            ));
         }
         if !value.fits(spec.kind) {
-            let mut message = format!(
-                "`{name}` takes {}, not `{value}`",
-                spec.kind.describe()
-            );
+            let mut message = format!("`{name}` takes {}, not `{value}`", spec.kind.describe());
             if let (Value::Ident(got), ArgKind::Ident(names)) = (value, spec.kind) {
                 if let Some(close) = did_you_mean(got, names.iter().copied()) {
                     message = format!("{message}; did you mean `{close}`?");
@@ -605,12 +711,18 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
     let (source, source_name) = source_of(broker, &get, &text)?;
     if let Some(v) = get("concurrency").and_then(Value::as_int) {
         if v == 0 {
-            return Err(arg_error(Some("concurrency"), "`concurrency` must be at least 1".to_owned()));
+            return Err(arg_error(
+                Some("concurrency"),
+                "`concurrency` must be at least 1".to_owned(),
+            ));
         }
     }
     if let Some(v) = get("max_deliveries").and_then(Value::as_int) {
         if v == 0 {
-            return Err(arg_error(Some("max_deliveries"), "`max_deliveries` must be at least 1 (the first delivery counts)".to_owned()));
+            return Err(arg_error(
+                Some("max_deliveries"),
+                "`max_deliveries` must be at least 1 (the first delivery counts)".to_owned(),
+            ));
         }
     }
     let written = get("ack_policy")
@@ -621,7 +733,11 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
         Verdict::Supported => None,
         Verdict::Degraded(w) => Some(w),
         Verdict::Unsupported(e) => {
-            let at = if written.is_some() { Some("ack_policy") } else { None };
+            let at = if written.is_some() {
+                Some("ack_policy")
+            } else {
+                None
+            };
             return Err(arg_error(at, e));
         }
     };
@@ -636,9 +752,12 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
 
 /// The error for an argument `name` that `broker` does not know, with a "did you mean" or the list.
 pub fn unknown_argument(broker: BrokerKind, name: &str) -> ArgError {
-    let known = COMMON_ARGUMENTS.iter().chain(arguments(broker)).map(|a| a.name);
+    let known = COMMON_ARGUMENTS
+        .iter()
+        .chain(arguments(broker))
+        .map(|a| a.name);
     let mut message = format!(
-        "unknown argument `{name}` for a {} subscriber",
+        "unknown argument `{name}` for a subscriber on {}",
         broker.display_name()
     );
     if let Some(close) = did_you_mean(name, known.clone()) {
@@ -652,7 +771,7 @@ pub fn unknown_argument(broker: BrokerKind, name: &str) -> ArgError {
         .find(|b| *b != broker && arguments(*b).iter().any(|a| a.name == name))
     {
         message.push_str(&format!(
-            " (`{name}` is an argument of {} subscribers: broker = {})",
+            " (`{name}` is an argument of subscribers on {}: broker = {})",
             other.display_name(),
             other.name()
         ));
@@ -673,7 +792,10 @@ fn source_of<'a>(
         if given.len() > 1 {
             return Err(arg_error(
                 Some(given[1]),
-                format!("`{}` and `{}` name the same thing; write only one", given[0], given[1]),
+                format!(
+                    "`{}` and `{}` name the same thing; write only one",
+                    given[0], given[1]
+                ),
             ));
         }
         Ok(given.first().and_then(|n| text(n)))
@@ -681,7 +803,7 @@ fn source_of<'a>(
     let missing = |what: &str| {
         arg_error(
             None,
-            format!("a {} subscriber needs {what}", broker.display_name()),
+            format!("a subscriber on {} needs {what}", broker.display_name()),
         )
     };
     Ok(match broker {
@@ -699,11 +821,18 @@ fn source_of<'a>(
             (Source::RabbitQueue, queue)
         }
         BrokerKind::Nats => {
-            let subject = one_of(&["subject", "topic"])?.ok_or_else(|| missing("subject = \"...\""))?;
+            let subject =
+                one_of(&["subject", "topic"])?.ok_or_else(|| missing("subject = \"...\""))?;
             if get("stream").is_some() {
                 (Source::JetStream, subject)
             } else {
-                for js in ["durable", "deliver_policy", "max_ack_pending", "max_deliver", "batch"] {
+                for js in [
+                    "durable",
+                    "deliver_policy",
+                    "max_ack_pending",
+                    "max_deliver",
+                    "batch",
+                ] {
                     if get(js).is_some() {
                         return Err(arg_error(
                             Some(js),
@@ -718,19 +847,26 @@ fn source_of<'a>(
             let kinds = ["channel", "list", "stream"];
             let given: Vec<_> = kinds.iter().filter(|n| get(n).is_some()).collect();
             match given.as_slice() {
-                [] => return Err(missing("one of channel = \"...\", list = \"...\" or stream = \"...\"")),
-                [_, second, ..] => {
-                    return Err(arg_error(
-                        Some(second),
-                        format!("a Redis subscriber reads one source: `{}` and `{second}` are both given", given[0]),
+                [] => {
+                    return Err(missing(
+                        "one of channel = \"...\", list = \"...\" or stream = \"...\"",
                     ))
                 }
+                [_, second, ..] => return Err(arg_error(
+                    Some(second),
+                    format!(
+                        "a Redis subscriber reads one source: `{}` and `{second}` are both given",
+                        given[0]
+                    ),
+                )),
                 [one] => {
                     let name = text(one).unwrap_or_default();
                     let source = match **one {
                         "channel" => Source::RedisChannel,
                         "list" => Source::RedisList,
-                        _ => Source::RedisStream { grouped: get("group").is_some() },
+                        _ => Source::RedisStream {
+                            grouped: get("group").is_some(),
+                        },
                     };
                     if !matches!(source, Source::RedisStream { .. }) {
                         for s in ["group", "consumer", "min_idle_ms", "dead_letter_stream"] {
@@ -750,7 +886,10 @@ fn source_of<'a>(
             let topic = one_of(&["topic"])?.ok_or_else(|| missing("topic = \"...\""))?;
             let qos = get("qos").and_then(Value::as_int).unwrap_or(1);
             if qos > 2 {
-                return Err(arg_error(Some("qos"), format!("MQTT QoS is 0, 1 or 2, not {qos}")));
+                return Err(arg_error(
+                    Some("qos"),
+                    format!("MQTT QoS is 0, 1 or 2, not {qos}"),
+                ));
             }
             (Source::MqttTopic { qos: qos as u8 }, topic)
         }
@@ -758,7 +897,10 @@ fn source_of<'a>(
 }
 
 /// The closest of `candidates` to `word`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -795,31 +937,67 @@ mod tests {
 
     #[test]
     fn every_policy_is_supported_where_the_broker_acknowledges() {
-        for source in [Source::MemoryTopic, Source::RabbitQueue, Source::JetStream, Source::RedisStream { grouped: true }] {
+        for source in [
+            Source::MemoryTopic,
+            Source::RabbitQueue,
+            Source::JetStream,
+            Source::RedisStream { grouped: true },
+        ] {
             for policy in AckPolicy::ALL {
-                assert_eq!(check(source, "x", policy), Verdict::Supported, "{source:?} {policy}");
+                assert_eq!(
+                    check(source, "x", policy),
+                    Verdict::Supported,
+                    "{source:?} {policy}"
+                );
             }
         }
     }
 
     #[test]
     fn redelivering_and_manual_policies_are_refused_where_nothing_acknowledges() {
-        for source in [Source::NatsCore, Source::RedisChannel, Source::RedisList, Source::MqttTopic { qos: 0 }] {
+        for source in [
+            Source::NatsCore,
+            Source::RedisChannel,
+            Source::RedisList,
+            Source::MqttTopic { qos: 0 },
+        ] {
             for policy in [AckPolicy::NackOnError, AckPolicy::Manual] {
-                assert!(matches!(check(source, "x", policy), Verdict::Unsupported(_)), "{source:?} {policy}");
+                assert!(
+                    matches!(check(source, "x", policy), Verdict::Unsupported(_)),
+                    "{source:?} {policy}"
+                );
             }
-            for policy in [AckPolicy::AckFirst, AckPolicy::Ack, AckPolicy::RejectOnError] {
-                assert_eq!(check(source, "x", policy), Verdict::Supported, "{source:?} {policy}");
+            for policy in [
+                AckPolicy::AckFirst,
+                AckPolicy::Ack,
+                AckPolicy::RejectOnError,
+            ] {
+                assert_eq!(
+                    check(source, "x", policy),
+                    Verdict::Supported,
+                    "{source:?} {policy}"
+                );
             }
         }
     }
 
     #[test]
     fn committing_without_a_group_is_refused() {
-        for source in [Source::KafkaTopic { grouped: false }, Source::RedisStream { grouped: false }] {
+        for source in [
+            Source::KafkaTopic { grouped: false },
+            Source::RedisStream { grouped: false },
+        ] {
             assert_eq!(check(source, "t", AckPolicy::AckFirst), Verdict::Supported);
-            for policy in [AckPolicy::Ack, AckPolicy::RejectOnError, AckPolicy::NackOnError, AckPolicy::Manual] {
-                assert!(matches!(check(source, "t", policy), Verdict::Unsupported(_)), "{source:?} {policy}");
+            for policy in [
+                AckPolicy::Ack,
+                AckPolicy::RejectOnError,
+                AckPolicy::NackOnError,
+                AckPolicy::Manual,
+            ] {
+                assert!(
+                    matches!(check(source, "t", policy), Verdict::Unsupported(_)),
+                    "{source:?} {policy}"
+                );
             }
         }
     }
@@ -827,34 +1005,76 @@ mod tests {
     #[test]
     fn degraded_combinations_warn() {
         for (source, policy) in [
-            (Source::KafkaTopic { grouped: true }, AckPolicy::RejectOnError),
+            (
+                Source::KafkaTopic { grouped: true },
+                AckPolicy::RejectOnError,
+            ),
             (Source::MqttTopic { qos: 1 }, AckPolicy::RejectOnError),
             (Source::MqttTopic { qos: 2 }, AckPolicy::NackOnError),
         ] {
-            assert!(matches!(check(source, "t", policy), Verdict::Degraded(_)), "{source:?} {policy}");
+            assert!(
+                matches!(check(source, "t", policy), Verdict::Degraded(_)),
+                "{source:?} {policy}"
+            );
         }
     }
 
     #[test]
     fn defaults_are_fastream_s_and_always_valid() {
-        assert_eq!(Source::KafkaTopic { grouped: true }.default_policy(), AckPolicy::AckFirst);
-        assert_eq!(Source::RabbitQueue.default_policy(), AckPolicy::RejectOnError);
+        assert_eq!(
+            Source::KafkaTopic { grouped: true }.default_policy(),
+            AckPolicy::AckFirst
+        );
+        assert_eq!(
+            Source::RabbitQueue.default_policy(),
+            AckPolicy::RejectOnError
+        );
         assert_eq!(Source::JetStream.default_policy(), AckPolicy::RejectOnError);
-        assert_eq!(Source::MqttTopic { qos: 1 }.default_policy(), AckPolicy::Ack);
+        assert_eq!(
+            Source::MqttTopic { qos: 1 }.default_policy(),
+            AckPolicy::Ack
+        );
         for source in [
-            Source::MemoryTopic, Source::KafkaTopic { grouped: false }, Source::RabbitQueue, Source::NatsCore,
-            Source::JetStream, Source::RedisChannel, Source::RedisList, Source::RedisStream { grouped: false },
+            Source::MemoryTopic,
+            Source::KafkaTopic { grouped: false },
+            Source::RabbitQueue,
+            Source::NatsCore,
+            Source::JetStream,
+            Source::RedisChannel,
+            Source::RedisList,
+            Source::RedisStream { grouped: false },
             Source::MqttTopic { qos: 0 },
         ] {
-            assert!(!matches!(check(source, "t", source.default_policy()), Verdict::Unsupported(_)), "{source:?}");
+            assert!(
+                !matches!(
+                    check(source, "t", source.default_policy()),
+                    Verdict::Unsupported(_)
+                ),
+                "{source:?}"
+            );
         }
     }
 
     #[test]
     fn resolve_finds_the_source_and_the_policy() {
-        let r = resolve(BrokerKind::Nats, &[("subject", s("a.b")), ("stream", s("S")), ("ack_policy", id("NackOnError"))]).unwrap();
-        assert_eq!((r.source, r.source_name.as_str(), r.policy), (Source::JetStream, "a.b", AckPolicy::NackOnError));
-        let e = resolve(BrokerKind::Nats, &[("subject", s("a.b")), ("ack_policy", id("NackOnError"))]).unwrap_err();
+        let r = resolve(
+            BrokerKind::Nats,
+            &[
+                ("subject", s("a.b")),
+                ("stream", s("S")),
+                ("ack_policy", id("NackOnError")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (r.source, r.source_name.as_str(), r.policy),
+            (Source::JetStream, "a.b", AckPolicy::NackOnError)
+        );
+        let e = resolve(
+            BrokerKind::Nats,
+            &[("subject", s("a.b")), ("ack_policy", id("NackOnError"))],
+        )
+        .unwrap_err();
         assert_eq!(e.argument, Some("ack_policy"));
         assert!(e.message.contains("NATS core subject `a.b`"), "{e}");
         assert!(e.message.contains("stream = "), "{e}");
@@ -864,7 +1084,11 @@ mod tests {
     fn unknown_names_get_a_suggestion() {
         let e = resolve(BrokerKind::Memory, &[("topik", s("t"))]).unwrap_err();
         assert!(e.message.contains("did you mean `topic`"), "{e}");
-        let e = resolve(BrokerKind::Memory, &[("topic", s("t")), ("ack_policy", id("NackOnErorr"))]).unwrap_err();
+        let e = resolve(
+            BrokerKind::Memory,
+            &[("topic", s("t")), ("ack_policy", id("NackOnErorr"))],
+        )
+        .unwrap_err();
         assert!(e.message.contains("did you mean `NackOnError`"), "{e}");
         let e = resolve(BrokerKind::Memory, &[("topic", s("t")), ("queue", s("q"))]).unwrap_err();
         assert!(e.message.contains("broker = rabbit"), "{e}");

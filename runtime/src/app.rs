@@ -50,7 +50,14 @@ impl<B: Broker, H: Handler> Start<B> for Registered<H> {
         stop: CancellationToken,
         abort: CancellationToken,
     ) -> BoxFuture<Result<(), BrokerError>> {
-        Box::pin(run_consumer(self.handler, self.sub, ctx, consumer, stop, abort))
+        Box::pin(run_consumer(
+            self.handler,
+            self.sub,
+            ctx,
+            consumer,
+            stop,
+            abort,
+        ))
     }
 }
 
@@ -187,7 +194,10 @@ impl<B: Broker> App<B> {
         }
         self.broker.connect().await?;
         for hook in self.on_startup {
-            hook().await.map_err(|source| AppError::Hook { stage: "startup", source })?;
+            hook().await.map_err(|source| AppError::Hook {
+                stage: "startup",
+                source,
+            })?;
         }
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -282,7 +292,10 @@ impl<B: Broker> RunningApp<B> {
             if let Err(source) = hook().await {
                 tracing::error!(error = %source, "shutdown hook failed");
                 if result.is_ok() {
-                    result = Err(AppError::Hook { stage: "shutdown", source });
+                    result = Err(AppError::Hook {
+                        stage: "shutdown",
+                        source,
+                    });
                 }
             }
         }

@@ -190,11 +190,7 @@ impl ser::Serializer for RawProbe {
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, NotRaw> {
         Err(NotRaw)
     }
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStruct, NotRaw> {
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, NotRaw> {
         Err(NotRaw)
     }
     fn serialize_struct_variant(
@@ -219,21 +215,45 @@ mod tests {
 
     #[test]
     fn encode_picks_the_content_type_fastream_would() {
-        assert_eq!(encode("hi").unwrap(), (Bytes::from_static(b"hi"), Some(TEXT)));
-        assert_eq!(encode(&Order { id: 7 }).unwrap(), (Bytes::from_static(br#"{"id":7}"#), Some(JSON)));
+        assert_eq!(
+            encode("hi").unwrap(),
+            (Bytes::from_static(b"hi"), Some(TEXT))
+        );
+        assert_eq!(
+            encode(&Order { id: 7 }).unwrap(),
+            (Bytes::from_static(br#"{"id":7}"#), Some(JSON))
+        );
         assert_eq!(encode(&5u8).unwrap().1, Some(JSON));
     }
 
     #[test]
     fn decode_follows_the_content_type() {
-        assert_eq!(decode::<Order>(br#"{"id":1}"#, None).unwrap(), Order { id: 1 });
-        assert_eq!(decode::<Order>(br#"{"id":1}"#, Some("application/json; charset=utf-8")).unwrap(), Order { id: 1 });
-        assert_eq!(decode::<String>(b"plain", Some("text/plain")).unwrap(), "plain");
-        let e = decode::<Order>(b"plain", Some("text/plain")).unwrap_err().to_string();
+        assert_eq!(
+            decode::<Order>(br#"{"id":1}"#, None).unwrap(),
+            Order { id: 1 }
+        );
+        assert_eq!(
+            decode::<Order>(br#"{"id":1}"#, Some("application/json; charset=utf-8")).unwrap(),
+            Order { id: 1 }
+        );
+        assert_eq!(
+            decode::<String>(b"plain", Some("text/plain")).unwrap(),
+            "plain"
+        );
+        let e = decode::<Order>(b"plain", Some("text/plain"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("text/plain") && e.contains("Order"), "{e}");
-        let e = decode::<Order>(br#"{"id":"x"}"#, Some(JSON)).unwrap_err().to_string();
+        let e = decode::<Order>(br#"{"id":"x"}"#, Some(JSON))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid type"), "{e}");
-        let e = decode::<Order>(b"<x/>", Some("application/xml")).unwrap_err().to_string();
-        assert!(e.contains("unsupported content-type `application/xml`"), "{e}");
+        let e = decode::<Order>(b"<x/>", Some("application/xml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsupported content-type `application/xml`"),
+            "{e}"
+        );
     }
 }

@@ -114,16 +114,17 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
     if let (Some(max), Some(n)) = (sub.max_deliveries(), count) {
         if n > max {
             tracing::warn!(
+                subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(),
                 max_deliveries = max,
                 "message delivered {n} times, more than max_deliveries; rejecting it without running the handler"
             );
-            return settle(msg, Settlement::Reject).await;
+            return settle(sub, msg, Settlement::Reject).await;
         }
     }
     if policy == AckPolicy::AckFirst {
         if let Err(error) = msg.ack().await {
             // At-most-once: a message we could not ack is not processed; the broker redelivers it.
-            tracing::error!(%error, "ack_policy = AckFirst could not ack the message; not running the handler");
+            tracing::error!(subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(), %error, "ack_policy = AckFirst could not ack the message; not running the handler");
             return Outcome::SettleFailed;
         }
     }
@@ -143,7 +144,10 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         ),
         Ok(Err(HandlerError::Failed(error))) => match find_interrupt(&error) {
             Some(settlement) => (Completion::Interrupted(settlement), None),
-            None => (Completion::Failed, Some(format!("handler failed: {error:#}"))),
+            None => (
+                Completion::Failed,
+                Some(format!("handler failed: {error:#}")),
+            ),
         },
         Err(panic) => (
             Completion::Panicked,
@@ -152,9 +156,11 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
     };
 
     let mut decision = decide(policy, completion, sub.on_decode_error());
-    if let (Some(Settlement::Nack { .. }), Some(max), Some(n)) = (decision, sub.max_deliveries(), count) {
+    if let (Some(Settlement::Nack { .. }), Some(max), Some(n)) =
+        (decision, sub.max_deliveries(), count)
+    {
         if n >= max {
-            tracing::warn!(max_deliveries = max, "delivery {n} of at most {max} failed; rejecting instead of redelivering");
+            tracing::warn!(subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(), max_deliveries = max, "delivery {n} of at most {max} failed; rejecting instead of redelivering");
             decision = Some(Settlement::Reject);
         }
     }
@@ -164,15 +170,18 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
             None if policy == AckPolicy::AckFirst => "already acked",
             None => "left for the handler to settle",
         };
-        tracing::error!(ack_policy = %policy, "{failure}; message {action}");
+        tracing::error!(
+            subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(), ack_policy = %policy,
+            "{failure}; message {action}"
+        );
     }
     match decision {
-        Some(settlement) => settle(msg, settlement).await,
+        Some(settlement) => settle(sub, msg, settlement).await,
         None => msg.settled().map_or(Outcome::Unsettled, Outcome::Settled),
     }
 }
 
-async fn settle(msg: &Message, settlement: Settlement) -> Outcome {
+async fn settle(sub: &Subscription, msg: &Message, settlement: Settlement) -> Outcome {
     match msg.settle(settlement).await {
         Ok(SettleReport::Settled(kind)) => Outcome::Settled(kind),
         Ok(SettleReport::AlreadySettled(kind)) => {
@@ -180,7 +189,7 @@ async fn settle(msg: &Message, settlement: Settlement) -> Outcome {
             Outcome::Settled(kind)
         }
         Err(error) => {
-            tracing::error!(%error, "could not settle the message ({:?}); the broker will redeliver it", settlement.kind());
+            tracing::error!(subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(), %error, "could not settle the message ({:?}); the broker will redeliver it", settlement.kind());
             Outcome::SettleFailed
         }
     }
@@ -254,7 +263,11 @@ struct Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
-    async fn run(self, mut own: mpsc::Receiver<Message>, shared: Arc<Mutex<mpsc::Receiver<Message>>>) {
+    async fn run(
+        self,
+        mut own: mpsc::Receiver<Message>,
+        shared: Arc<Mutex<mpsc::Receiver<Message>>>,
+    ) {
         let mut own_open = true;
         loop {
             let msg = tokio::select! {
@@ -342,14 +355,25 @@ mod tests {
             assert_eq!(decide(policy, Succeeded, R), ok, "{policy} ok");
             assert_eq!(decide(policy, Failed, R), failed, "{policy} failed");
             assert_eq!(decide(policy, Panicked, R), panicked, "{policy} panicked");
-            assert_eq!(decide(policy, Undecodable, R), undecodable, "{policy} undecodable");
+            assert_eq!(
+                decide(policy, Undecodable, R),
+                undecodable,
+                "{policy} undecodable"
+            );
         }
     }
 
     #[test]
     fn interrupts_apply_under_every_policy_and_decode_errors_can_nack() {
         for policy in AckPolicy::ALL {
-            for s in [A, N, R, Settlement::Nack { delay: Some(Duration::from_secs(1)) }] {
+            for s in [
+                A,
+                N,
+                R,
+                Settlement::Nack {
+                    delay: Some(Duration::from_secs(1)),
+                },
+            ] {
                 assert_eq!(decide(policy, Interrupted(s), R), Some(s), "{policy} {s:?}");
             }
         }

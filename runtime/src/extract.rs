@@ -45,7 +45,9 @@ impl Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("states", &self.states.len()).finish()
+        f.debug_struct("Context")
+            .field("states", &self.states.len())
+            .finish()
     }
 }
 
@@ -201,7 +203,13 @@ mod tests {
         if let Some(ct) = content_type {
             h.insert(CONTENT_TYPE, ct);
         }
-        Message::new(BrokerKind::Memory, "t".into(), Bytes::from_static(body), Nothing).with_headers(h)
+        Message::new(
+            BrokerKind::Memory,
+            "t".into(),
+            Bytes::from_static(body),
+            Nothing,
+        )
+        .with_headers(h)
     }
 
     #[derive(serde::Deserialize, Debug, PartialEq)]
@@ -231,7 +239,9 @@ mod tests {
     fn missing_state_is_a_clear_error() {
         let msg = message(b"", None);
         let mut ctx = Context::default();
-        let e = (&&Arg::<State<u32>>::new()).extract(&msg, &ctx).unwrap_err();
+        let e = (&&Arg::<State<u32>>::new())
+            .extract(&msg, &ctx)
+            .unwrap_err();
         assert!(e.to_string().contains("no state of type `u32`"), "{e}");
         ctx.insert(7u32);
         let s: State<u32> = (&&Arg::<State<u32>>::new()).extract(&msg, &ctx).unwrap();

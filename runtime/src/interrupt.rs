@@ -82,15 +82,23 @@ impl StdError for Reject {}
 pub(crate) fn find_interrupt(error: &anyhow::Error) -> Option<Settlement> {
     // anyhow's own downcast sees through `.context(...)`; the chain covers errors that wrap an
     // interrupt as their `source()`.
-    interrupt_of(error.downcast_ref::<Ack>(), error.downcast_ref(), error.downcast_ref())
-        .or_else(|| {
-            error.chain().find_map(|e| {
-                interrupt_of(e.downcast_ref::<Ack>(), e.downcast_ref(), e.downcast_ref())
-            })
-        })
+    interrupt_of(
+        error.downcast_ref::<Ack>(),
+        error.downcast_ref(),
+        error.downcast_ref(),
+    )
+    .or_else(|| {
+        error
+            .chain()
+            .find_map(|e| interrupt_of(e.downcast_ref::<Ack>(), e.downcast_ref(), e.downcast_ref()))
+    })
 }
 
-fn interrupt_of(ack: Option<&Ack>, nack: Option<&Nack>, reject: Option<&Reject>) -> Option<Settlement> {
+fn interrupt_of(
+    ack: Option<&Ack>,
+    nack: Option<&Nack>,
+    reject: Option<&Reject>,
+) -> Option<Settlement> {
     match (ack, nack, reject) {
         (Some(_), _, _) => Some(Settlement::Ack),
         (_, Some(n), _) => Some(Settlement::Nack { delay: n.delay }),
@@ -110,10 +118,23 @@ mod tests {
 
     #[test]
     fn found_directly_through_context_and_through_sources() {
-        assert_eq!(find_interrupt(&anyhow::Error::new(Reject)), Some(Settlement::Reject));
-        let e = Err::<(), _>(Nack::after(Duration::from_secs(1))).context("calling billing").unwrap_err();
-        assert_eq!(find_interrupt(&e), Some(Settlement::Nack { delay: Some(Duration::from_secs(1)) }));
-        assert_eq!(find_interrupt(&anyhow::Error::new(Domain(Reject))), Some(Settlement::Reject));
+        assert_eq!(
+            find_interrupt(&anyhow::Error::new(Reject)),
+            Some(Settlement::Reject)
+        );
+        let e = Err::<(), _>(Nack::after(Duration::from_secs(1)))
+            .context("calling billing")
+            .unwrap_err();
+        assert_eq!(
+            find_interrupt(&e),
+            Some(Settlement::Nack {
+                delay: Some(Duration::from_secs(1))
+            })
+        );
+        assert_eq!(
+            find_interrupt(&anyhow::Error::new(Domain(Reject))),
+            Some(Settlement::Reject)
+        );
         assert_eq!(find_interrupt(&anyhow::anyhow!("plain failure")), None);
     }
 }

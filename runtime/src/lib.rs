@@ -33,8 +33,8 @@ mod subscription;
 pub mod testing;
 
 pub use app::{App, RunningApp, ShutdownHandle, DEFAULT_GRACEFUL_TIMEOUT};
-pub use brook_caps::{AckPolicy, BrokerKind, Source};
 pub use broker::{Accepts, Broker, Consumer, Outgoing};
+pub use brook_caps::{AckPolicy, BrokerKind, Source};
 pub use error::{AppError, BoxError, BrokerError, ExtractError, SubscriptionError};
 pub use extract::{Context, FromMessage, State};
 pub use handler::{kind, Handler, HandlerError, IntoHandlerResult};

@@ -197,7 +197,13 @@ impl MemoryBroker {
         // Turn a Vec-backed payload into a shared one now, so delivering it is a reference-count
         // bump rather than an allocation.
         drop(body.clone());
-        let stored = Stored { id, body, headers: message.headers, key, deliveries: 0 };
+        let stored = Stored {
+            id,
+            body,
+            headers: message.headers,
+            key,
+            deliveries: 0,
+        };
         self.shared.recorder.record(id, |_| {});
         {
             let mut state = lock(&topic.state);
@@ -231,7 +237,10 @@ impl MemoryBroker {
             })
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
-        TopicSnapshot { groups, dead_letters: state.dead_letters.clone() }
+        TopicSnapshot {
+            groups,
+            dead_letters: state.dead_letters.clone(),
+        }
     }
 
     /// Rejected messages of `topic`, oldest first.
@@ -246,7 +255,10 @@ impl MemoryBroker {
 
     /// What happened to message `id` so far (recorded only after [`MemoryBroker::record`]).
     pub fn trace(&self, id: u64) -> Trace {
-        lock(&self.shared.recorder.traces).get(&id).cloned().unwrap_or_default()
+        lock(&self.shared.recorder.traces)
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until `done` holds for the trace of message `id`; returns that trace.
@@ -289,7 +301,10 @@ impl Broker for MemoryBroker {
     async fn subscribe(&self, subscription: &Subscription) -> Result<MemoryConsumer, BrokerError> {
         let topic = self.topic(subscription.source_name());
         let group: Arc<str> = subscription.str("group_id").unwrap_or("").into();
-        lock(&topic.state).groups.entry(group.to_string()).or_default();
+        lock(&topic.state)
+            .groups
+            .entry(group.to_string())
+            .or_default();
         Ok(MemoryConsumer {
             topic,
             group,
@@ -344,17 +359,24 @@ impl MemoryConsumer {
             consumer: self.id,
             id: stored.id,
         };
-        let mut msg = Message::new(BrokerKind::Memory, self.topic.name.clone(), stored.body.clone(), settler)
-            .with_headers(stored.headers.clone())
-            .with_id(MessageId::Number(stored.id))
-            .with_delivery_count(stored.deliveries);
+        let mut msg = Message::new(
+            BrokerKind::Memory,
+            self.topic.name.clone(),
+            stored.body.clone(),
+            settler,
+        )
+        .with_headers(stored.headers.clone())
+        .with_id(MessageId::Number(stored.id))
+        .with_delivery_count(stored.deliveries);
         if let Some(key) = stored.key {
             msg = msg.with_ordering_key(key);
         }
         let (id, deliveries) = (stored.id, stored.deliveries);
         group.in_flight.insert(stored.id, (self.id, stored));
         drop(state);
-        self.topic.recorder.record(id, |t| t.deliveries = deliveries);
+        self.topic
+            .recorder
+            .record(id, |t| t.deliveries = deliveries);
         Ok(msg)
     }
 
@@ -465,7 +487,9 @@ impl Settler for MemorySettler {
         if notify {
             self.topic.ready.notify_waiters();
         }
-        self.topic.recorder.record(self.id, |t| t.settlements.push(settlement.kind()));
+        self.topic
+            .recorder
+            .record(self.id, |t| t.settlements.push(settlement.kind()));
         SettleFuture::ready(Ok(()))
     }
 }

@@ -94,7 +94,6 @@ impl fmt::Display for Settled {
 
 /// The result of asking to settle a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
 pub enum SettleReport {
     /// This call settled the message.
     Settled(Settled),
@@ -206,12 +205,7 @@ pub struct Message {
 
 impl Message {
     /// A message from `broker`, read from `topic`, settled through `settler`.
-    pub fn new(
-        broker: BrokerKind,
-        topic: Arc<str>,
-        body: Bytes,
-        settler: impl Settler,
-    ) -> Message {
+    pub fn new(broker: BrokerKind, topic: Arc<str>, body: Bytes, settler: impl Settler) -> Message {
         Message {
             broker,
             topic,
@@ -388,10 +382,24 @@ mod tests {
     #[tokio::test]
     async fn first_settlement_wins_and_later_ones_reach_no_broker() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let msg = Message::new(BrokerKind::Memory, "t".into(), Bytes::new(), Recorder(seen.clone()));
-        assert_eq!(msg.reject().await.unwrap(), SettleReport::Settled(Settled::Rejected));
-        assert_eq!(msg.ack().await.unwrap(), SettleReport::AlreadySettled(Settled::Rejected));
-        assert_eq!(msg.nack().await.unwrap(), SettleReport::AlreadySettled(Settled::Rejected));
+        let msg = Message::new(
+            BrokerKind::Memory,
+            "t".into(),
+            Bytes::new(),
+            Recorder(seen.clone()),
+        );
+        assert_eq!(
+            msg.reject().await.unwrap(),
+            SettleReport::Settled(Settled::Rejected)
+        );
+        assert_eq!(
+            msg.ack().await.unwrap(),
+            SettleReport::AlreadySettled(Settled::Rejected)
+        );
+        assert_eq!(
+            msg.nack().await.unwrap(),
+            SettleReport::AlreadySettled(Settled::Rejected)
+        );
         assert_eq!(*seen.lock().unwrap(), vec![Settlement::Reject]);
         assert_eq!(msg.settled(), Some(Settled::Rejected));
     }

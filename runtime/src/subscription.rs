@@ -190,8 +190,14 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let s = Subscription::new(BrokerKind::Memory, "h").arg("topic", "t").build().unwrap();
-        assert_eq!((s.concurrency(), s.max_deliveries(), s.on_decode_error()), (1, None, Settlement::Reject));
+        let s = Subscription::new(BrokerKind::Memory, "h")
+            .arg("topic", "t")
+            .build()
+            .unwrap();
+        assert_eq!(
+            (s.concurrency(), s.max_deliveries(), s.on_decode_error()),
+            (1, None, Settlement::Reject)
+        );
         assert_eq!(s.policy(), AckPolicy::RejectOnError);
     }
 }

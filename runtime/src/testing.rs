@@ -72,7 +72,10 @@ impl TestApp {
 
     /// Publishes a prepared message.
     pub fn publish_message(&self, message: Outgoing) -> Published {
-        Published { id: self.broker.publish_traced(message), broker: self.broker.clone() }
+        Published {
+            id: self.broker.publish_traced(message),
+            broker: self.broker.clone(),
+        }
     }
 
     /// Stops the App gracefully.
@@ -100,13 +103,16 @@ impl Published {
 
     /// Waits (at most [`DEFAULT_WAIT`]) until it is acked or rejected.
     pub async fn settled(&self) -> Result<Trace, WaitTimeout> {
-        self.wait_until("acked or rejected", DEFAULT_WAIT, Trace::is_final).await
+        self.wait_until("acked or rejected", DEFAULT_WAIT, Trace::is_final)
+            .await
     }
 
     /// Waits (at most [`DEFAULT_WAIT`]) until it has been delivered `n` times.
     pub async fn delivered(&self, n: u32) -> Result<Trace, WaitTimeout> {
-        self.wait_until(&format!("delivered {n} times"), DEFAULT_WAIT, |t| t.deliveries >= n)
-            .await
+        self.wait_until(&format!("delivered {n} times"), DEFAULT_WAIT, |t| {
+            t.deliveries >= n
+        })
+        .await
     }
 
     /// Waits until `done` holds for its trace, at most `timeout`.

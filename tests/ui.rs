@@ -1,0 +1,32 @@
+//! Compile-time checks of `#[subscriber]`, pinned as trybuild `.stderr` files.
+//!
+//! `tests/ui/memory` runs in the default build (only the in-memory broker compiled in);
+//! `tests/ui/full` needs every broker compiled in: `cargo test --features full --test ui`.
+//! Warnings are pinned by fixtures that `#![deny(deprecated)]` them into errors.
+
+#[test]
+#[cfg(not(any(
+    feature = "kafka",
+    feature = "rabbit",
+    feature = "nats",
+    feature = "redis",
+    feature = "mqtt"
+)))]
+fn memory_only_build() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/memory/*.rs");
+}
+
+#[test]
+#[cfg(all(
+    feature = "kafka",
+    feature = "rabbit",
+    feature = "nats",
+    feature = "redis",
+    feature = "mqtt"
+))]
+fn all_brokers_build() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/full/*.rs");
+    t.pass("tests/ui/pass/*.rs");
+}

@@ -1,0 +1,6 @@
+use brook::prelude::*;
+
+#[subscriber(topik = "orders")]
+async fn handle(_body: String) {}
+
+fn main() {}
