@@ -852,13 +852,15 @@ fn source_of<'a>(
                         "one of channel = \"...\", list = \"...\" or stream = \"...\"",
                     ))
                 }
-                [_, second, ..] => return Err(arg_error(
-                    Some(second),
-                    format!(
+                [_, second, ..] => {
+                    return Err(arg_error(
+                        Some(second),
+                        format!(
                         "a Redis subscriber reads one source: `{}` and `{second}` are both given",
                         given[0]
                     ),
-                )),
+                    ))
+                }
                 [one] => {
                     let name = text(one).unwrap_or_default();
                     let source = match **one {

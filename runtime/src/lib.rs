@@ -19,7 +19,7 @@
 mod app;
 mod broker;
 pub mod codec;
-#[doc(hidden)]
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod engine;
 mod error;
