@@ -64,6 +64,22 @@ pub use brook_runtime::*;
 /// `Result<(), E>` with `E: Into<anyhow::Error>`.
 pub use brook_macros::subscriber;
 
+/// RabbitMQ (`rabbit` feature).
+#[cfg(feature = "rabbit")]
+pub use brook_rabbit as rabbit;
+
+/// NATS core and JetStream (`nats` feature).
+#[cfg(feature = "nats")]
+pub use brook_nats as nats;
+
+/// Redis pub/sub, lists and streams (`redis` feature).
+#[cfg(feature = "redis")]
+pub use brook_redis as redis;
+
+/// MQTT (`mqtt` feature).
+#[cfg(feature = "mqtt")]
+pub use brook_mqtt as mqtt;
+
 /// Everything a handler module usually needs.
 pub mod prelude {
     pub use crate::subscriber;

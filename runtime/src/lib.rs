@@ -17,10 +17,14 @@
 #![warn(missing_docs)]
 
 mod app;
+#[cfg(feature = "conformance")]
+pub mod bench;
 mod broker;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod proxy;
 pub mod engine;
 mod error;
 mod extract;

@@ -1,0 +1,1 @@
+//! MQTT broker for brook (rumqttc). Being built under issue #7.

@@ -1,0 +1,1 @@
+//! NATS broker for brook (async-nats). Being built under issue #4.

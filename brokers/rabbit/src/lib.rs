@@ -1,0 +1,1 @@
+//! RabbitMQ broker for brook (lapin). Being built under issue #3.

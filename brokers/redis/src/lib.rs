@@ -1,0 +1,1 @@
+//! Redis broker for brook (fred). Being built under issue #5.

@@ -1,0 +1,2 @@
+//! Placeholder until the MQTT broker lands (issue #7).
+fn main() {}

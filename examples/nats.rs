@@ -1,0 +1,2 @@
+//! Placeholder until the NATS broker lands (issue #4).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder until the RabbitMQ broker lands (issue #3).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder until the Redis broker lands (issue #5).
+fn main() {}
