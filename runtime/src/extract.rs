@@ -52,14 +52,22 @@ impl std::fmt::Debug for Context {
 }
 
 /// Shared state registered with [`App::state`](crate::App::state), as a handler argument.
+/// It derefs to the state (the field is private so that `state.0` reaches *your* type's field).
 ///
 /// ```
-/// use brook_runtime::{Context, FromMessage, State};
+/// use brook_runtime::State;
 /// struct Db { url: &'static str }
-/// fn url(db: State<Db>) -> &'static str { db.url } // derefs to the state
+/// fn url(db: State<Db>) -> &'static str { db.url }
 /// ```
 #[derive(Debug)]
-pub struct State<T>(pub Arc<T>);
+pub struct State<T>(Arc<T>);
+
+impl<T> State<T> {
+    /// The shared pointer, to keep the state beyond the handler.
+    pub fn arc(&self) -> Arc<T> {
+        self.0.clone()
+    }
+}
 
 impl<T> Clone for State<T> {
     fn clone(&self) -> Self {

@@ -23,8 +23,6 @@ mod broker;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-#[cfg(feature = "conformance")]
-pub mod proxy;
 pub mod engine;
 mod error;
 mod extract;
@@ -33,6 +31,8 @@ pub mod headers;
 mod interrupt;
 pub mod memory;
 mod message;
+#[cfg(feature = "conformance")]
+pub mod proxy;
 mod subscription;
 pub mod testing;
 

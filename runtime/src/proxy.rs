@@ -45,11 +45,18 @@ impl TcpProxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                s.connections.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
+                s.connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(task.abort_handle());
             }
         })
         .abort_handle();
-        Ok(TcpProxy { addr, state, accept })
+        Ok(TcpProxy {
+            addr,
+            state,
+            accept,
+        })
     }
 
     /// Where clients connect.
@@ -65,7 +72,13 @@ impl TcpProxy {
     /// Drops every connection and refuses new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
         self.state.open.store(false, Ordering::SeqCst);
-        for c in self.state.connections.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for c in self
+            .state
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             c.abort();
         }
     }
