@@ -13,7 +13,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -52,15 +52,50 @@ struct Topic {
 
 #[derive(Default)]
 struct TopicState {
-    groups: HashMap<String, Group>,
+    /// Groups are never removed, so consumers and settlers address them by index.
+    groups: Vec<Group>,
     dead_letters: Vec<DeadLetter>,
+}
+
+impl TopicState {
+    fn group_index(&mut self, name: &str) -> usize {
+        match self.groups.iter().position(|g| g.name == name) {
+            Some(i) => i,
+            None => {
+                self.groups.push(Group { name: name.to_owned(), ..Group::default() });
+                self.groups.len() - 1
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Group {
+    name: String,
     ready: VecDeque<Stored>,
     delayed: Vec<(Instant, Stored)>,
-    in_flight: HashMap<u64, (u64, Stored)>,
+    in_flight: HashMap<u64, (u64, Stored), BuildHasherDefault<IdHasher>>,
+}
+
+/// Message ids are sequential numbers we make ourselves: a multiplicative hash is enough, and
+/// SipHash was the largest single cost of the in-memory path.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(self.0 ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Clone)]
@@ -208,9 +243,9 @@ impl MemoryBroker {
         {
             let mut state = lock(&topic.state);
             if state.groups.is_empty() {
-                state.groups.insert(String::new(), Group::default());
+                state.group_index("");
             }
-            for group in state.groups.values_mut() {
+            for group in &mut state.groups {
                 group.ready.push_back(stored.clone());
             }
         }
@@ -225,8 +260,8 @@ impl MemoryBroker {
         let mut groups: Vec<_> = state
             .groups
             .iter()
-            .map(|(name, g)| GroupSnapshot {
-                name: name.clone(),
+            .map(|g| GroupSnapshot {
+                name: g.name.clone(),
                 waiting: g
                     .ready
                     .iter()
@@ -326,7 +361,7 @@ impl Broker for MemoryBroker {
 /// A consumer of one topic and group of the [`MemoryBroker`].
 pub struct MemoryConsumer {
     topic: Arc<Topic>,
-    group: Arc<str>,
+    group: usize,
     id: u64,
     closed: bool,
 }
@@ -334,7 +369,9 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     fn take_ready(&self) -> Result<Message, Option<Instant>> {
         let mut state = lock(&self.topic.state);
-        let group = state.groups.entry(self.group.to_string()).or_default();
+        let Some(group) = state.groups.get_mut(self.group) else {
+            return Err(None);
+        };
         if !group.delayed.is_empty() {
             let now = Instant::now();
             let mut due: Vec<_> = Vec::new();
@@ -355,7 +392,7 @@ impl MemoryConsumer {
         stored.deliveries += 1;
         let settler = MemorySettler {
             topic: self.topic.clone(),
-            group: self.group.clone(),
+            group: self.group,
             consumer: self.id,
             id: stored.id,
         };
@@ -386,7 +423,7 @@ impl MemoryConsumer {
         }
         self.closed = true;
         let mut state = lock(&self.topic.state);
-        if let Some(group) = state.groups.get_mut(&*self.group) {
+        if let Some(group) = state.groups.get_mut(self.group) {
             let mut mine: Vec<Stored> = Vec::new();
             group.in_flight.retain(|_, (consumer, stored)| {
                 let is_mine = *consumer == self.id;
@@ -407,6 +444,10 @@ impl MemoryConsumer {
 
 impl Consumer for MemoryConsumer {
     async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        // The common case, a message is waiting, needs no waiter registration.
+        if let Ok(msg) = self.take_ready() {
+            return Some(Ok(msg));
+        }
         loop {
             let notified = self.topic.ready.notified();
             tokio::pin!(notified);
@@ -438,7 +479,7 @@ impl Drop for MemoryConsumer {
 
 struct MemorySettler {
     topic: Arc<Topic>,
-    group: Arc<str>,
+    group: usize,
     consumer: u64,
     id: u64,
 }
@@ -447,7 +488,7 @@ impl Settler for MemorySettler {
     fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
         let mut guard = lock(&self.topic.state);
         let state = &mut *guard;
-        let Some(group) = state.groups.get_mut(&*self.group) else {
+        let Some(group) = state.groups.get_mut(self.group) else {
             return SettleFuture::ready(Ok(()));
         };
         // Only the consumer that holds the delivery may settle it: after that consumer closed,
@@ -477,7 +518,7 @@ impl Settler for MemorySettler {
             }
             Settlement::Reject => state.dead_letters.push(DeadLetter {
                 id: stored.id,
-                group: self.group.to_string(),
+                group: group.name.clone(),
                 body: stored.body,
                 headers: stored.headers,
                 deliveries: stored.deliveries,

@@ -33,6 +33,10 @@ pub struct Subscription {
     broker: BrokerKind,
     args: Vec<(Cow<'static, str>, Value)>,
     resolved: Resolved,
+    // Read for every message, so worked out once.
+    concurrency: usize,
+    max_deliveries: Option<u32>,
+    on_decode_error: Settlement,
 }
 
 /// Collects arguments for a [`Subscription`].
@@ -58,12 +62,25 @@ impl SubscriptionBuilder {
             .map(|(n, v)| (n.as_ref(), v.clone()))
             .collect();
         match brook_caps::resolve(self.broker, &borrowed) {
-            Ok(resolved) => Ok(Subscription {
-                name: self.name,
-                broker: self.broker,
-                args: self.args,
-                resolved,
-            }),
+            Ok(resolved) => {
+                let mut sub = Subscription {
+                    name: self.name,
+                    broker: self.broker,
+                    args: self.args,
+                    resolved,
+                    concurrency: 1,
+                    max_deliveries: None,
+                    on_decode_error: Settlement::Reject,
+                };
+                sub.concurrency = sub.int("concurrency").map_or(1, |n| n as usize);
+                sub.max_deliveries = sub
+                    .int("max_deliveries")
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+                if sub.str("on_decode_error") == Some("Nack") {
+                    sub.on_decode_error = Settlement::NACK;
+                }
+                Ok(sub)
+            }
             Err(source) => Err(SubscriptionError {
                 subscriber: self.name.into_owned(),
                 broker: self.broker,
@@ -130,21 +147,17 @@ impl Subscription {
 
     /// How many messages are handled at once (default 1).
     pub fn concurrency(&self) -> usize {
-        self.int("concurrency").map_or(1, |n| n as usize)
+        self.concurrency
     }
 
     /// The most deliveries a message gets before it is rejected, if set.
     pub fn max_deliveries(&self) -> Option<u32> {
-        self.int("max_deliveries")
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        self.max_deliveries
     }
 
     /// What a payload that cannot be decoded gets: `Reject` unless `on_decode_error = Nack`.
     pub fn on_decode_error(&self) -> Settlement {
-        match self.str("on_decode_error") {
-            Some("Nack") => Settlement::NACK,
-            _ => Settlement::Reject,
-        }
+        self.on_decode_error
     }
 
     /// A string argument (`Str` or `Ident`).
