@@ -81,8 +81,17 @@ struct Figures {
     allocations: f64,
 }
 
-/// Publishes `n` messages to a fresh broker, then times `n` iterations of next + process.
-fn run<H: Handler>(handler: H, n: u64) -> Figures {
+/// What the clock covers.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// next() from the in-memory consumer + decode + handler + settle.
+    Consume,
+    /// decode + handler + settle, on messages already taken from the broker.
+    Engine,
+}
+
+/// Publishes `n` messages to a fresh broker, then times `n` iterations of `path`.
+fn run<H: Handler>(handler: H, n: u64, path: Path) -> Figures {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,9 +105,22 @@ fn run<H: Handler>(handler: H, n: u64) -> Figures {
         rt.block_on(broker.publish_message(Outgoing::new("bench", body)))
             .unwrap();
     }
+    let delivered: Vec<Message> = match path {
+        Path::Consume => Vec::new(),
+        Path::Engine => rt.block_on(async {
+            let mut v = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                v.push(consumer.next().await.unwrap().unwrap());
+            }
+            v
+        }),
+    };
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
-    measured_loop(&rt, &mut consumer, &handler, &sub, &ctx, n);
+    match path {
+        Path::Consume => measured_loop(&rt, &mut consumer, &handler, &sub, &ctx, n),
+        Path::Engine => measured_engine(&rt, delivered, &handler, &sub, &ctx),
+    }
     let elapsed = started.elapsed();
     let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
     let snapshot = broker.snapshot("bench");
@@ -134,38 +156,66 @@ fn measured_loop<H: Handler>(
     })
 }
 
-type Row = (&'static str, fn(u64) -> Figures);
+/// The engine alone; `scripts/bench-memory` points callgrind at it too.
+#[inline(never)]
+fn measured_engine<H: Handler>(
+    rt: &tokio::runtime::Runtime,
+    delivered: Vec<Message>,
+    handler: &H,
+    sub: &brook::Subscription,
+    ctx: &Context,
+) {
+    rt.block_on(async {
+        for msg in delivered {
+            let outcome = brook::engine::process(handler, sub, ctx, msg).await;
+            black_box(outcome);
+        }
+    })
+}
+
+type Row = (&'static str, fn(u64, Path) -> Figures);
 
 fn main() {
     let rows: [Row; 5] = [
-        ("AckFirst", |n| run(ack_first, n)),
-        ("Ack", |n| run(ack, n)),
-        ("RejectOnError", |n| run(reject_on_error, n)),
-        ("NackOnError", |n| run(nack_on_error, n)),
-        ("Manual", |n| run(manual, n)),
+        ("AckFirst", |n, p| run(ack_first, n, p)),
+        ("Ack", |n, p| run(ack, n, p)),
+        ("RejectOnError", |n, p| run(reject_on_error, n, p)),
+        ("NackOnError", |n, p| run(nack_on_error, n, p)),
+        ("Manual", |n, p| run(manual, n, p)),
     ];
-    // `--callgrind POLICY N`: run only that policy's loop (for scripts/bench-memory).
+    // `--callgrind POLICY N consume|engine`: run only that loop (for scripts/bench-memory).
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--callgrind") {
         let (policy, n) = (&args[at + 1], args[at + 2].parse().unwrap());
+        let path = if args[at + 3] == "engine" {
+            Path::Engine
+        } else {
+            Path::Consume
+        };
         let (_, f) = rows.iter().find(|(name, _)| name == policy).unwrap();
-        f(n);
+        f(n, path);
         return;
     }
     let n = 200_000;
-    println!("in-memory path, {n} messages per policy (decode + dispatch + settle)");
+    println!("in-memory path, {n} messages per policy, small JSON struct");
     println!(
-        "{:<14} {:>10} {:>14} {:>12}",
-        "policy", "ns/msg", "msg/s", "allocs/msg"
+        "consume = broker next() + decode + dispatch + settle; engine = decode + dispatch + settle"
+    );
+    println!(
+        "{:<14} {:>14} {:>14} {:>12} {:>14} {:>12}",
+        "policy", "consume ns/msg", "consume msg/s", "allocs/msg", "engine ns/msg", "allocs/msg"
     );
     for (name, f) in rows {
-        let _warmup = f(10_000);
-        let fig = f(n);
-        let ns = fig.per_message.as_nanos();
+        let _warmup = f(10_000, Path::Consume);
+        let consume = f(n, Path::Consume);
+        let engine = f(n, Path::Engine);
+        let ns = consume.per_message.as_nanos();
         println!(
-            "{name:<14} {ns:>10} {:>14.0} {:>12.2}",
+            "{name:<14} {ns:>14} {:>14.0} {:>12.2} {:>14} {:>12.2}",
             1e9 / ns.max(1) as f64,
-            fig.allocations
+            consume.allocations,
+            engine.per_message.as_nanos(),
+            engine.allocations,
         );
     }
 }

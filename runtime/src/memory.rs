@@ -62,7 +62,10 @@ impl TopicState {
         match self.groups.iter().position(|g| g.name == name) {
             Some(i) => i,
             None => {
-                self.groups.push(Group { name: name.to_owned(), ..Group::default() });
+                self.groups.push(Group {
+                    name: name.to_owned(),
+                    ..Group::default()
+                });
                 self.groups.len() - 1
             }
         }
@@ -335,11 +338,7 @@ impl Broker for MemoryBroker {
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<MemoryConsumer, BrokerError> {
         let topic = self.topic(subscription.source_name());
-        let group: Arc<str> = subscription.str("group_id").unwrap_or("").into();
-        lock(&topic.state)
-            .groups
-            .entry(group.to_string())
-            .or_default();
+        let group = lock(&topic.state).group_index(subscription.str("group_id").unwrap_or(""));
         Ok(MemoryConsumer {
             topic,
             group,
