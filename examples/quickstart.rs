@@ -15,7 +15,7 @@ struct Order {
 }
 
 /// Always succeeds: acked.
-#[subscriber(topic = "orders.created", ack_policy = NackOnError)]
+#[subscriber(broker = memory, topic = "orders.created", ack_policy = NackOnError)]
 async fn confirm(order: Order) -> anyhow::Result<()> {
     tracing::info!(id = order.id, "order confirmed");
     Ok(())
@@ -23,7 +23,7 @@ async fn confirm(order: Order) -> anyhow::Result<()> {
 
 /// The payment backend fails on the first attempt: NackOnError redelivers, and the second
 /// delivery succeeds.
-#[subscriber(topic = "orders.charge", ack_policy = NackOnError, max_deliveries = 5)]
+#[subscriber(broker = memory, topic = "orders.charge", ack_policy = NackOnError, max_deliveries = 5)]
 async fn charge(order: Order, msg: &Message) -> anyhow::Result<()> {
     if msg.delivery_count() == Some(1) {
         anyhow::bail!("payment backend timed out charging order {}", order.id);
@@ -34,7 +34,7 @@ async fn charge(order: Order, msg: &Message) -> anyhow::Result<()> {
 
 /// Bad input is rejected: a negative amount with the `Reject` interrupt, a payload that is
 /// not an `Order` by the decoder (rejected, not redelivered: retrying cannot fix it).
-#[subscriber(topic = "orders.ship", ack_policy = RejectOnError)]
+#[subscriber(broker = memory, topic = "orders.ship", ack_policy = RejectOnError)]
 async fn ship(order: Order) -> anyhow::Result<()> {
     if order.amount < 0.0 {
         return Err(brook::Reject.into());

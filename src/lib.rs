@@ -12,7 +12,7 @@
 //! #[derive(serde::Deserialize)]
 //! struct Order { id: u64, amount: f64 }
 //!
-//! #[subscriber(topic = "orders", ack_policy = NackOnError)]
+//! #[subscriber(broker = memory, topic = "orders", ack_policy = NackOnError)]
 //! async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
 //!     if order.amount < 0.0 {
 //!         return Err(brook::Reject.into()); // settle now, from any depth, with `?`
@@ -41,7 +41,7 @@ pub use brook_runtime::*;
 /// Declares an async fn as a message handler.
 ///
 /// ```text
-/// #[subscriber(topic = "orders", ack_policy = NackOnError, concurrency = 4, max_deliveries = 5)]
+/// #[subscriber(broker = memory, topic = "orders", ack_policy = NackOnError, concurrency = 4, max_deliveries = 5)]
 /// async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> { ... }
 /// ```
 ///

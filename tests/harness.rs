@@ -17,7 +17,7 @@ struct Order {
 
 static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
 
-#[subscriber(topic = "harness.flaky", ack_policy = NackOnError)]
+#[subscriber(broker = memory, topic = "harness.flaky", ack_policy = NackOnError)]
 async fn flaky(order: Order, msg: &Message) -> anyhow::Result<()> {
     FLAKY_CALLS.fetch_add(1, Ordering::SeqCst);
     if msg.delivery_count() < Some(3) {
@@ -52,7 +52,7 @@ fn check_amount(order: &Order) -> Result<(), brook::Reject> {
     Ok(())
 }
 
-#[subscriber(topic = "harness.validate", ack_policy = NackOnError)]
+#[subscriber(broker = memory, topic = "harness.validate", ack_policy = NackOnError)]
 async fn validate(order: Order) -> anyhow::Result<()> {
     check_amount(&order)?; // an interrupt from a nested function, through `?`
     Ok(())
@@ -94,7 +94,7 @@ async fn a_reject_interrupt_from_any_depth_dead_letters_instead_of_nacking() {
     test.stop().await.unwrap();
 }
 
-#[subscriber(topic = "harness.decode", ack_policy = NackOnError)]
+#[subscriber(broker = memory, topic = "harness.decode", ack_policy = NackOnError)]
 async fn typed(order: Order) {
     let _ = order;
 }
@@ -134,7 +134,7 @@ async fn malformed_or_unknown_payloads_are_rejected_and_the_consumer_goes_on() {
 struct Tenant(&'static str);
 struct Seen(Arc<Mutex<Vec<String>>>);
 
-#[subscriber(topic = "harness.extractors", ack_policy = Ack)]
+#[subscriber(broker = memory, topic = "harness.extractors", ack_policy = Ack)]
 async fn extractors(body: String, headers: &Headers, tenant: State<Tenant>, seen: State<Seen>) {
     let line = format!(
         "{body}|{}|{}",
@@ -173,7 +173,7 @@ struct Step {
     seq: u64,
 }
 
-#[subscriber(topic = "harness.keyed", ack_policy = Ack, concurrency = 4)]
+#[subscriber(broker = memory, topic = "harness.keyed", ack_policy = Ack, concurrency = 4)]
 async fn keyed(step: Step) {
     // Uneven work times: were two steps of one account run at once, they would finish out of
     // order.
@@ -216,7 +216,7 @@ async fn messages_with_the_same_key_keep_their_order_under_concurrency() {
 
 static POISON_CALLS: AtomicU32 = AtomicU32::new(0);
 
-#[subscriber(topic = "harness.poison", ack_policy = NackOnError, max_deliveries = 3)]
+#[subscriber(broker = memory, topic = "harness.poison", ack_policy = NackOnError, max_deliveries = 3)]
 async fn poison(_order: Order) -> anyhow::Result<()> {
     POISON_CALLS.fetch_add(1, Ordering::SeqCst);
     anyhow::bail!("always fails")
@@ -246,7 +246,7 @@ async fn max_deliveries_turns_an_endless_nack_loop_into_a_reject() {
 
 static RETRIED_AT: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
 
-#[subscriber(topic = "harness.manual", ack_policy = Manual)]
+#[subscriber(broker = memory, topic = "harness.manual", ack_policy = Manual)]
 async fn manual(_order: Order, msg: &Message) -> anyhow::Result<()> {
     RETRIED_AT.lock().unwrap().push(Instant::now());
     if msg.delivery_count() == Some(1) {
@@ -277,7 +277,7 @@ async fn manual_handlers_settle_themselves_and_nack_delays_apply() {
     test.stop().await.unwrap();
 }
 
-#[subscriber(topic = "harness.forgetful", ack_policy = Manual)]
+#[subscriber(broker = memory, topic = "harness.forgetful", ack_policy = Manual)]
 async fn forgetful(_body: bytes::Bytes, _msg: &Message) {}
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn an_unsettled_manual_message_is_handed_back_when_the_app_stops() {
     assert_eq!(snapshot.group("").unwrap().in_flight, 0);
 }
 
-#[subscriber(topic = "harness.direct")]
+#[subscriber(broker = memory, topic = "harness.direct")]
 async fn direct(order: Order) -> anyhow::Result<()> {
     anyhow::ensure!(order.amount >= 0.0, "negative amount");
     Ok(())

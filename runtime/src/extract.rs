@@ -193,6 +193,7 @@ impl<'a, T: DeserializeOwned> ViaDecode<'a, T> for Arg<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_borrow)] // the autoref trick needs the `&&`: it is how priority works
 mod tests {
     use super::*;
     use crate::headers::CONTENT_TYPE;

@@ -91,7 +91,9 @@ impl SubscriptionBuilder {
 }
 
 impl Subscription {
-    /// Starts a subscription named `name` (the handler's name in logs) for `broker`.
+    /// Starts a subscription named `name` (the handler's name in logs) for `broker`; finish
+    /// it with [`SubscriptionBuilder::build`], which validates it.
+    #[allow(clippy::new_ret_no_self)] // a subscription only exists validated: `new` starts one
     pub fn new(broker: BrokerKind, name: impl Into<Cow<'static, str>>) -> SubscriptionBuilder {
         SubscriptionBuilder {
             name: name.into(),
