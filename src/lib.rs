@@ -64,6 +64,10 @@ pub use brook_runtime::*;
 /// `Result<(), E>` with `E: Into<anyhow::Error>`.
 pub use brook_macros::subscriber;
 
+/// Kafka (`kafka` feature).
+#[cfg(feature = "kafka")]
+pub use brook_kafka as kafka;
+
 /// RabbitMQ (`rabbit` feature).
 #[cfg(feature = "rabbit")]
 pub use brook_rabbit as rabbit;

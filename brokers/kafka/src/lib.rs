@@ -1,0 +1,1 @@
+//! Kafka broker for brook (rdkafka). Being built under issue #6.

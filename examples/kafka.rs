@@ -1,0 +1,2 @@
+//! Placeholder until the Kafka broker lands (issue #6).
+fn main() {}
