@@ -1,0 +1,250 @@
+//! The App's lifecycle: hooks, shutdown by handle and by SIGTERM, start-up errors, and the
+//! tracing span every message gets.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brook::prelude::*;
+use brook::testing::TestApp;
+use tokio::sync::Notify;
+
+#[subscriber(broker = memory, topic = "app.events", ack_policy = Ack)]
+async fn record(body: String, log: State<Log>) {
+    log.push(format!("handled {body}"));
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn hooks_run_around_consumption_and_run_returns_on_the_shutdown_handle() {
+    let log = Log::default();
+    let broker = MemoryBroker::new();
+    let started = Arc::new(Notify::new());
+    let (l1, l2, s) = (log.clone(), log.clone(), started.clone());
+    let app = App::new(broker.clone())
+        .state(log.clone())
+        .subscribe(record)
+        .on_startup(move || async move {
+            l1.push("startup".into());
+            s.notify_one();
+            Ok(())
+        })
+        .on_shutdown(move || async move {
+            l2.push("shutdown".into());
+            Ok(())
+        });
+    let handle = app.shutdown_handle();
+    broker.record();
+    let run = tokio::spawn(app.run());
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .unwrap();
+    let id = broker.publish_traced(Outgoing::encode("one", "app.events").unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        broker.wait_for_trace(id, |t| t.is_final()),
+    )
+    .await
+    .unwrap();
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.lines(), vec!["startup", "handled one", "shutdown"]);
+}
+
+#[tokio::test]
+async fn a_failing_startup_hook_stops_the_start_with_its_error() {
+    let app = App::new(MemoryBroker::new())
+        .subscribe(record)
+        .on_startup(|| async { anyhow::bail!("database unreachable") });
+    let err = app
+        .start()
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string();
+    assert!(
+        err.contains("startup hook failed: database unreachable"),
+        "{err}"
+    );
+}
+
+struct Invalid;
+
+impl brook::Handler for Invalid {
+    type Broker = brook::kind::Memory;
+    fn subscription(&self) -> Result<brook::Subscription, brook::SubscriptionError> {
+        brook::Subscription::new(brook::BrokerKind::Memory, "invalid")
+            .arg("topic", "t")
+            .arg("concurrency", 0u32)
+            .build()
+    }
+    async fn call(&self, _: &Message, _: &Context) -> Result<(), brook::HandlerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_hand_built_subscriber_is_reported_at_start() {
+    let err = App::new(MemoryBroker::new())
+        .subscribe(Invalid)
+        .start()
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string();
+    assert_eq!(
+        err,
+        "subscriber `invalid` on the in-memory broker: `concurrency` must be at least 1"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_the_app_down_gracefully() {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registering a listener first replaces the default action (terminate the process) for the
+    // whole test process, so the signal cannot kill the test before the App listens.
+    let mut ours = signal(SignalKind::terminate()).unwrap();
+    let started = Arc::new(Notify::new());
+    let s = started.clone();
+    let app = App::new(MemoryBroker::new())
+        .state(Log::default())
+        .subscribe(record)
+        .on_startup(move || async move {
+            s.notify_one();
+            Ok(())
+        });
+    let mut run = tokio::spawn(app.run());
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .unwrap();
+    // The App starts listening right after the startup hook; repeat the signal until it stops
+    // (bounded), since a signal sent before it listens only reaches our own listener.
+    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            // SAFETY: sending a signal to our own process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            ours.recv().await;
+            if let Ok(result) = tokio::time::timeout(Duration::from_millis(100), &mut run).await {
+                return result;
+            }
+        }
+    })
+    .await
+    .expect("the App stops on SIGTERM");
+    stopped.unwrap().unwrap();
+}
+
+/// Collects the fields of every `brook.message` span.
+#[derive(Clone, Default)]
+struct SpanFields(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+
+struct Visitor<'a>(&'a mut Vec<(String, String)>);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push((
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        ));
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanFields
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() != "brook.message" {
+            return;
+        }
+        let mut fields = Vec::new();
+        attrs.record(&mut Visitor(&mut fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id) {
+            if let Some(fields) = span.extensions_mut().get_mut::<Vec<(String, String)>>() {
+                values.record(&mut Visitor(fields));
+            }
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            if let Some(fields) = span.extensions_mut().remove::<Vec<(String, String)>>() {
+                self.0.lock().unwrap().push(fields);
+            }
+        }
+    }
+}
+
+#[subscriber(broker = memory, topic = "app.traced", ack_policy = RejectOnError)]
+async fn traced(body: String) -> anyhow::Result<()> {
+    anyhow::ensure!(body != "bad", "bad input");
+    Ok(())
+}
+
+#[test]
+fn every_message_gets_a_span_with_broker_topic_id_and_outcome() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = SpanFields::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let test = TestApp::start(App::new(MemoryBroker::new()).subscribe(traced))
+            .await
+            .unwrap();
+        let good = test.publish("good", "app.traced").await.unwrap();
+        let bad = test.publish("bad", "app.traced").await.unwrap();
+        good.settled().await.unwrap();
+        bad.settled().await.unwrap();
+        test.stop().await.unwrap();
+    });
+    let spans = spans.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let get = |span: &Vec<(String, String)>, k: &str| {
+        span.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    for (span, outcome) in spans.iter().zip(["acked", "rejected"]) {
+        assert_eq!(get(span, "broker").as_deref(), Some("memory"));
+        assert_eq!(get(span, "subscriber").as_deref(), Some("traced"));
+        assert_eq!(get(span, "topic").as_deref(), Some("app.traced"));
+        assert!(get(span, "message_id").is_some());
+        assert_eq!(get(span, "delivery").as_deref(), Some("1"));
+        assert_eq!(get(span, "outcome").as_deref(), Some(outcome), "{span:?}");
+    }
+}
