@@ -21,6 +21,14 @@ pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(15);
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Hook = Box<dyn FnOnce() -> BoxFuture<anyhow::Result<()>> + Send>;
 
+fn boxed_hook<F, Fut>(hook: F) -> Hook
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    Box::new(move || Box::pin(hook()))
+}
+
 /// Starts one subscriber's consumer loop, with its handler type erased.
 trait Start<B: Broker>: Send {
     fn subscription(&self) -> &Subscription;
@@ -148,7 +156,7 @@ impl<B: Broker> App<B> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.on_startup.push(Box::new(move || Box::pin(hook())));
+        self.on_startup.push(boxed_hook(hook));
         self
     }
 
@@ -158,7 +166,7 @@ impl<B: Broker> App<B> {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.on_shutdown.push(Box::new(move || Box::pin(hook())));
+        self.on_shutdown.push(boxed_hook(hook));
         self
     }
 

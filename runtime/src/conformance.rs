@@ -403,6 +403,15 @@ impl<A: Adapter> Run<A> {
         }
     }
 
+    /// Asserts that `body` is still there for the next consumer (not settled).
+    pub async fn assert_remains(&mut self, body: &[u8], what: &str) {
+        assert_eq!(
+            self.remaining().await,
+            vec![Bytes::copy_from_slice(body)],
+            "{what}: the unsettled message must be delivered again"
+        );
+    }
+
     /// Asserts that `body` was rejected: not delivered again, dead-lettered where possible.
     pub async fn assert_rejected(&mut self, body: &[u8], what: &str) {
         assert_eq!(
@@ -424,62 +433,75 @@ fn caps<A: Adapter>(a: &A) -> Capabilities {
     a.capabilities()
 }
 
+/// What a single-message test expects the broker to have done.
+enum Expect {
+    Acked,
+    Rejected,
+}
+
+/// Publishes one message to a subscriber whose handler always does `step`, and checks the
+/// broker's state afterwards.
+async fn one_message<A: Adapter>(
+    a: Arc<A>,
+    test: &str,
+    policy: AckPolicy,
+    step: Step,
+    expect: Expect,
+) {
+    let what = format!("{test}: {policy}");
+    let mut run = Run::start(a, test, Setup::new(policy), move |_, _| step.clone()).await;
+    run.publish(b"one").await;
+    run.calls(1).await;
+    match expect {
+        Expect::Acked => run.assert_acked(&what).await,
+        Expect::Rejected => run.assert_rejected(b"one", &what).await,
+    }
+}
+
 /// Ack: a message the handler processed is acknowledged.
 pub async fn ack_policy_acks_on_success<A: Adapter>(a: Arc<A>) {
-    let mut run = Run::start(a, "ack_ok", Setup::new(AckPolicy::Ack), |_, _| {
-        Step::Succeed
-    })
-    .await;
-    run.publish(b"1").await;
-    run.calls(1).await;
-    run.assert_acked("Ack + Ok").await;
+    one_message(a, "ack_ok", AckPolicy::Ack, Step::Succeed, Expect::Acked).await;
 }
 
 /// Ack: a failed message is acknowledged too (and logged).
 pub async fn ack_policy_acks_on_error<A: Adapter>(a: Arc<A>) {
-    let mut run = Run::start(a, "ack_err", Setup::new(AckPolicy::Ack), |_, _| Step::Fail).await;
-    run.publish(b"1").await;
-    run.calls(1).await;
-    run.assert_acked("Ack + Err").await;
+    one_message(a, "ack_err", AckPolicy::Ack, Step::Fail, Expect::Acked).await;
 }
 
 /// AckFirst: acked before the handler runs, so a failure does not bring it back.
 pub async fn ack_first_acks_before_the_handler<A: Adapter>(a: Arc<A>) {
-    let mut run = Run::start(a, "ackfirst", Setup::new(AckPolicy::AckFirst), |_, _| {
-        Step::Fail
-    })
+    one_message(
+        a,
+        "ackfirst",
+        AckPolicy::AckFirst,
+        Step::Fail,
+        Expect::Acked,
+    )
     .await;
-    run.publish(b"1").await;
-    run.calls(1).await;
-    run.assert_acked("AckFirst + Err").await;
 }
 
 /// RejectOnError: success acks.
 pub async fn reject_on_error_acks_on_success<A: Adapter>(a: Arc<A>) {
-    let mut run = Run::start(
+    one_message(
         a,
         "reject_ok",
-        Setup::new(AckPolicy::RejectOnError),
-        |_, _| Step::Succeed,
+        AckPolicy::RejectOnError,
+        Step::Succeed,
+        Expect::Acked,
     )
     .await;
-    run.publish(b"1").await;
-    run.calls(1).await;
-    run.assert_acked("RejectOnError + Ok").await;
 }
 
 /// RejectOnError: an error rejects (dead-letters), no redelivery.
 pub async fn reject_on_error_rejects_on_error<A: Adapter>(a: Arc<A>) {
-    let mut run = Run::start(
+    one_message(
         a,
         "reject_err",
-        Setup::new(AckPolicy::RejectOnError),
-        |_, _| Step::Fail,
+        AckPolicy::RejectOnError,
+        Step::Fail,
+        Expect::Rejected,
     )
     .await;
-    run.publish(b"bad").await;
-    run.calls(1).await;
-    run.assert_rejected(b"bad", "RejectOnError + Err").await;
 }
 
 /// NackOnError: an error nacks and the message comes back; success then acks.
@@ -535,11 +557,8 @@ pub async fn manual_leaves_unsettled_messages_for_redelivery<A: Adapter>(a: Arc<
     .await;
     run.publish(b"keep").await;
     run.calls(1).await;
-    assert_eq!(
-        run.remaining().await,
-        vec![Bytes::from_static(b"keep")],
-        "Manual without a settlement: the message stays"
-    );
+    run.assert_remains(b"keep", "Manual without a settlement")
+        .await;
 }
 
 /// Manual: the handler's ack / reject take effect.
@@ -730,11 +749,8 @@ pub async fn graceful_timeout_leaves_the_message_for_redelivery<A: Adapter>(a: A
     .await;
     run.publish(b"stuck").await;
     run.calls(1).await;
-    assert_eq!(
-        run.remaining().await,
-        vec![Bytes::from_static(b"stuck")],
-        "a cancelled message is redelivered"
-    );
+    run.assert_remains(b"stuck", "handler cut off by the graceful timeout")
+        .await;
 }
 
 /// concurrency = N: N handlers run at once.
