@@ -18,6 +18,9 @@ use crate::subscription::Subscription;
 /// The default graceful-shutdown timeout, the same for every broker.
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long consumers may take to close after the graceful timeout cancelled their handlers.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Hook = Box<dyn FnOnce() -> BoxFuture<anyhow::Result<()>> + Send>;
 
@@ -293,7 +296,17 @@ impl<B: Broker> RunningApp<B> {
                 "graceful timeout reached; cancelling handlers still running (their messages stay unsettled)"
             );
             self.abort.cancel();
-            while self.tasks.join_next().await.is_some() {}
+            // Cancelled handlers return at once; what is left is consumers closing (commits,
+            // handing messages back). Bound that too, so shutdown never hangs on a dead broker.
+            let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                while self.tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if closed.is_err() {
+                tracing::error!(timeout = ?CLOSE_TIMEOUT, "consumers did not close in time; aborting them");
+                self.tasks.abort_all();
+                while self.tasks.join_next().await.is_some() {}
+            }
         }
         let mut result = Ok(());
         for hook in self.on_shutdown {
