@@ -148,11 +148,14 @@ async fn sigterm_shuts_the_app_down_gracefully() {
     stopped.unwrap().unwrap();
 }
 
+/// The recorded fields of one span.
+type Fields = Vec<(String, String)>;
+
 /// Collects the fields of every `brook.message` span.
 #[derive(Clone, Default)]
-struct SpanFields(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+struct SpanFields(Arc<Mutex<Vec<Fields>>>);
 
-struct Visitor<'a>(&'a mut Vec<(String, String)>);
+struct Visitor<'a>(&'a mut Fields);
 
 impl tracing::field::Visit for Visitor<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -190,7 +193,7 @@ where
         ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         if let Some(span) = ctx.span(id) {
-            if let Some(fields) = span.extensions_mut().get_mut::<Vec<(String, String)>>() {
+            if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
                 values.record(&mut Visitor(fields));
             }
         }
@@ -198,7 +201,7 @@ where
 
     fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
         if let Some(span) = ctx.span(&id) {
-            if let Some(fields) = span.extensions_mut().remove::<Vec<(String, String)>>() {
+            if let Some(fields) = span.extensions_mut().remove::<Fields>() {
                 self.0.lock().unwrap().push(fields);
             }
         }
@@ -233,7 +236,7 @@ fn every_message_gets_a_span_with_broker_topic_id_and_outcome() {
     });
     let spans = spans.0.lock().unwrap().clone();
     assert_eq!(spans.len(), 2, "{spans:?}");
-    let get = |span: &Vec<(String, String)>, k: &str| {
+    let get = |span: &Fields, k: &str| {
         span.iter()
             .rev()
             .find(|(n, _)| n == k)
