@@ -359,13 +359,17 @@ impl<A: Adapter> Run<A> {
         self.running.take().expect("the App is running")
     }
 
-    /// Stops the App gracefully (bounded).
+    /// Stops the App gracefully (bounded), then collects every call the handler got, so
+    /// "delivered exactly N times" checks see late deliveries too.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
             tokio::time::timeout(WAIT * 2, running.stop())
                 .await
                 .expect("the App stops within the graceful timeout")
                 .expect("the App stops cleanly");
+        }
+        while let Ok(call) = self.calls.try_recv() {
+            self.seen.push(call);
         }
     }
 
@@ -814,6 +818,113 @@ pub async fn nack_delay_is_honoured<A: Adapter>(a: Arc<A>) {
     run.assert_acked("delayed nack then Ok").await;
 }
 
+/// What the handler does on the first delivery in [`every_policy_and_handler_outcome`].
+#[derive(Clone, Copy, Debug)]
+enum First {
+    Succeed,
+    Fail,
+    Panic,
+    Interrupt(Settlement),
+}
+
+/// What the broker ends up with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    /// Gone after one delivery, not dead-lettered.
+    Acked,
+    /// Gone, dead-lettered where the broker can.
+    Rejected,
+    /// Delivered again, then acked.
+    Redelivered,
+    /// Still there for the next consumer.
+    Remains,
+}
+
+/// The whole table: every policy against every way a handler can end (success, error, panic,
+/// each interrupt), checked on the broker afterwards. The second delivery, where there is one,
+/// succeeds (under `Manual`, by acking).
+pub async fn every_policy_and_handler_outcome<A: Adapter>(a: Arc<A>) {
+    use AckPolicy::*;
+    use End::*;
+    let firsts = [
+        First::Succeed,
+        First::Fail,
+        First::Panic,
+        First::Interrupt(Settlement::Ack),
+        First::Interrupt(Settlement::NACK),
+        First::Interrupt(Settlement::Reject),
+    ];
+    // One row per policy, one column per entry of `firsts`.
+    let table = [
+        (AckFirst, [Acked, Acked, Acked, Acked, Acked, Acked]),
+        (Ack, [Acked, Acked, Acked, Acked, Redelivered, Rejected]),
+        (
+            RejectOnError,
+            [Acked, Rejected, Rejected, Acked, Redelivered, Rejected],
+        ),
+        (
+            NackOnError,
+            [
+                Acked,
+                Redelivered,
+                Redelivered,
+                Acked,
+                Redelivered,
+                Rejected,
+            ],
+        ),
+        (
+            Manual,
+            [Remains, Remains, Remains, Acked, Redelivered, Rejected],
+        ),
+    ];
+    for (policy, ends) in table {
+        for (first, end) in firsts.into_iter().zip(ends) {
+            let test = format!(
+                "matrix_{policy}_{}",
+                format!("{first:?}").replace(|c: char| !c.is_alphanumeric(), "_")
+            );
+            let then = if policy == Manual {
+                Step::Settle(Settlement::Ack)
+            } else {
+                Step::Succeed
+            };
+            let mut run = Run::start(a.clone(), &test, Setup::new(policy), move |_, n| {
+                match (n, first) {
+                    (0, First::Succeed) => Step::Succeed,
+                    (0, First::Fail) => Step::Fail,
+                    (0, First::Panic) => Step::Panic,
+                    (0, First::Interrupt(s)) => Step::Interrupt(s),
+                    _ => then.clone(),
+                }
+            })
+            .await;
+            run.publish(b"m").await;
+            let what = format!("{policy} with a handler that first does {first:?}");
+            match end {
+                Acked => {
+                    run.calls(1).await;
+                    run.assert_acked(&what).await;
+                    assert_eq!(run.seen.len(), 1, "{what}: delivered once");
+                }
+                Rejected => {
+                    run.calls(1).await;
+                    run.assert_rejected(b"m", &what).await;
+                    assert_eq!(run.seen.len(), 1, "{what}: delivered once");
+                }
+                Redelivered => {
+                    run.calls(2).await;
+                    run.assert_acked(&what).await;
+                }
+                Remains => {
+                    run.calls(1).await;
+                    run.assert_remains(b"m", &what).await;
+                }
+            }
+        }
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance test, against `$adapter` (an expression
 /// evaluated once per test).
 #[macro_export]
@@ -827,7 +938,7 @@ macro_rules! conformance_tests {
             the_first_settlement_wins, max_deliveries_stops_redelivery_loops,
             undecodable_payloads_are_rejected, shutdown_lets_in_flight_handlers_finish,
             graceful_timeout_leaves_the_message_for_redelivery, concurrency_runs_handlers_in_parallel,
-            messages_are_handled_in_order, nack_delay_is_honoured
+            messages_are_handled_in_order, nack_delay_is_honoured, every_policy_and_handler_outcome
         );
     };
     (@each $adapter:expr; $($test:ident),* $(,)?) => {
