@@ -1,0 +1,316 @@
+//! [`RabbitBroker`]: connection settings, connecting (bounded, with errors that name the
+//! address but never the password) and publishing with confirms.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_runtime::kind::Rabbit;
+use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Outgoing, Subscription};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use crate::consumer::{RabbitConsumer, Topology};
+use crate::message::properties_from;
+
+const KIND: BrokerKind = BrokerKind::Rabbit;
+
+/// A RabbitMQ client. Cheap to clone: clones share settings and the publishing connection.
+///
+/// ```
+/// use std::time::Duration;
+/// use brook_rabbit::RabbitBroker;
+///
+/// let broker = RabbitBroker::new("amqp://app:s3cret@rabbit.internal:5672/%2f")
+///     .connect_timeout(Duration::from_secs(5))
+///     .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(10));
+/// // The password never shows:
+/// assert!(!format!("{broker:?}").contains("s3cret"));
+/// ```
+#[derive(Clone)]
+pub struct RabbitBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// The URL as given: it may hold a password, so it is never logged or shown.
+    url: String,
+    /// Where, without credentials: for errors and logs.
+    pub(crate) address: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    publisher: Mutex<Option<Publisher>>,
+}
+
+struct Publisher {
+    // Kept so the connection lives as long as its channel.
+    connection: Connection,
+    channel: Channel,
+}
+
+/// Why a publish was not confirmed.
+#[derive(Debug, thiserror::Error)]
+#[error("RabbitMQ refused the message (publisher confirm nack)")]
+struct Nacked;
+
+/// A URL that cannot be parsed. The URL itself is not shown: it may hold a password.
+#[derive(Debug, thiserror::Error)]
+#[error("the AMQP URL cannot be parsed: {0} (URL not shown: it may hold a password)")]
+struct BadUrl(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+struct TimedOut(Duration);
+
+impl RabbitBroker {
+    /// A client for the broker at `url` (`amqp://user:password@host:port/vhost`, or `amqps://`
+    /// for TLS; the default vhost `/` is written `%2f`). Nothing connects until
+    /// [`Broker::connect`] (the App calls it at start).
+    pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let address = redact(&url);
+        RabbitBroker {
+            inner: Arc::new(Inner {
+                url,
+                address,
+                connect_timeout: Duration::from_secs(10),
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(5),
+                publisher: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// How long connecting (TCP, TLS and the AMQP handshake) may take before it fails
+    /// (default 10 s).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.with(|inner| inner.connect_timeout = timeout)
+    }
+
+    /// The delays between reconnection attempts of a consumer that lost its connection: the
+    /// first is `min`, each next one doubles, up to `max` (default 100 ms to 5 s).
+    pub fn reconnect_backoff(self, min: Duration, max: Duration) -> Self {
+        self.with(|inner| {
+            inner.backoff_min = min;
+            inner.backoff_max = max.max(min);
+        })
+    }
+
+    /// The broker's address as shown in errors and logs (no credentials).
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    fn with(self, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Inner {
+            url: self.inner.url.clone(),
+            address: self.inner.address.clone(),
+            connect_timeout: self.inner.connect_timeout,
+            backoff_min: self.inner.backoff_min,
+            backoff_max: self.inner.backoff_max,
+            publisher: Mutex::new(None),
+        };
+        f(&mut inner);
+        RabbitBroker {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Publishes to `exchange` with `routing_key` (the generic [`Broker::publish_message`]
+    /// maps `destination` and `key` onto these).
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let mut retried = false;
+        loop {
+            let channel = self.inner.publisher_channel().await?;
+            let result = async {
+                let confirm = channel
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.into(),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        properties_from(&message.headers),
+                    )
+                    .await?
+                    .await?;
+                Ok::<_, lapin::Error>(confirm)
+            }
+            .await;
+            match result {
+                Ok(confirm) if confirm.is_nack() => {
+                    return Err(BrokerError::operation(KIND, "basic.publish", Nacked))
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    // The channel is gone (connection lost, or RabbitMQ closed it over an
+                    // error such as a missing exchange): open a new one next time.
+                    self.inner.publisher.lock().await.take();
+                    if retried || channel.status().connected() {
+                        return Err(BrokerError::operation(KIND, "basic.publish", e));
+                    }
+                    // Unconfirmed on a dead connection: publish again on a new one, once
+                    // (at-least-once: RabbitMQ may have received the first copy).
+                    tracing::warn!(
+                        address = self.inner.address,
+                        error = %e,
+                        "publishing failed on a lost connection; retrying once on a new one"
+                    );
+                    retried = true;
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Opens a connection, within the connect timeout, mapping every failure to
+    /// [`BrokerError::Connect`] with the redacted address.
+    pub(crate) async fn open(&self, name: &str) -> Result<Connection, BrokerError> {
+        let connect_error = |source: brook_runtime::BoxError| BrokerError::Connect {
+            broker: KIND,
+            address: self.address.clone(),
+            source,
+        };
+        let uri: AMQPUri = self
+            .url
+            .parse()
+            .map_err(|e: String| connect_error(Box::new(BadUrl(e))))?;
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(
+            self.connect_timeout,
+            Connection::connect_uri(uri, properties),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(connect_error(Box::new(e))),
+            Err(_) => Err(connect_error(Box::new(TimedOut(self.connect_timeout)))),
+        }
+    }
+
+    /// The publishing channel (in confirm mode), opening a connection if there is none or the
+    /// last one died.
+    async fn publisher_channel(&self) -> Result<Channel, BrokerError> {
+        let mut publisher = self.publisher.lock().await;
+        if let Some(p) = publisher.as_ref() {
+            if p.channel.status().connected() && p.connection.status().connected() {
+                return Ok(p.channel.clone());
+            }
+        }
+        publisher.take();
+        let connection = self.open("brook publisher").await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "channel.open", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "confirm.select", e))?;
+        *publisher = Some(Publisher {
+            connection,
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+}
+
+impl fmt::Debug for RabbitBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitBroker")
+            .field("address", &self.inner.address)
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://host:port/vhost`: the URL without user name and password.
+fn redact(url: &str) -> String {
+    match url.parse::<AMQPUri>() {
+        Ok(uri) => {
+            let scheme = match uri.scheme {
+                AMQPScheme::AMQP => "amqp",
+                AMQPScheme::AMQPS => "amqps",
+            };
+            let vhost = if uri.vhost == "/" { "%2f" } else { &uri.vhost };
+            format!(
+                "{scheme}://{}:{}/{vhost}",
+                uri.authority.host, uri.authority.port
+            )
+        }
+        Err(_) => "(unparsable AMQP URL)".to_owned(),
+    }
+}
+
+impl Accepts<Rabbit> for RabbitBroker {}
+
+impl Broker for RabbitBroker {
+    type Consumer = RabbitConsumer;
+
+    fn kind(&self) -> BrokerKind {
+        KIND
+    }
+
+    /// Opens the publishing connection: a wrong address, port or password fails here, within
+    /// the connect timeout, naming RabbitMQ and the address.
+    async fn connect(&self) -> Result<(), BrokerError> {
+        self.inner.publisher_channel().await.map(drop)
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<RabbitConsumer, BrokerError> {
+        let topology = Topology::from_subscription(subscription)?;
+        RabbitConsumer::start(self.inner.clone(), topology).await
+    }
+
+    /// Publishes with publisher confirms, persistent. Without a key, `destination` is a queue
+    /// (the default exchange routes by queue name); with a key, `destination` is the exchange
+    /// and the key the routing key.
+    async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
+        let key = message
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        match key {
+            Some(routing_key) => {
+                self.publish_to(&message.destination, &routing_key, &message)
+                    .await
+            }
+            None => self.publish_to("", &message.destination, &message).await,
+        }
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        if let Some(p) = self.inner.publisher.lock().await.take() {
+            if let Err(e) = p.connection.close(200, "bye".into()).await {
+                tracing::debug!(error = %e, "closing the publishing connection");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_has_no_credentials() {
+        assert_eq!(
+            redact("amqp://u:secret@example.org:5673/prod"),
+            "amqp://example.org:5673/prod"
+        );
+        assert_eq!(
+            redact("amqp://u:secret@127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert!(!redact("amqp://u:secret@host:notaport").contains("secret"));
+    }
+}

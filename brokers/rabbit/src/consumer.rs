@@ -1,0 +1,330 @@
+//! [`RabbitConsumer`]: one subscriber's connection, channel and `basic.consume`, recovered
+//! after a connection loss.
+//!
+//! lapin does not reconnect consumers by itself, so this does: when the delivery stream ends
+//! or fails, the consumer drops the dead connection, and its next `next()` reconnects with an
+//! exponential backoff bounded by [`RabbitBroker::reconnect_backoff`](crate::RabbitBroker::reconnect_backoff),
+//! declares its queue (and exchange and binding) again, sets the prefetch and consumes. Nothing
+//! is lost: deliveries of the dead channel were never acknowledged, so RabbitMQ requeues them
+//! (marked `redelivered`), and settling them fails cleanly instead of touching the new channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_runtime::{AckPolicy, BrokerError, BrokerKind, Consumer, Message, Subscription};
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ExchangeKind};
+
+use crate::broker::Inner;
+use crate::message::to_message;
+
+const KIND: BrokerKind = BrokerKind::Rabbit;
+
+/// The prefetch when the subscriber sets none: enough to keep the handler busy while acks
+/// travel, at least twice the concurrency.
+pub(crate) const DEFAULT_PREFETCH: u16 = 64;
+
+/// What a subscriber consumes and declares, from its arguments.
+#[derive(Clone, Debug)]
+pub(crate) struct Topology {
+    queue: Arc<str>,
+    exchange: Option<String>,
+    routing_key: String,
+    exchange_kind: ExchangeKind,
+    durable: bool,
+    auto_delete: bool,
+    declare: bool,
+    passive: bool,
+    queue_type: Option<String>,
+    dead_letter_exchange: Option<String>,
+    prefetch: u16,
+    no_ack: bool,
+    subscriber: String,
+}
+
+impl Topology {
+    pub(crate) fn from_subscription(sub: &Subscription) -> Result<Topology, BrokerError> {
+        let queue: Arc<str> = sub.source_name().into();
+        let exchange_kind = match sub.str("exchange_type").unwrap_or("direct") {
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            _ => ExchangeKind::Direct,
+        };
+        let concurrency = u16::try_from(sub.concurrency()).unwrap_or(u16::MAX);
+        let prefetch = match sub.int("prefetch") {
+            Some(n) => u16::try_from(n).map_err(|_| BrokerError::Invalid {
+                broker: KIND,
+                message: format!(
+                    "subscriber `{}`: prefetch = {n} is more than RabbitMQ allows (65535)",
+                    sub.name()
+                ),
+            })?,
+            None => DEFAULT_PREFETCH.max(concurrency.saturating_mul(2)),
+        };
+        let queue_type = sub.str("queue_type").map(str::to_owned);
+        if sub.max_deliveries().is_some() && queue_type.as_deref() != Some("quorum") {
+            tracing::warn!(
+                subscriber = sub.name(),
+                queue = &*queue,
+                "max_deliveries needs the delivery count of quorum queues (x-delivery-count); a classic queue only flags redeliveries, so there it acts on first deliveries only. This subscriber does not declare queue_type = quorum (ignore this if the queue is a quorum queue declared elsewhere)"
+            );
+        }
+        Ok(Topology {
+            routing_key: sub.str("routing_key").unwrap_or(&queue).to_owned(),
+            queue,
+            exchange: sub.str("exchange").map(str::to_owned),
+            exchange_kind,
+            durable: sub.bool("durable").unwrap_or(true),
+            auto_delete: sub.bool("auto_delete").unwrap_or(false),
+            declare: sub.bool("declare").unwrap_or(true),
+            passive: sub.bool("passive").unwrap_or(false),
+            queue_type,
+            dead_letter_exchange: sub.str("dead_letter_exchange").map(str::to_owned),
+            prefetch,
+            no_ack: sub.policy() == AckPolicy::AckFirst,
+            subscriber: sub.name().to_owned(),
+        })
+    }
+
+    /// Declares what the subscriber asked for (again, after a reconnect: declarations are
+    /// idempotent while the arguments stay the same).
+    async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let op = |operation| move |e| BrokerError::operation(KIND, operation, e);
+        if self.passive {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(self.queue.as_ref().into(), options, FieldTable::default())
+                .await
+                .map_err(op("queue.declare (passive)"))?;
+            return Ok(());
+        }
+        if !self.declare {
+            return Ok(());
+        }
+        let mut arguments = FieldTable::default();
+        if let Some(kind) = &self.queue_type {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(kind.as_str().into()),
+            );
+        }
+        if let Some(dlx) = &self.dead_letter_exchange {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.as_str().into()),
+            );
+        }
+        let options = QueueDeclareOptions {
+            durable: self.durable,
+            auto_delete: self.auto_delete,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(self.queue.as_ref().into(), options, arguments)
+            .await
+            .map_err(op("queue.declare"))?;
+        let Some(exchange) = self.exchange.as_deref().filter(|e| !e.is_empty()) else {
+            return Ok(()); // the default exchange routes by queue name already
+        };
+        let options = ExchangeDeclareOptions {
+            // `amq.*` exchanges exist already and may not be declared, only checked.
+            passive: exchange.starts_with("amq."),
+            durable: self.durable,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.into(),
+                self.exchange_kind.clone(),
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op("exchange.declare"))?;
+        channel
+            .queue_bind(
+                self.queue.as_ref().into(),
+                exchange.into(),
+                self.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(op("queue.bind"))
+    }
+}
+
+/// One live connection of a consumer.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    deliveries: lapin::Consumer,
+}
+
+/// The deliveries of one subscription; see the module docs for reconnection.
+pub struct RabbitConsumer {
+    broker: Arc<Inner>,
+    topology: Topology,
+    session: Option<Session>,
+    backoff: Duration,
+}
+
+impl RabbitConsumer {
+    pub(crate) async fn start(
+        broker: Arc<Inner>,
+        topology: Topology,
+    ) -> Result<RabbitConsumer, BrokerError> {
+        let session = open_session(&broker, &topology).await?;
+        Ok(RabbitConsumer {
+            backoff: broker.backoff_min,
+            broker,
+            topology,
+            session: Some(session),
+        })
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.topology.queue
+    }
+
+    /// Reconnects until it works (or the caller stops polling: `next()` is cancelled when the
+    /// App stops, which also ends this loop).
+    async fn reconnect(&mut self) -> &mut Session {
+        loop {
+            match open_session(&self.broker, &self.topology).await {
+                Ok(session) => {
+                    tracing::info!(
+                        subscriber = self.topology.subscriber,
+                        queue = &*self.topology.queue,
+                        address = self.broker.address,
+                        "RabbitMQ consumer reconnected"
+                    );
+                    self.backoff = self.broker.backoff_min;
+                    return self.session.insert(session);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        subscriber = self.topology.subscriber,
+                        queue = &*self.topology.queue,
+                        %error,
+                        retry_in = ?self.backoff,
+                        "RabbitMQ consumer cannot reconnect yet"
+                    );
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(self.broker.backoff_max);
+                }
+            }
+        }
+    }
+}
+
+async fn open_session(broker: &Inner, topology: &Topology) -> Result<Session, BrokerError> {
+    let connection = broker
+        .open(&format!("brook consumer {}", topology.subscriber))
+        .await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "channel.open", e))?;
+    topology.declare(&channel).await?;
+    if !topology.no_ack {
+        channel
+            .basic_qos(topology.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "basic.qos", e))?;
+    }
+    let options = BasicConsumeOptions {
+        no_ack: topology.no_ack,
+        ..BasicConsumeOptions::default()
+    };
+    let deliveries = channel
+        .basic_consume(
+            topology.queue.as_ref().into(),
+            ShortString::from(""),
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "basic.consume", e))?;
+    Ok(Session {
+        connection,
+        channel,
+        deliveries,
+    })
+}
+
+impl Consumer for RabbitConsumer {
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        loop {
+            let session = match self.session.as_mut() {
+                Some(session) => session,
+                None => self.reconnect().await,
+            };
+            match session.deliveries.next().await {
+                Some(Ok(delivery)) => {
+                    return Some(Ok(to_message(
+                        &self.topology.queue,
+                        delivery,
+                        self.topology.no_ack,
+                    )))
+                }
+                Some(Err(error)) => tracing::warn!(
+                    subscriber = self.topology.subscriber,
+                    queue = &*self.topology.queue,
+                    %error,
+                    "RabbitMQ connection lost; reconnecting (unacknowledged messages are requeued by RabbitMQ)"
+                ),
+                None => tracing::warn!(
+                    subscriber = self.topology.subscriber,
+                    queue = &*self.topology.queue,
+                    "RabbitMQ cancelled the consumer (queue deleted?); consuming again"
+                ),
+            }
+            self.session = None;
+        }
+    }
+
+    /// Cancels the consumer and closes its channel and connection: RabbitMQ requeues every
+    /// delivery still unacknowledged (prefetched, or left unsettled by the handler).
+    async fn close(mut self) -> Result<(), BrokerError> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let closing = async {
+            let tag = session.deliveries.tag();
+            if let Err(e) = session
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(error = %e, "basic.cancel while closing");
+            }
+            if let Err(e) = session.channel.close(200, "bye".into()).await {
+                tracing::debug!(error = %e, "channel.close while closing");
+            }
+            if let Err(e) = session.connection.close(200, "bye".into()).await {
+                tracing::debug!(error = %e, "connection.close while closing");
+            }
+        };
+        if tokio::time::timeout(self.broker.connect_timeout, closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                queue = &*self.topology.queue,
+                "RabbitMQ did not confirm closing the consumer in time; dropping the connection"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! A RabbitMQ delivery as brook sees it: the [`Message`] built from it, the settler that maps
+//! ack / nack / reject onto basic.ack / basic.nack / basic.reject, and [`RabbitMessage`], the
+//! delivery itself for handlers that need RabbitMQ's own fields.
+//!
+//! Delivery counting: quorum queues put `x-delivery-count` (the number of earlier failed
+//! deliveries) on redelivered messages; classic queues only set the `redelivered` flag. So a
+//! message gets count `x-delivery-count + 1` when the header is there, `1` when it is neither
+//! counted nor redelivered, and no count at all when a classic queue redelivers it (brook does
+//! not guess: `max_deliveries` then cannot apply).
+
+use std::sync::Arc;
+
+use brook_runtime::headers::{CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID, REPLY_TO};
+use brook_runtime::{
+    BrokerError, BrokerKind, Context, ExtractError, FromMessage, Headers, Message, MessageId,
+    SettleFuture, Settlement, Settler,
+};
+use bytes::Bytes;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+
+/// The header quorum queues use to count earlier (failed) deliveries.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// A RabbitMQ delivery, for handlers that need more than [`Message`] gives: the delivery tag,
+/// the exchange and routing key it was published with, the `redelivered` flag and every AMQP
+/// property.
+///
+/// ```
+/// use brook_rabbit::RabbitMessage;
+///
+/// // In a handler: `async fn handle(msg: &Message, rabbit: &RabbitMessage) { ... }`
+/// fn describe(rabbit: &RabbitMessage) -> String {
+///     format!("{} via {} (redelivered: {})", rabbit.routing_key(), rabbit.exchange(), rabbit.redelivered())
+/// }
+/// ```
+#[derive(Debug)]
+pub struct RabbitMessage {
+    /// The delivery, without its payload (moved into the [`Message`]).
+    delivery: Delivery,
+    no_ack: bool,
+}
+
+impl RabbitMessage {
+    /// The delivery tag (unique per channel).
+    pub fn delivery_tag(&self) -> u64 {
+        self.delivery.delivery_tag
+    }
+
+    /// The exchange the message was published to ("" for the default exchange).
+    pub fn exchange(&self) -> &str {
+        self.delivery.exchange.as_str()
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        self.delivery.routing_key.as_str()
+    }
+
+    /// Whether RabbitMQ delivered it before (to this or another consumer).
+    pub fn redelivered(&self) -> bool {
+        self.delivery.redelivered
+    }
+
+    /// The AMQP properties (content type, correlation id, headers, ...).
+    pub fn properties(&self) -> &BasicProperties {
+        &self.delivery.properties
+    }
+
+    /// Whether the message was consumed with `no_ack` (`ack_policy = AckFirst`): RabbitMQ
+    /// considered it acknowledged when it sent it.
+    pub fn no_ack(&self) -> bool {
+        self.no_ack
+    }
+
+    /// `x-delivery-count` (quorum queues; absent on a first delivery).
+    pub fn delivery_count_header(&self) -> Option<u64> {
+        let headers = self.delivery.properties.headers().as_ref()?;
+        headers
+            .inner()
+            .get(DELIVERY_COUNT_HEADER)
+            .and_then(amqp_int)
+    }
+}
+
+impl<'a> FromMessage<'a> for &'a RabbitMessage {
+    fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
+        msg.raw::<RabbitMessage>().ok_or(ExtractError::WrongBroker {
+            got: msg.broker(),
+            wanted: "RabbitMessage",
+        })
+    }
+}
+
+/// Turns a delivery into a [`Message`].
+pub(crate) fn to_message(queue: &Arc<str>, mut delivery: Delivery, no_ack: bool) -> Message {
+    let body = Bytes::from(std::mem::take(&mut delivery.data));
+    let headers = headers_from(&delivery.properties);
+    let id = match delivery.properties.message_id() {
+        Some(id) => MessageId::Text(id.as_str().into()),
+        None => MessageId::Number(delivery.delivery_tag),
+    };
+    let raw = RabbitMessage { delivery, no_ack };
+    let count = match raw.delivery_count_header() {
+        Some(previous) => Some(u32::try_from(previous.saturating_add(1)).unwrap_or(u32::MAX)),
+        None if !raw.redelivered() => Some(1),
+        // A classic queue redelivered it: RabbitMQ does not say how often.
+        None => None,
+    };
+    let mut msg = Message::new(BrokerKind::Rabbit, queue.clone(), body, RabbitSettler(raw))
+        .with_headers(headers)
+        .with_id(id);
+    if let Some(count) = count {
+        msg = msg.with_delivery_count(count);
+    }
+    msg
+}
+
+/// FastStream's header names for the AMQP properties it uses, then the headers table.
+fn headers_from(props: &BasicProperties) -> Headers {
+    let mut headers = Headers::new();
+    let fields = [
+        (CONTENT_TYPE, props.content_type()),
+        (CORRELATION_ID, props.correlation_id()),
+        (REPLY_TO, props.reply_to()),
+        (MESSAGE_ID, props.message_id()),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            headers.insert(name, value.as_str());
+        }
+    }
+    if let Some(table) = props.headers() {
+        for (name, value) in table {
+            if let Some(text) = amqp_text(value) {
+                headers.insert(name.as_str(), text);
+            }
+        }
+    }
+    headers
+}
+
+/// A header value as text (numbers and booleans formatted; tables and arrays left out).
+fn amqp_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::Float(f) => f.to_string(),
+        AMQPValue::Double(f) => f.to_string(),
+        AMQPValue::Timestamp(t) => t.to_string(),
+        other => amqp_int(other)?.to_string(),
+    })
+}
+
+fn amqp_int(value: &AMQPValue) -> Option<u64> {
+    match *value {
+        AMQPValue::ShortShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// brook headers as AMQP properties: FastStream's names go to their properties, the rest to
+/// the headers table (as long strings).
+pub(crate) fn properties_from(headers: &Headers) -> BasicProperties {
+    // delivery_mode 2: persistent (survives a broker restart on a durable queue).
+    let mut props = BasicProperties::default().with_delivery_mode(2);
+    let mut table = FieldTable::default();
+    for (name, value) in headers.iter() {
+        match name {
+            CONTENT_TYPE => props = props.with_content_type(value.into()),
+            CORRELATION_ID => props = props.with_correlation_id(value.into()),
+            REPLY_TO => props = props.with_reply_to(value.into()),
+            MESSAGE_ID => props = props.with_message_id(value.into()),
+            _ => {
+                table.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+            }
+        }
+    }
+    if !table.inner().is_empty() {
+        props = props.with_headers(table);
+    }
+    props
+}
+
+/// Settles one delivery on the channel it came from.
+struct RabbitSettler(RabbitMessage);
+
+/// Why a settlement did not reach RabbitMQ.
+#[derive(Debug, thiserror::Error)]
+#[error("the channel of this delivery is closed (connection lost?); RabbitMQ requeues the message itself")]
+struct ChannelGone;
+
+impl Settler for RabbitSettler {
+    fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
+        if self.0.no_ack {
+            // Consumed with no_ack (AckFirst): RabbitMQ took the delivery as acknowledged.
+            if settlement != Settlement::Ack {
+                tracing::warn!(
+                    delivery_tag = self.0.delivery_tag(),
+                    "ack_policy = AckFirst consumes with no_ack: the message was acknowledged on delivery, so {:?} has no effect",
+                    settlement.kind()
+                );
+            }
+            return SettleFuture::ready(Ok(()));
+        }
+        let acker = &self.0.delivery.acker;
+        SettleFuture::new(async move {
+            let (operation, done) = match settlement {
+                Settlement::Ack => ("basic.ack", acker.ack(BasicAckOptions::default()).await),
+                Settlement::Nack { delay } => {
+                    if delay.is_some() {
+                        tracing::debug!(
+                            "RabbitMQ has no delayed redelivery; the message is requeued at once"
+                        );
+                    }
+                    let options = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
+                    ("basic.nack", acker.nack(options).await)
+                }
+                Settlement::Reject => {
+                    let options = BasicRejectOptions { requeue: false };
+                    ("basic.reject", acker.reject(options).await)
+                }
+            };
+            match done {
+                Ok(true) => Ok(()),
+                // lapin answers false for a delivery whose channel is gone (the message is
+                // settled only once, so "already used" cannot happen here).
+                Ok(false) => Err(BrokerError::operation(
+                    BrokerKind::Rabbit,
+                    operation,
+                    ChannelGone,
+                )),
+                Err(e) => Err(BrokerError::operation(BrokerKind::Rabbit, operation, e)),
+            }
+        })
+    }
+
+    fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faststream_headers_become_properties_and_back() {
+        let mut h = Headers::new();
+        h.insert(CONTENT_TYPE, "application/json");
+        h.insert(CORRELATION_ID, "c-1");
+        h.insert(REPLY_TO, "replies");
+        h.insert(MESSAGE_ID, "m-1");
+        h.insert("x-tenant", "acme");
+        let props = properties_from(&h);
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(
+            props.correlation_id().as_ref().map(|s| s.as_str()),
+            Some("c-1")
+        );
+        assert!(props
+            .headers()
+            .as_ref()
+            .is_some_and(|t| !t.contains_key(CONTENT_TYPE) && t.contains_key("x-tenant")));
+        let back = headers_from(&props);
+        for (name, value) in h.iter() {
+            assert_eq!(back.get(name), Some(value), "{name}");
+        }
+    }
+
+    #[test]
+    fn numeric_headers_are_text() {
+        assert_eq!(amqp_text(&AMQPValue::LongLongInt(3)).as_deref(), Some("3"));
+        assert_eq!(amqp_int(&AMQPValue::LongInt(-1)), None);
+        assert_eq!(
+            amqp_text(&AMQPValue::FieldTable(FieldTable::default())),
+            None
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Shared pieces of the integration tests: fresh names, an inspection connection that reads
+//! the broker's state (queue depth, dead letters) over AMQP, and the conformance adapter.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brook_caps::Value;
+use brook_rabbit::lapin::message::Delivery;
+use brook_rabbit::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use brook_rabbit::lapin::types::{AMQPValue, FieldTable};
+use brook_rabbit::lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use brook_rabbit::RabbitBroker;
+use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::{BrokerError, BrokerKind};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const ADDR: &str = "127.0.0.1:5672";
+/// The longest a test waits for anything.
+pub const WAIT: Duration = Duration::from_secs(15);
+/// How long "nothing more arrives" is watched for, once the expected state is reached.
+pub const QUIET: Duration = Duration::from_millis(400);
+/// Test queues disappear this long after their last use (x-expires), so reruns leave no trash.
+pub const EXPIRES_MS: i64 = 10 * 60 * 1000;
+
+/// A name no other test (or earlier run) uses.
+pub fn fresh(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "brook-test-{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain lapin channel to look at (and set up) the broker, outside brook.
+pub struct Admin {
+    _connection: Connection,
+    pub channel: Channel,
+}
+
+impl Admin {
+    pub async fn new() -> Admin {
+        let connection = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .expect("admin connection to RabbitMQ at 127.0.0.1:5672");
+        let channel = connection.create_channel().await.expect("admin channel");
+        Admin {
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// Declares `queue` (expiring when unused), optionally of `queue_type`, dead-lettering to
+    /// `dlx`.
+    pub async fn queue(&self, queue: &str, queue_type: Option<&str>, dlx: Option<&str>) {
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
+        if let Some(t) = queue_type {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(t.into()));
+        }
+        if let Some(dlx) = dlx {
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.into()),
+            );
+        }
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), options, args)
+            .await
+            .expect("declare test queue");
+    }
+
+    /// A fanout exchange `<queue>.dlx` feeding queue `<queue>.dlq`; returns their names.
+    pub async fn dead_letter_place(&self, queue: &str) -> (String, String) {
+        let (dlx, dlq) = (format!("{queue}.dlx"), format!("{queue}.dlq"));
+        self.exchange(&dlx, ExchangeKind::Fanout).await;
+        self.queue(&dlq, None, None).await;
+        self.bind(&dlq, &dlx, "").await;
+        (dlx, dlq)
+    }
+
+    pub async fn exchange(&self, name: &str, kind: ExchangeKind) {
+        let options = ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(name.into(), kind, options, FieldTable::default())
+            .await
+            .expect("declare exchange");
+    }
+
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
+    /// Messages ready in `queue` (not counting unacknowledged ones), via a passive declare.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .expect("passive declare (does the queue exist?)")
+            .message_count()
+    }
+
+    /// Waits (bounded) until `queue` holds exactly `n` ready messages, and stays so for a
+    /// moment: a requeue or dead-lettering in flight would show up then.
+    pub async fn wait_depth(&self, queue: &str, n: u32) {
+        let deadline = Instant::now() + WAIT;
+        let mut last;
+        loop {
+            last = self.depth(queue).await;
+            if last == n {
+                tokio::time::sleep(QUIET).await;
+                last = self.depth(queue).await;
+                if last == n {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue {queue} holds {last} messages, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Consumes (and acks) everything `queue` holds, until nothing arrives for [`QUIET`].
+    pub async fn drain(&self, queue: &str) -> Vec<Delivery> {
+        let channel = self.channel.clone();
+        channel
+            .basic_qos(1000, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume to drain");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(QUIET, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    d.ack(BasicAckOptions::default())
+                        .await
+                        .expect("ack drained");
+                    got.push(d);
+                }
+                Ok(other) => panic!("draining {queue}: {other:?}"),
+                Err(_) => break,
+            }
+        }
+        let _ = channel
+            .basic_cancel(consumer.tag(), Default::default())
+            .await;
+        got
+    }
+
+    pub async fn delete(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+pub fn bodies(deliveries: &[Delivery]) -> Vec<Bytes> {
+    deliveries
+        .iter()
+        .map(|d| Bytes::copy_from_slice(&d.data))
+        .collect()
+}
+
+/// The conformance adapter: each test gets a fresh queue of `queue_type` whose dead-letter
+/// exchange feeds a fresh dead-letter queue.
+pub struct RabbitAdapter {
+    queue_type: &'static str,
+}
+
+impl RabbitAdapter {
+    pub fn classic() -> Self {
+        RabbitAdapter {
+            queue_type: "classic",
+        }
+    }
+
+    pub fn quorum() -> Self {
+        RabbitAdapter {
+            queue_type: "quorum",
+        }
+    }
+}
+
+fn queue_of(source: &TestSource) -> &str {
+    &source.destination
+}
+
+impl Adapter for RabbitAdapter {
+    type Broker = RabbitBroker;
+    type Kind = brook_runtime::kind::Rabbit;
+
+    async fn broker(&self) -> RabbitBroker {
+        RabbitBroker::new(URL)
+    }
+
+    async fn fresh_source(&self, test: &str) -> Result<TestSource, BrokerError> {
+        let queue = fresh(&format!("{}-{test}", self.queue_type));
+        let admin = Admin::new().await;
+        let (dlx, _) = admin.dead_letter_place(&queue).await;
+        // Declared here with x-expires (so test queues clean themselves up); the subscriber
+        // only consumes (`declare = false`).
+        admin.queue(&queue, Some(self.queue_type), Some(&dlx)).await;
+        Ok(TestSource {
+            args: vec![
+                (Cow::Borrowed("queue"), Value::from(queue.clone())),
+                (Cow::Borrowed("declare"), Value::from(false)),
+            ],
+            destination: queue,
+        })
+    }
+
+    async fn remaining(&self, source: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        let admin = Admin::new().await;
+        Ok(bodies(&admin.drain(queue_of(source)).await))
+    }
+
+    async fn dead_letters(&self, source: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        let admin = Admin::new().await;
+        let dlq = format!("{}.dlq", queue_of(source));
+        Ok(bodies(&admin.drain(&dlq).await))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Classic queues only flag redeliveries; quorum queues count them.
+            delivery_count: self.queue_type == "quorum",
+            nack_delay: false,
+            dead_letters: true,
+        }
+    }
+}
+
+/// Keeps `BrokerKind` in use for files that only need the helpers.
+pub const KIND: BrokerKind = BrokerKind::Rabbit;

@@ -1,0 +1,297 @@
+//! Connecting and reconnecting: clear, bounded errors for a wrong address or password (and no
+//! password in them), and a consumer that survives a cut connection (client -> TcpProxy ->
+//! RabbitMQ) without losing what it had not acknowledged.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brook_rabbit::{RabbitBroker, RabbitMessage};
+use brook_runtime::proxy::TcpProxy;
+use brook_runtime::{
+    AckPolicy, App, Broker, BrokerError, Context, FromMessage, Handler, HandlerError, Message,
+    Outgoing, Subscription, SubscriptionError,
+};
+use bytes::Bytes;
+use common::{fresh, Admin, ADDR, URL, WAIT};
+use tokio::sync::{mpsc, Notify};
+
+#[tokio::test]
+async fn a_closed_port_fails_fast_naming_rabbitmq_and_the_address() {
+    // Port 1 on loopback: nothing listens there.
+    let broker = RabbitBroker::new("amqp://guest:guest@127.0.0.1:1/%2f");
+    let started = Instant::now();
+    let err = broker
+        .connect()
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(err, BrokerError::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("cannot connect to RabbitMQ at amqp://127.0.0.1:1/%2f"),
+        "{text}"
+    );
+    assert!(!text.contains("guest:guest"), "{text}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_within_the_timeout_and_is_never_shown() {
+    let broker = RabbitBroker::new("amqp://guest:not-the-password@127.0.0.1:5672/%2f")
+        .connect_timeout(Duration::from_secs(8));
+    let started = Instant::now();
+    let err = broker.connect().await.expect_err("wrong password");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, BrokerError::Connect { .. }), "{err:?}");
+    let shown = format!("{err} / {err:?} / {broker:?}");
+    assert!(
+        shown.contains("RabbitMQ") && shown.contains("127.0.0.1:5672"),
+        "{shown}"
+    );
+    assert!(!shown.contains("not-the-password"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_silent_server_hits_the_connect_timeout() {
+    // A listener that accepts and never speaks AMQP: the handshake cannot finish.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let broker = RabbitBroker::new(format!("amqp://guest:guest@{addr}/%2f"))
+        .connect_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let err = broker.connect().await.expect_err("no handshake");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+/// Records each delivery; holds the delivery named `hold` until released.
+struct Holding {
+    sub: Subscription,
+    hold: &'static [u8],
+    release: Arc<Notify>,
+    calls: AtomicUsize,
+    seen: mpsc::UnboundedSender<(Bytes, bool)>,
+    settled: mpsc::UnboundedSender<Result<(), String>>,
+}
+
+impl Handler for Holding {
+    type Broker = brook_runtime::kind::Rabbit;
+
+    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
+        Ok(self.sub.clone())
+    }
+
+    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
+        let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.seen.send((msg.body().clone(), rabbit.redelivered()));
+        if &msg.body()[..] == self.hold && !rabbit.redelivered() {
+            self.release.notified().await;
+            // Settle here (Manual) to observe how a settlement on the dead channel fails.
+            let result = msg.ack().await.map(drop).map_err(|e| e.to_string());
+            let _ = self.settled.send(result);
+            return Ok(());
+        }
+        msg.ack()
+            .await
+            .map_err(|e| HandlerError::Failed(e.into()))?;
+        Ok(())
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<(Bytes, bool)>) -> (Bytes, bool) {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("handler alive")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_recovered_and_nothing_unacknowledged_is_lost() {
+    let admin = Admin::new().await;
+    let queue = fresh("reconnect");
+    admin.queue(&queue, None, None).await;
+    let target: SocketAddr = ADDR.parse().expect("address");
+    let proxy = TcpProxy::start(target).await.expect("proxy");
+    let through_proxy = RabbitBroker::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(400));
+    let direct = RabbitBroker::new(URL);
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (settled_tx, mut settled) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let handler = Holding {
+        sub: Subscription::new(brook_runtime::BrokerKind::Rabbit, "reconnect")
+            .arg("queue", queue.clone())
+            .arg("declare", false)
+            .arg("ack_policy", AckPolicy::Manual)
+            .arg("concurrency", 2u32)
+            .build()
+            .expect("valid"),
+        hold: b"held",
+        release: release.clone(),
+        calls: AtomicUsize::new(0),
+        seen: seen_tx,
+        settled: settled_tx,
+    };
+    let app = App::new(through_proxy.clone())
+        .subscribe(handler)
+        .start()
+        .await
+        .expect("App starts");
+    let publish = |body: &'static [u8]| {
+        let direct = direct.clone();
+        let queue = queue.clone();
+        async move {
+            direct
+                .publish_message(Outgoing::new(queue, Bytes::from_static(body)))
+                .await
+                .expect("publish")
+        }
+    };
+
+    publish(b"before").await;
+    assert_eq!(
+        next(&mut seen).await,
+        (Bytes::from_static(b"before"), false)
+    );
+    publish(b"held").await;
+    assert_eq!(next(&mut seen).await, (Bytes::from_static(b"held"), false));
+
+    // The connection dies while "held" is being handled (by one of two workers). RabbitMQ
+    // requeues it; once the network is back, the consumer reconnects and the other worker
+    // gets it again, flagged as redelivered.
+    proxy.cut();
+    proxy.restore();
+    assert_eq!(next(&mut seen).await, (Bytes::from_static(b"held"), true));
+    // Only now does the first handler finish: its delivery belongs to the dead channel, so
+    // acking it fails cleanly (and touches nothing on the new channel).
+    release.notify_one();
+    let ack = tokio::time::timeout(WAIT, settled.recv())
+        .await
+        .expect("the handler settles in time")
+        .expect("handler alive");
+    let error = ack.expect_err("acking on a dead channel fails");
+    assert!(
+        error.contains("basic.ack") && error.contains("requeues"),
+        "{error}"
+    );
+    // Publishing through the proxy works again too (the publishing connection is reopened).
+    through_proxy
+        .publish_message(Outgoing::new(queue.clone(), Bytes::from_static(b"after")))
+        .await
+        .expect("publish after the cut");
+    assert_eq!(next(&mut seen).await, (Bytes::from_static(b"after"), false));
+    assert!(
+        proxy.connections_accepted() >= 2,
+        "a second connection was made"
+    );
+
+    tokio::time::timeout(WAIT, app.stop())
+        .await
+        .expect("stops in time")
+        .expect("stops cleanly");
+    admin.wait_depth(&queue, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_is_declared_again_and_consumed() {
+    use brook_rabbit::lapin::options::QueueDeclareOptions;
+    use brook_rabbit::lapin::types::FieldTable;
+
+    let admin = Admin::new().await;
+    let queue = fresh("deleted");
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (settled_tx, _settled) = mpsc::unbounded_channel();
+    let handler = Holding {
+        sub: Subscription::new(brook_runtime::BrokerKind::Rabbit, "redeclare")
+            .arg("queue", queue.clone())
+            .arg("ack_policy", AckPolicy::Manual)
+            .build()
+            .expect("valid"),
+        hold: b"never",
+        release: Arc::new(Notify::new()),
+        calls: AtomicUsize::new(0),
+        seen: seen_tx,
+        settled: settled_tx,
+    };
+    let broker = RabbitBroker::new(URL)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(400));
+    let app = App::new(broker.clone())
+        .subscribe(handler)
+        .start()
+        .await
+        .expect("App starts");
+    let publish = |body: &'static [u8]| {
+        let broker = broker.clone();
+        let queue = queue.clone();
+        async move {
+            broker
+                .publish_message(Outgoing::new(queue, Bytes::from_static(body)))
+                .await
+                .expect("publish")
+        }
+    };
+    publish(b"one").await;
+    assert_eq!(next(&mut seen).await.0, Bytes::from_static(b"one"));
+
+    // Someone deletes the queue: RabbitMQ cancels the consumer, which declares the queue
+    // again and consumes it. Wait (bounded) until a consumer is back on the new queue.
+    admin.delete(&queue).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        // A failed passive declare closes the channel: use a fresh one per probe.
+        let probe = Admin::new().await;
+        if let Ok(q) = probe
+            .channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+        {
+            if q.consumer_count() == 1 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the consumer never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish(b"two").await;
+    assert_eq!(next(&mut seen).await.0, Bytes::from_static(b"two"));
+    tokio::time::timeout(WAIT, app.stop())
+        .await
+        .expect("stops in time")
+        .expect("stops cleanly");
+    admin.delete(&queue).await;
+}
+
+#[tokio::test]
+async fn tls_to_a_plain_port_fails_cleanly() {
+    // RabbitMQ on 5672 speaks plain AMQP: the rustls handshake must fail (or time out) as a
+    // Connect error, not panic (e.g. over a missing crypto provider).
+    let broker = RabbitBroker::new("amqps://guest:guest@127.0.0.1:5672/%2f")
+        .connect_timeout(Duration::from_secs(3));
+    let started = Instant::now();
+    let err = broker.connect().await.expect_err("no TLS on 5672");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, BrokerError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains("amqps://127.0.0.1:5672"), "{err}");
+}

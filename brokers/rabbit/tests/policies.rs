@@ -1,0 +1,522 @@
+//! Every policy row of RabbitMQ, observed on the broker afterwards: queue depth (passive
+//! declare), what a second consumer receives (and its `redelivered` flag), and what the
+//! dead-letter queue holds (with RabbitMQ's `x-death` reason).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_caps::Value;
+use brook_rabbit::lapin::types::AMQPValue;
+use brook_rabbit::{RabbitBroker, RabbitMessage};
+use brook_runtime::{
+    AckPolicy, App, Context, FromMessage, Handler, HandlerError, Headers, Message, Outgoing,
+    RunningApp, Subscription, SubscriptionError,
+};
+use bytes::Bytes;
+use common::{fresh, Admin, URL, WAIT};
+use tokio::sync::{mpsc, Notify};
+
+/// What the handler does on a call.
+#[derive(Clone)]
+pub enum Act {
+    Ok,
+    Fail,
+    /// Wait until notified, then succeed.
+    Wait(Arc<Notify>),
+}
+
+/// One handler call, with what RabbitMQ said about the delivery.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub body: Bytes,
+    pub count: Option<u32>,
+    pub redelivered: bool,
+    pub no_ack: bool,
+    pub headers: Headers,
+}
+
+pub struct Scripted {
+    sub: Subscription,
+    script: Box<dyn Fn(usize) -> Act + Send + Sync>,
+    calls: AtomicUsize,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+impl Handler for Scripted {
+    type Broker = brook_runtime::kind::Rabbit;
+
+    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
+        Ok(self.sub.clone())
+    }
+
+    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
+        let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.seen.send(Seen {
+            body: msg.body().clone(),
+            count: msg.delivery_count(),
+            redelivered: rabbit.redelivered(),
+            no_ack: rabbit.no_ack(),
+            headers: msg.headers().clone(),
+        });
+        match (self.script)(n) {
+            Act::Ok => Ok(()),
+            Act::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
+            Act::Wait(n) => {
+                n.notified().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+pub struct Running {
+    pub app: Option<RunningApp<RabbitBroker>>,
+    pub broker: RabbitBroker,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+impl Running {
+    pub async fn start(
+        broker: RabbitBroker,
+        args: Vec<(&'static str, Value)>,
+        script: impl Fn(usize) -> Act + Send + Sync + 'static,
+    ) -> Running {
+        let mut b = Subscription::new(brook_runtime::BrokerKind::Rabbit, "policy-test");
+        for (n, v) in args {
+            b = b.arg(n, v);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handler = Scripted {
+            sub: b.build().expect("valid subscription"),
+            script: Box::new(script),
+            calls: AtomicUsize::new(0),
+            seen: tx,
+        };
+        let app = App::new(broker.clone())
+            .subscribe(handler)
+            .graceful_timeout(Duration::from_millis(500))
+            .start()
+            .await
+            .expect("App starts");
+        Running {
+            app: Some(app),
+            broker,
+            seen: rx,
+        }
+    }
+
+    pub async fn next(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("a handler call in time")
+            .expect("handler alive")
+    }
+
+    pub async fn publish(&self, queue: &str, body: &'static [u8]) {
+        use brook_runtime::Broker as _;
+        self.broker
+            .publish_message(Outgoing::new(queue, Bytes::from_static(body)))
+            .await
+            .expect("publish");
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(WAIT, app.stop())
+                .await
+                .expect("stops in time")
+                .expect("stops cleanly");
+        }
+    }
+}
+
+/// A fresh classic queue (declared by brook) whose dead-letter exchange feeds `<q>.dlq`.
+async fn setup(admin: &Admin, prefix: &str) -> (String, String, Vec<(&'static str, Value)>) {
+    let queue = fresh(prefix);
+    let (dlx, dlq) = admin.dead_letter_place(&queue).await;
+    let args = vec![
+        ("queue", Value::from(queue.clone())),
+        ("dead_letter_exchange", Value::from(dlx)),
+    ];
+    (queue, dlq, args)
+}
+
+fn with(mut args: Vec<(&'static str, Value)>, policy: AckPolicy) -> Vec<(&'static str, Value)> {
+    args.push(("ack_policy", Value::from(policy)));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_removes_the_message_from_the_queue() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "ack").await;
+    let mut run = Running::start(RabbitBroker::new(URL), with(args, AckPolicy::Ack), |_| {
+        Act::Fail
+    })
+    .await;
+    run.publish(&queue, b"a").await;
+    let seen = run.next().await;
+    assert_eq!(
+        (seen.count, seen.redelivered, seen.no_ack),
+        (Some(1), false, false)
+    );
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_requeues_and_rabbitmq_flags_the_redelivery() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "nack").await;
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::NackOnError),
+        |n| if n == 0 { Act::Fail } else { Act::Ok },
+    )
+    .await;
+    run.publish(&queue, b"n").await;
+    let first = run.next().await;
+    let second = run.next().await;
+    assert_eq!(first.body, second.body);
+    assert!(!first.redelivered);
+    assert!(
+        second.redelivered,
+        "basic.nack requeue=true: RabbitMQ redelivers it, flagged"
+    );
+    // A classic queue does not count: brook reports no count rather than a guess.
+    assert_eq!((first.count, second.count), (Some(1), None));
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_dead_letters_through_the_queue_dlx() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "reject").await;
+    // RejectOnError is the default policy: no ack_policy given.
+    let mut run = Running::start(RabbitBroker::new(URL), args, |_| Act::Fail).await;
+    run.publish(&queue, b"bad").await;
+    run.next().await;
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    let dead = admin.drain(&dlq).await;
+    assert_eq!(common::bodies(&dead), vec![Bytes::from_static(b"bad")]);
+    // RabbitMQ's own record: rejected, from our queue.
+    let death = dead[0]
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death").cloned());
+    let Some(AMQPValue::FieldArray(deaths)) = death else {
+        panic!("no x-death header: {death:?}");
+    };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
+        panic!("x-death: {deaths:?}");
+    };
+    let text = |name: &str| match first.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(
+        (text("reason"), text("queue")),
+        ("rejected".to_owned(), queue.clone())
+    );
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_first_consumes_with_no_ack_so_an_unfinished_handler_loses_the_message() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "ackfirst").await;
+    let hang = Arc::new(Notify::new());
+    let h = hang.clone();
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::AckFirst),
+        move |_| Act::Wait(h.clone()),
+    )
+    .await;
+    run.publish(&queue, b"gone").await;
+    let seen = run.next().await;
+    assert!(seen.no_ack);
+    // While the handler still runs, RabbitMQ already forgot the message: the graceful timeout
+    // (500 ms) cuts the handler off, and nothing comes back.
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_without_settlement_returns_the_message_to_the_next_consumer() {
+    let admin = Admin::new().await;
+    let (queue, _dlq, args) = setup(&admin, "manual").await;
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::Manual),
+        |_| Act::Ok,
+    )
+    .await;
+    run.publish(&queue, b"keep").await;
+    run.next().await;
+    run.stop().await;
+    admin.wait_depth(&queue, 1).await;
+    let again = admin.drain(&queue).await;
+    assert_eq!(common::bodies(&again), vec![Bytes::from_static(b"keep")]);
+    assert!(
+        again[0].redelivered,
+        "a second consumer sees it as redelivered"
+    );
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_count_deliveries_and_max_deliveries_dead_letters() {
+    let admin = Admin::new().await;
+    let queue = fresh("quorum-max");
+    let (dlx, dlq) = admin.dead_letter_place(&queue).await;
+    let args = vec![
+        ("queue", Value::from(queue.clone())),
+        ("queue_type", Value::Ident("quorum".into())),
+        ("dead_letter_exchange", Value::from(dlx)),
+        ("ack_policy", Value::from(AckPolicy::NackOnError)),
+        ("max_deliveries", Value::from(3u32)),
+    ];
+    let mut run = Running::start(RabbitBroker::new(URL), args, |_| Act::Fail).await;
+    run.publish(&queue, b"poison").await;
+    let counts: Vec<_> = [run.next().await, run.next().await, run.next().await]
+        .iter()
+        .map(|s| s.count)
+        .collect();
+    assert_eq!(counts, vec![Some(1), Some(2), Some(3)]);
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    let dead = admin.drain(&dlq).await;
+    assert_eq!(common::bodies(&dead), vec![Bytes::from_static(b"poison")]);
+    assert!(run.seen.try_recv().is_err(), "no fourth delivery");
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_to_an_exchange_and_publishes_with_a_routing_key() {
+    let queue = fresh("bound");
+    let exchange = fresh("events");
+    let args = vec![
+        ("queue", Value::from(queue.clone())),
+        ("exchange", Value::from(exchange.clone())),
+        ("exchange_type", Value::Ident("topic".into())),
+        ("routing_key", Value::from("user.*")),
+        ("durable", Value::from(false)),
+        ("auto_delete", Value::from(true)),
+        ("ack_policy", Value::from(AckPolicy::Ack)),
+    ];
+    let mut run = Running::start(RabbitBroker::new(URL), args, |_| Act::Ok).await;
+    use brook_runtime::Broker as _;
+    for key in ["order.created", "user.created"] {
+        run.broker
+            .publish_message(
+                Outgoing::new(exchange.clone(), key.to_owned()).with_key(key.to_owned()),
+            )
+            .await
+            .expect("publish to the exchange");
+    }
+    let seen = run.next().await;
+    assert_eq!(
+        seen.body,
+        Bytes::from_static(b"user.created"),
+        "only the matching key is routed"
+    );
+    run.stop().await;
+    // The queue was auto-delete; the exchange brook declared is not.
+    let admin = Admin::new().await;
+    admin
+        .channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .expect("delete the test exchange");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faststream_properties_and_headers_round_trip() {
+    let admin = Admin::new().await;
+    let (queue, _dlq, args) = setup(&admin, "props").await;
+    let mut run = Running::start(RabbitBroker::new(URL), with(args, AckPolicy::Ack), |_| {
+        Act::Ok
+    })
+    .await;
+    use brook_runtime::Broker as _;
+    let out = Outgoing::encode(&serde_json::json!({"id": 7}), queue.clone())
+        .expect("encode")
+        .with_correlation_id("corr-1")
+        .with_reply_to("replies")
+        .with_header("message_id", "msg-1")
+        .with_header("x-tenant", "acme");
+    run.broker.publish_message(out).await.expect("publish");
+    let seen = run.next().await;
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("correlation_id", "corr-1"),
+        ("reply_to", "replies"),
+        ("message_id", "msg-1"),
+        ("x-tenant", "acme"),
+    ] {
+        assert_eq!(seen.headers.get(name), Some(value), "{name}");
+    }
+    run.stop().await;
+
+    // On the wire, as FastStream reads it: AMQP properties, persistent, custom headers in
+    // the headers table.
+    let raw_queue = fresh("props-raw");
+    admin.queue(&raw_queue, None, None).await;
+    let out = Outgoing::encode(&serde_json::json!({"id": 8}), raw_queue.clone())
+        .expect("encode")
+        .with_correlation_id("corr-2")
+        .with_header("x-tenant", "acme");
+    run.broker.publish_message(out).await.expect("publish");
+    let got = admin.drain(&raw_queue).await;
+    let p = &got[0].properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("corr-2")
+    );
+    assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+    let tenant = p
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-tenant").cloned());
+    assert_eq!(tenant, Some(AMQPValue::LongString("acme".into())));
+    admin.delete(&raw_queue).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_subscriber_fails_on_a_missing_queue() {
+    let sub = Subscription::new(brook_runtime::BrokerKind::Rabbit, "passive")
+        .arg("queue", fresh("missing"))
+        .arg("passive", true)
+        .build()
+        .expect("valid");
+    use brook_runtime::Broker as _;
+    let err = RabbitBroker::new(URL)
+        .subscribe(&sub)
+        .await
+        .err()
+        .expect("a missing queue is an error");
+    let text = err.to_string();
+    assert!(
+        text.contains("RabbitMQ queue.declare (passive) failed"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn rabbit_message_is_refused_on_messages_of_other_brokers() {
+    use brook_runtime::{SettleFuture, Settlement, Settler};
+    struct Noop;
+    impl Settler for Noop {
+        fn settle(&self, _: Settlement) -> SettleFuture<'_> {
+            SettleFuture::ready(Ok(()))
+        }
+    }
+    let msg = Message::new(
+        brook_runtime::BrokerKind::Memory,
+        "t".into(),
+        Bytes::new(),
+        Noop,
+    );
+    let err = <&RabbitMessage>::from_message(&msg, &Context::default()).expect_err("wrong broker");
+    assert!(err.to_string().contains("RabbitMessage"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_stream_finishes_the_handler_and_returns_prefetched_messages() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "drain").await;
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::NackOnError),
+        move |n| {
+            if n == 0 {
+                Act::Wait(r.clone())
+            } else {
+                Act::Ok
+            }
+        },
+    )
+    .await;
+    for body in [b"0" as &'static [u8], b"1", b"2", b"3", b"4"] {
+        run.publish(&queue, body).await;
+    }
+    assert_eq!(run.next().await.body, Bytes::from_static(b"0"));
+    // Stop while the first handler runs (the rest sit prefetched in the client), then let it
+    // finish: it is acked, the prefetched ones go back to the queue.
+    let app = run.app.take().expect("running");
+    // `join!` polls `stop()` first: its first poll asks the App to stop, then the handler is
+    // released.
+    let (stopped, ()) = tokio::time::timeout(WAIT, async {
+        tokio::join!(app.stop(), async { release.notify_one() })
+    })
+    .await
+    .expect("stops in time");
+    stopped.expect("clean stop");
+    let mut handled = 1;
+    while run.seen.try_recv().is_ok() {
+        handled += 1;
+    }
+    let left = 5 - handled;
+    assert!(
+        left >= 1,
+        "the stop was requested before the others were handled"
+    );
+    admin.wait_depth(&queue, left).await;
+    let bodies = common::bodies(&admin.drain(&queue).await);
+    assert_eq!(bodies.len() as u32, left);
+    assert!(
+        !bodies.contains(&Bytes::from_static(b"0")),
+        "the finished one was acked"
+    );
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_bounds_what_rabbitmq_hands_out_unacknowledged() {
+    let admin = Admin::new().await;
+    let (queue, _dlq, mut args) = setup(&admin, "prefetch").await;
+    args.push(("prefetch", Value::from(2u32)));
+    // Manual without settling: every delivery stays unacknowledged.
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::Manual),
+        |_| Act::Ok,
+    )
+    .await;
+    for body in [b"0" as &'static [u8], b"1", b"2", b"3", b"4"] {
+        run.publish(&queue, body).await;
+    }
+    run.next().await;
+    run.next().await;
+    // basic.qos(2): RabbitMQ keeps the other three ready and sends nothing more.
+    admin.wait_depth(&queue, 3).await;
+    assert!(
+        run.seen.try_recv().is_err(),
+        "a third delivery despite prefetch = 2"
+    );
+    run.stop().await;
+    admin.wait_depth(&queue, 5).await;
+    admin.delete(&queue).await;
+}
