@@ -1,1 +1,317 @@
-//! MQTT broker for brook (rumqttc). Being built under issue #7.
+//! MQTT broker for [brook](https://docs.rs/brook), on [rumqttc](https://docs.rs/rumqttc) with
+//! manual acknowledgements: MQTT 3.1.1 (default) and MQTT 5 ([`ProtocolVersion`]), where
+//! headers travel as publish properties (content type, correlation data, response topic,
+//! user properties).
+//!
+//! ```no_run
+//! use brook_mqtt::MqttBroker;
+//! # async fn run() -> Result<(), brook_runtime::BrokerError> {
+//! use brook_runtime::Broker as _;
+//! let broker = MqttBroker::new("mqtt://127.0.0.1:1883")
+//!     .client_id("billing-1")        // a stable id ...
+//!     .persistent_session(true);     // ... and a persistent session: NackOnError redelivers
+//! broker.connect().await?;
+//! broker.publish(&serde_json::json!({"id": 1}), "orders/created").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How the ack policies map onto MQTT
+//! - **ack** = PUBACK (QoS 1) / PUBREC (QoS 2), sent in the order the messages arrived, as MQTT
+//!   requires; **reject** = ack (MQTT has no reject); QoS 0 has nothing to ack.
+//! - **nack** = withhold the PUBACK and resume the session: the connection is dropped and
+//!   re-established with the same client id, and the broker redelivers every unacknowledged
+//!   message (DUP flag set). That needs a persistent session (`clean_session = false`; on
+//!   MQTT 5 `clean_start = false` with a session expiry), so
+//!   `NackOnError` on a clean session is refused at subscribe time.
+//! - **delivery count**: MQTT has only the DUP flag, so messages carry no delivery count and
+//!   `max_deliveries` does not apply.
+//!
+//! See `docs/brokers/mqtt.md` for the full mapping, defaults and gotchas.
+
+#![warn(missing_docs)]
+
+mod acks;
+mod connection;
+mod consumer;
+mod options;
+mod proto;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_runtime::{
+    kind, Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Outgoing, Source, Subscription,
+};
+use tokio::sync::Mutex;
+
+use crate::connection::{qos_from, Shared};
+pub use crate::consumer::{MqttConsumer, MqttMessage};
+pub use crate::options::ProtocolVersion;
+use crate::options::{generated_client_id, Config};
+
+/// An MQTT client for brook: one connection (one client id), shared by every subscriber and
+/// publisher of the App. Cheap to clone.
+#[derive(Clone)]
+pub struct MqttBroker {
+    config: Arc<Result<Config, String>>,
+    conn: Arc<Mutex<Option<Arc<Shared>>>>,
+}
+
+impl std::fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Config's Debug redacts the password.
+        match &*self.config {
+            Ok(c) => f.debug_tuple("MqttBroker").field(c).finish(),
+            Err(e) => f.debug_tuple("MqttBroker").field(e).finish(),
+        }
+    }
+}
+
+impl MqttBroker {
+    /// A broker at `url`: `mqtt://[user[:password]@]host[:port][?client_id=..&clean_session=false]`
+    /// (port 1883 by default), or `mqtts://` for TLS (port 8883). Nothing is contacted until
+    /// [`Broker::connect`]; an invalid URL is reported there.
+    ///
+    /// Defaults: a generated client id, a clean session, QoS 1 publishes, keep-alive 30 s,
+    /// connect timeout 5 s.
+    pub fn new(url: &str) -> Self {
+        MqttBroker {
+            config: Arc::new(Config::parse(url).map_err(|e| e.to_string())),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        if let Ok(config) = Arc::make_mut(&mut self.config) {
+            f(config);
+        }
+        self
+    }
+
+    /// The client id. The broker keeps one session per client id; a persistent session (and
+    /// so redelivery of nacked messages) needs a stable one.
+    pub fn client_id(self, id: impl Into<String>) -> Self {
+        let id = id.into();
+        self.with(|c| c.client_id = id)
+    }
+
+    /// `true`: connect with `clean_session = false`, so the broker keeps the subscriptions and
+    /// unacknowledged messages while the client is away, and redelivers them when it comes
+    /// back (needed by `NackOnError`). Set a stable [`MqttBroker::client_id`] with it.
+    pub fn persistent_session(self, persistent: bool) -> Self {
+        self.with(|c| c.clean_session = !persistent)
+    }
+
+    /// User name and password (kept out of `Debug` output and error messages).
+    pub fn credentials(self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        let (user, password) = (user.into(), password.into());
+        self.with(|c| {
+            c.username = Some(user);
+            c.password = Some(password);
+        })
+    }
+
+    /// Keep-alive interval (default 30 s).
+    pub fn keep_alive(self, interval: Duration) -> Self {
+        self.with(|c| c.keep_alive = interval)
+    }
+
+    /// How long [`Broker::connect`] may take before it fails (default 5 s).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.connect_timeout = timeout)
+    }
+
+    /// QoS of [`Broker::publish`] (0, 1 or 2; default 1).
+    pub fn publish_qos(self, qos: u8) -> Self {
+        self.with(|c| c.publish_qos = qos.min(2))
+    }
+
+    /// How many of our QoS 1/2 publishes may await the broker's ack at once (default 100).
+    pub fn inflight(self, n: u16) -> Self {
+        self.with(|c| c.inflight = n.max(1))
+    }
+
+    /// Capacity of rumqttc's request queue (publishes, acks, subscribes waiting for the
+    /// connection; default 10 000). Acks that do not fit wait in an unbounded queue of brook's.
+    pub fn request_capacity(self, n: usize) -> Self {
+        self.with(|c| c.request_capacity = n.max(10))
+    }
+
+    /// Connect over TLS (also chosen by an `mqtts://` URL, whose default port is 8883). Needs
+    /// the `tls` feature (on by default): rustls with ring, trusting the system's root
+    /// certificates and those given to [`MqttBroker::tls_ca_pem`].
+    pub fn tls(self, on: bool) -> Self {
+        self.with(|c| c.tls = on)
+    }
+
+    /// Also trust the CA certificate(s) in `pem` (e.g. a private CA's `ca.crt`).
+    pub fn tls_ca_pem(self, pem: impl Into<Vec<u8>>) -> Self {
+        let pem = Arc::new(pem.into());
+        self.with(|c| c.ca_pem = Some(pem))
+    }
+
+    /// The protocol version: MQTT 3.1.1 (default) or 5 (headers as properties).
+    pub fn protocol(self, version: ProtocolVersion) -> Self {
+        self.with(|c| c.protocol = version)
+    }
+
+    /// MQTT 5: how long the broker keeps a persistent session after the connection ends
+    /// (default: forever, like a 3.1.1 persistent session).
+    pub fn session_expiry(self, expiry: Duration) -> Self {
+        let secs = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX);
+        self.with(|c| c.session_expiry_secs = secs)
+    }
+
+    /// A fresh client id: `brook-<pid>-<nanos>-<n>`.
+    pub fn generate_client_id() -> String {
+        generated_client_id()
+    }
+
+    fn config(&self) -> Result<&Config, BrokerError> {
+        self.config
+            .as_ref()
+            .as_ref()
+            .map_err(|message| BrokerError::Invalid {
+                broker: BrokerKind::Mqtt,
+                message: message.clone(),
+            })
+    }
+
+    async fn shared(&self) -> Result<Arc<Shared>, BrokerError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(shared) = conn.as_ref() {
+            if !shared.closing() {
+                return Ok(shared.clone());
+            }
+        }
+        let shared = connection::connect(self.config()?.clone()).await?;
+        *conn = Some(shared.clone());
+        Ok(shared)
+    }
+
+    /// Publishes `message` with an explicit QoS (0, 1, 2) and retain flag, waiting for the
+    /// broker's PUBACK (QoS 1) or PUBCOMP (QoS 2).
+    ///
+    /// MQTT 5 sends `message.headers` as properties (see the crate docs); MQTT 3.1.1 has no
+    /// headers, so they are not sent there. `message.key` is never sent.
+    pub async fn publish_with(
+        &self,
+        message: Outgoing,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), BrokerError> {
+        if qos > 2 {
+            return Err(BrokerError::Invalid {
+                broker: BrokerKind::Mqtt,
+                message: format!("MQTT QoS is 0, 1 or 2, not {qos}"),
+            });
+        }
+        let shared = self.shared().await?;
+        if !message.headers.is_empty() && shared.config.protocol == ProtocolVersion::V311 {
+            tracing::trace!(
+                topic = %message.destination,
+                "MQTT 3.1.1 carries no headers; they are not sent"
+            );
+        }
+        let timeout = shared.config.connect_timeout.max(Duration::from_secs(10));
+        shared
+            .publish(
+                message.destination,
+                qos_from(qos),
+                retain,
+                message.body,
+                &message.headers,
+                timeout,
+            )
+            .await
+    }
+
+    /// How many times the connection has been established (1 after connecting; more after
+    /// reconnects, including the ones a nack causes). For tests and monitoring.
+    pub async fn connection_count(&self) -> u64 {
+        match self.conn.lock().await.as_ref() {
+            Some(shared) => shared
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            None => 0,
+        }
+    }
+}
+
+impl Accepts<kind::Mqtt> for MqttBroker {}
+
+impl Broker for MqttBroker {
+    type Consumer = MqttConsumer;
+
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Mqtt
+    }
+
+    async fn connect(&self) -> Result<(), BrokerError> {
+        self.shared().await.map(drop)
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<MqttConsumer, BrokerError> {
+        let Source::MqttTopic { qos } = subscription.source() else {
+            return Err(BrokerError::Invalid {
+                broker: BrokerKind::Mqtt,
+                message: format!(
+                    "subscriber `{}` was not declared for MQTT ({:?})",
+                    subscription.name(),
+                    subscription.source()
+                ),
+            });
+        };
+        let config = self.config()?;
+        if qos > 0 && config.clean_session && subscription.policy() == AckPolicy::NackOnError {
+            return Err(BrokerError::Invalid {
+                broker: BrokerKind::Mqtt,
+                message: format!(
+                    "subscriber `{}` on `{}` uses ack_policy = NackOnError, but the connection uses a clean session, so a withheld message would never be redelivered; give the broker a stable client id and a persistent session: MqttBroker::new(..).client_id(\"...\").persistent_session(true)",
+                    subscription.name(),
+                    subscription.source_name()
+                ),
+            });
+        }
+        if qos > 0 && config.clean_session && subscription.policy() == AckPolicy::Manual {
+            tracing::warn!(
+                subscriber = subscription.name(),
+                "ack_policy = Manual on a clean MQTT session: msg.nack() cannot bring a message back"
+            );
+        }
+        let filter = subscription.source_name();
+        let shared = self.shared().await?;
+        let qos = qos_from(qos);
+        let (route, rx) = shared.add_route(filter, qos);
+        let timeout = config.connect_timeout.max(Duration::from_secs(10));
+        if let Err(e) = shared.subscribe(filter, qos, timeout).await {
+            shared.remove_route(route);
+            return Err(e);
+        }
+        Ok(MqttConsumer { shared, route, rx })
+    }
+
+    async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
+        let qos = self.config()?.publish_qos;
+        self.publish_with(message, qos, false).await
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        let shared = self.conn.lock().await.take();
+        match shared {
+            Some(shared) => shared.close(Duration::from_secs(10)).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether `topic` matches the subscription `filter` (`+`, `#` and `$share/group/...`).
+///
+/// ```
+/// assert!(brook_mqtt::topic_matches("sensors/+/temp", "sensors/kitchen/temp"));
+/// assert!(brook_mqtt::topic_matches("$share/g/sensors/#", "sensors/a/b"));
+/// assert!(!brook_mqtt::topic_matches("sensors/+", "sensors/a/b"));
+/// ```
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    connection::filter_matches(filter, topic)
+}

@@ -1,0 +1,432 @@
+//! Test helpers: fresh names, a private Mosquitto, a raw rumqttc client that reads what a
+//! resumed session receives, and a sniffing proxy that records packet order on the wire.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brook_mqtt::{MqttBroker, ProtocolVersion};
+use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::{kind, BrokerError, BrokerKind};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const SHARED: &str = "127.0.0.1:1883";
+
+/// A name no other test (or earlier run) uses: prefix + pid + nanos + counter.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private Mosquitto on a free loopback port, killed on drop. Its queue limit is raised so a
+/// persistent session can hold a large backlog (the shared one drops past 1000).
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    pub fn start(extra_config: &str) -> Mosquitto {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(unique("brook-mosquitto"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let conf = dir.join("mosquitto.conf");
+        let anonymous = if extra_config.contains("allow_anonymous") {
+            ""
+        } else {
+            "allow_anonymous true\n"
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n{anonymous}persistence false\nmax_queued_messages 1000000\nmax_queued_bytes 0\n{extra_config}\n"
+            ),
+        )
+        .expect("write config");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { child, port, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn split(addr: &str) -> (String, u16) {
+    let (h, p) = addr.rsplit_once(':').expect("host:port");
+    (h.to_owned(), p.parse().expect("port"))
+}
+
+async fn connect_raw(
+    addr: &str,
+    client_id: &str,
+    clean: bool,
+) -> Result<(AsyncClient, rumqttc::EventLoop, bool), String> {
+    let (host, port) = split(addr);
+    let mut options = MqttOptions::new(client_id, host, port);
+    options
+        .set_clean_session(clean)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(5));
+    let (client, mut el) = AsyncClient::new(options, 1000);
+    match tokio::time::timeout(Duration::from_secs(5), el.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => Ok((client, el, ack.session_present)),
+        other => Err(format!("raw connect to {addr}: {other:?}")),
+    }
+}
+
+async fn disconnect_raw(client: AsyncClient, mut el: rumqttc::EventLoop) {
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// What the persistent session of `client_id` holds: reconnects with clean_session = false
+/// (the session must exist), collects until 700 ms pass without a message (at most 15 s),
+/// acks them, then deletes the session (clean reconnect) so nothing leaks on the broker.
+pub async fn remaining(addr: &str, client_id: &str) -> Result<Vec<Bytes>, String> {
+    let (client, mut el, present) = connect_raw(addr, client_id, false).await?;
+    if !present {
+        disconnect_raw(client, el).await;
+        return Err(format!("the broker has no session for `{client_id}`"));
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(700), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                got.push(p.payload.clone());
+                let _ = client.try_ack(&p);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("reading the session: {e}")),
+            Err(_) => break,
+        }
+    }
+    disconnect_raw(client, el).await;
+    forget_session(addr, client_id).await;
+    Ok(got)
+}
+
+/// Deletes the session of `client_id` (connect with a clean session, disconnect).
+pub async fn forget_session(addr: &str, client_id: &str) {
+    if let Ok((client, el, _)) = connect_raw(addr, client_id, true).await {
+        disconnect_raw(client, el).await;
+    }
+}
+
+/// Creates the persistent session of `client_id` subscribed to `topic` (QoS 1), then leaves,
+/// so messages published afterwards queue up for it.
+pub async fn prepare_session(addr: &str, client_id: &str, topic: &str) {
+    let (client, mut el, _) = connect_raw(addr, client_id, false).await.expect("connect");
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("suback");
+    disconnect_raw(client, el).await;
+}
+
+/// Publishes `n` payloads `make(i)` at QoS 1 with a raw client, waiting for every PUBACK.
+pub async fn publish_raw(addr: &str, topic: &str, n: u64, make: impl Fn(u64) -> Vec<u8>) {
+    let (client, mut el, _) = connect_raw(addr, &unique("brook-pub"), true)
+        .await
+        .expect("connect publisher");
+    let producer = {
+        let client = client.clone();
+        let topic = topic.to_owned();
+        let payloads: Vec<Vec<u8>> = (0..n).map(make).collect();
+        tokio::spawn(async move {
+            for p in payloads {
+                client
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, p)
+                    .await
+                    .expect("queue publish");
+            }
+        })
+    };
+    let mut acked = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while acked < n {
+            if let Event::Incoming(Packet::PubAck(_)) = el.poll().await.expect("publisher loop") {
+                acked += 1;
+            }
+        }
+    })
+    .await
+    .expect("every publish confirmed");
+    producer.await.expect("producer");
+    disconnect_raw(client, el).await;
+}
+
+/// The conformance adapter: every source is a fresh topic read by a fresh client id with a
+/// persistent session, so `remaining` can resume that session.
+pub struct MqttAdapter {
+    addr: String,
+    protocol: ProtocolVersion,
+    current: Mutex<Option<String>>,
+    ids: Mutex<HashMap<String, String>>,
+}
+
+impl MqttAdapter {
+    /// Against the shared Mosquitto.
+    pub fn new() -> Self {
+        Self::at(SHARED)
+    }
+
+    /// Against the shared Mosquitto, speaking MQTT 5.
+    pub fn v5() -> Self {
+        MqttAdapter {
+            protocol: ProtocolVersion::V5,
+            ..Self::at(SHARED)
+        }
+    }
+
+    /// Against the Mosquitto at `addr` (host:port).
+    pub fn at(addr: &str) -> Self {
+        MqttAdapter {
+            addr: addr.to_owned(),
+            protocol: ProtocolVersion::V311,
+            current: Mutex::new(None),
+            ids: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Adapter for MqttAdapter {
+    type Broker = MqttBroker;
+    type Kind = kind::Mqtt;
+
+    async fn broker(&self) -> MqttBroker {
+        let id = self
+            .current
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(MqttBroker::generate_client_id);
+        MqttBroker::new(&format!("mqtt://{}", self.addr))
+            .client_id(id)
+            .persistent_session(true)
+            .protocol(self.protocol)
+    }
+
+    async fn fresh_source(&self, test: &str) -> Result<TestSource, BrokerError> {
+        let name = unique(test);
+        let topic = format!("brook-test/{name}");
+        let client_id = format!("brook-test-{name}");
+        *self.current.lock().unwrap() = Some(client_id.clone());
+        self.ids.lock().unwrap().insert(topic.clone(), client_id);
+        Ok(TestSource {
+            args: vec![
+                ("topic".into(), topic.clone().into()),
+                ("qos".into(), 1u64.into()),
+            ],
+            destination: topic,
+        })
+    }
+
+    async fn remaining(&self, source: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        let id = self
+            .ids
+            .lock()
+            .unwrap()
+            .get(&source.destination)
+            .cloned()
+            .ok_or_else(|| BrokerError::Invalid {
+                broker: BrokerKind::Mqtt,
+                message: "unknown test source".into(),
+            })?;
+        remaining(&self.addr, &id)
+            .await
+            .map_err(|e| BrokerError::operation(BrokerKind::Mqtt, "remaining", e))
+    }
+
+    async fn dead_letters(&self, _: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        Ok(Vec::new()) // MQTT has no dead-letter place
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delivery_count: false,
+            nack_delay: false,
+            dead_letters: false,
+        }
+    }
+}
+
+/// A proxy that records, in order, the packet ids of PUBLISH packets the broker sends
+/// (QoS > 0) and of PUBACK packets the client sends, by parsing MQTT framing on the wire.
+pub struct Sniffer {
+    pub addr: SocketAddr,
+    pub publishes: Arc<Mutex<Vec<u16>>>,
+    pub pubacks: Arc<Mutex<Vec<u16>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sniffer {
+    pub async fn start(target: SocketAddr) -> Sniffer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let publishes = Arc::new(Mutex::new(Vec::new()));
+        let pubacks = Arc::new(Mutex::new(Vec::new()));
+        let (p, a) = (publishes.clone(), pubacks.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (ci, co) = inbound.into_split();
+                let (bi, bo) = outbound.into_split();
+                tokio::spawn(pump(ci, bo, a.clone(), 4)); // client -> broker: PUBACK = type 4
+                tokio::spawn(pump(bi, co, p.clone(), 3)); // broker -> client: PUBLISH = type 3
+            }
+        });
+        Sniffer {
+            addr,
+            publishes,
+            pubacks,
+            task,
+        }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    record: Arc<Mutex<Vec<u16>>>,
+    packet_type: u8,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&chunk[..n]).await.is_err() {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // Parse complete packets.
+        while let Some((header_len, remaining)) = frame(&buf) {
+            let total = header_len + remaining;
+            if buf.len() < total {
+                break;
+            }
+            let kind = buf[0] >> 4;
+            let body = &buf[header_len..total];
+            if kind == packet_type {
+                if kind == 4 && body.len() >= 2 {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(u16::from_be_bytes([body[0], body[1]]));
+                }
+                if kind == 3 && (buf[0] >> 1) & 3 > 0 && body.len() >= 2 {
+                    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    if body.len() >= 2 + topic_len + 2 {
+                        let at = 2 + topic_len;
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(u16::from_be_bytes([body[at], body[at + 1]]));
+                    }
+                }
+            }
+            buf.drain(..total);
+        }
+    }
+}
+
+/// (fixed header length, remaining length) of the packet at the start of `buf`, if complete.
+fn frame(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut remaining = 0usize;
+    let mut multiplier = 1usize;
+    for (i, b) in buf.iter().enumerate().skip(1).take(4) {
+        remaining += (*b as usize & 0x7f) * multiplier;
+        if b & 0x80 == 0 {
+            return Some((i + 1, remaining));
+        }
+        multiplier *= 128;
+    }
+    None
+}
+
+/// Waits until `f` holds (checked every 10 ms), at most `limit`.
+pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}

@@ -1,0 +1,361 @@
+//! Every policy row on Mosquitto, observed on the broker afterwards: what a resumed persistent
+//! session still receives, redeliveries (with the DUP flag), and the PUBACK order on the wire.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brook_mqtt::{MqttBroker, MqttMessage};
+use brook_runtime::{
+    kind, AckPolicy, App, Broker, Context, FromMessage, Handler, HandlerError, Message, Outgoing,
+    Subscription, SubscriptionError,
+};
+use bytes::Bytes;
+use common::{remaining, unique, SHARED};
+use tokio::sync::{mpsc, Notify};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// What the handler saw of one delivery.
+#[derive(Clone, Debug)]
+struct Seen {
+    body: Bytes,
+    dup: bool,
+    qos: u8,
+}
+
+type Script = dyn Fn(&Message, usize) -> Step + Send + Sync;
+
+enum Step {
+    Ok,
+    Fail,
+    Ack,
+    Nack,
+    Nothing,
+    Wait(Arc<Notify>),
+}
+
+struct TestHandler {
+    sub: Subscription,
+    script: Arc<Script>,
+    calls: AtomicUsize,
+    tx: mpsc::UnboundedSender<Seen>,
+}
+
+impl Handler for TestHandler {
+    type Broker = kind::Mqtt;
+
+    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
+        Ok(self.sub.clone())
+    }
+
+    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
+        let raw = <&MqttMessage>::from_message(msg, ctx)?;
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(Seen {
+            body: msg.body().clone(),
+            dup: raw.dup(),
+            qos: raw.qos(),
+        });
+        let fail = || HandlerError::Failed(anyhow::anyhow!("scripted failure"));
+        match (self.script)(msg, n) {
+            Step::Ok | Step::Nothing => Ok(()),
+            Step::Fail => Err(fail()),
+            Step::Ack => {
+                msg.ack()
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.into()))?;
+                Ok(())
+            }
+            Step::Nack => {
+                msg.nack()
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.into()))?;
+                Ok(())
+            }
+            Step::Wait(n) => {
+                n.notified().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Run {
+    topic: String,
+    client_id: String,
+    broker: MqttBroker,
+    app: Option<brook_runtime::RunningApp<MqttBroker>>,
+    rx: mpsc::UnboundedReceiver<Seen>,
+}
+
+async fn start(
+    url: &str,
+    policy: AckPolicy,
+    qos: u64,
+    concurrency: u32,
+    script: impl Fn(&Message, usize) -> Step + Send + Sync + 'static,
+) -> Run {
+    let name = unique("policy");
+    let topic = format!("brook-test/{name}");
+    let client_id = format!("brook-test-{name}");
+    let sub = Subscription::new(brook_runtime::BrokerKind::Mqtt, "policy-test")
+        .arg("topic", topic.clone())
+        .arg("qos", qos)
+        .arg("ack_policy", policy)
+        .arg("concurrency", concurrency)
+        .build()
+        .expect("valid subscription");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let broker = MqttBroker::new(url)
+        .client_id(client_id.clone())
+        .persistent_session(true);
+    let handler = TestHandler {
+        sub,
+        script: Arc::new(script),
+        calls: AtomicUsize::new(0),
+        tx,
+    };
+    let app = App::new(broker.clone())
+        .subscribe(handler)
+        .graceful_timeout(Duration::from_secs(5))
+        .start()
+        .await
+        .expect("the App starts");
+    Run {
+        topic,
+        client_id,
+        broker,
+        app: Some(app),
+        rx,
+    }
+}
+
+impl Run {
+    async fn publish(&self, body: &'static str) {
+        self.broker
+            .publish_message(Outgoing::new(
+                self.topic.clone(),
+                Bytes::from_static(body.as_bytes()),
+            ))
+            .await
+            .expect("publish");
+    }
+
+    async fn next(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("a handler call within 15 s")
+            .expect("handler alive")
+    }
+
+    async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(WAIT, app.stop())
+                .await
+                .expect("stops in time")
+                .expect("stops cleanly");
+        }
+    }
+
+    /// Stops the App, then resumes its session: what the broker still holds for it.
+    async fn remaining(&mut self, addr: &str) -> Vec<Bytes> {
+        self.stop().await;
+        remaining(addr, &self.client_id)
+            .await
+            .expect("resume the session")
+    }
+}
+
+fn bodies(v: &[&'static str]) -> Vec<Bytes> {
+    v.iter().map(|s| Bytes::from_static(s.as_bytes())).collect()
+}
+
+fn url() -> String {
+    format!("mqtt://{SHARED}")
+}
+
+#[tokio::test]
+async fn ack_sends_puback_even_when_the_handler_fails() {
+    let mut run = start(&url(), AckPolicy::Ack, 1, 1, |_, _| Step::Fail).await;
+    run.publish("a").await;
+    assert_eq!(run.next().await.body, "a");
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+#[tokio::test]
+async fn ack_first_acks_before_the_handler() {
+    let mut run = start(&url(), AckPolicy::AckFirst, 1, 1, |_, _| Step::Fail).await;
+    run.publish("a").await;
+    run.next().await;
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+#[tokio::test]
+async fn reject_on_error_acknowledges_like_ack() {
+    let mut run = start(&url(), AckPolicy::RejectOnError, 1, 1, |_, _| Step::Fail).await;
+    run.publish("bad").await;
+    run.next().await;
+    // MQTT has no reject: the PUBACK went out, nothing comes back.
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+#[tokio::test]
+async fn nack_on_error_redelivers_when_the_session_resumes() {
+    let mut run = start(&url(), AckPolicy::NackOnError, 1, 1, |_, n| {
+        if n == 0 {
+            Step::Fail
+        } else {
+            Step::Ok
+        }
+    })
+    .await;
+    assert_eq!(run.broker.connection_count().await, 1);
+    run.publish("retry").await;
+    let first = run.next().await;
+    let second = run.next().await;
+    assert_eq!(
+        (first.body.clone(), first.dup),
+        (Bytes::from_static(b"retry"), false)
+    );
+    // The nack made the client resume its session; the broker resent the message as a DUP.
+    assert_eq!(
+        (second.body, second.dup),
+        (Bytes::from_static(b"retry"), true)
+    );
+    assert_eq!(
+        run.broker.connection_count().await,
+        2,
+        "one reconnect, caused by the nack"
+    );
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+#[tokio::test]
+async fn nack_on_error_is_refused_on_a_clean_session() {
+    let broker = MqttBroker::new(&url());
+    let sub = Subscription::new(brook_runtime::BrokerKind::Mqtt, "h")
+        .arg("topic", unique("brook-test/clean"))
+        .arg("ack_policy", AckPolicy::NackOnError)
+        .build()
+        .unwrap();
+    let err = broker.subscribe(&sub).await.err().expect("refused");
+    assert!(err.to_string().contains("persistent_session"), "{err}");
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn manual_ack_and_nack_take_effect_and_an_unsettled_message_stays() {
+    // msg 0: nack (comes back as DUP, then acked); msg "keep": never settled.
+    let mut run = start(&url(), AckPolicy::Manual, 1, 1, |m, _| {
+        match (&m.body()[..], m.raw::<MqttMessage>().map(|r| r.dup())) {
+            (b"n", Some(false)) => Step::Nack,
+            (b"keep", _) => Step::Nothing,
+            _ => Step::Ack,
+        }
+    })
+    .await;
+    run.publish("n").await;
+    let first = run.next().await;
+    let again = run.next().await;
+    assert_eq!(
+        (first.dup, again.dup, again.body.clone()),
+        (false, true, Bytes::from_static(b"n"))
+    );
+    run.publish("keep").await;
+    assert_eq!(run.next().await.body, "keep");
+    assert_eq!(run.remaining(SHARED).await, bodies(&["keep"]));
+}
+
+#[tokio::test]
+async fn qos0_has_nothing_to_acknowledge() {
+    let mut run = start(&url(), AckPolicy::Ack, 0, 1, |_, _| Step::Fail).await;
+    run.publish("zero").await;
+    let seen = run.next().await;
+    assert_eq!((seen.body, seen.qos), (Bytes::from_static(b"zero"), 0));
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+#[tokio::test]
+async fn qos2_is_acknowledged_with_pubrec() {
+    let mut run = start(&url(), AckPolicy::Ack, 2, 1, |_, _| Step::Ok).await;
+    let broker = MqttBroker::new(&url()).publish_qos(2);
+    broker
+        .publish_message(Outgoing::new(run.topic.clone(), Bytes::from_static(b"two")))
+        .await
+        .expect("QoS 2 publish completes (PUBCOMP)");
+    let seen = run.next().await;
+    assert_eq!((seen.body, seen.qos), (Bytes::from_static(b"two"), 2));
+    broker.close().await.unwrap();
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+/// With concurrency 3 and the first message finishing last, the PUBACKs still leave in the
+/// order the PUBLISH packets arrived (observed on the wire by a sniffing proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_leave_in_arrival_order() {
+    let sniffer = common::Sniffer::start(SHARED.parse().unwrap()).await;
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let handled = Arc::new(Mutex::new(Vec::<Bytes>::new()));
+    let h = handled.clone();
+    let mut run = start(
+        &format!("mqtt://{}", sniffer.addr),
+        AckPolicy::Ack,
+        1,
+        3,
+        move |m, _| {
+            h.lock().unwrap().push(m.body().clone());
+            if &m.body()[..] == b"first" {
+                Step::Wait(r.clone())
+            } else {
+                Step::Ok
+            }
+        },
+    )
+    .await;
+    for b in ["first", "second", "third"] {
+        run.publish(b).await;
+    }
+    for _ in 0..3 {
+        run.next().await;
+    }
+    // "second" and "third" are done, but their PUBACKs must wait for "first".
+    let published = sniffer.publishes.clone();
+    assert!(common::eventually(WAIT, || published.lock().unwrap().len() == 3).await);
+    tokio::time::sleep(Duration::from_millis(200)).await; // give a wrong ack time to show up
+    assert_eq!(
+        *sniffer.pubacks.lock().unwrap(),
+        Vec::<u16>::new(),
+        "acks held back"
+    );
+    release.notify_one();
+    let acks = sniffer.pubacks.clone();
+    assert!(common::eventually(WAIT, || acks.lock().unwrap().len() == 3).await);
+    assert_eq!(
+        *sniffer.pubacks.lock().unwrap(),
+        *sniffer.publishes.lock().unwrap()
+    );
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+/// Manual: an unsettled message blocks the PUBACKs of later ones (MQTT orders acks), so after
+/// the App stops both come back; this is the documented policy.
+#[tokio::test]
+async fn an_unsettled_message_holds_back_later_acks() {
+    let mut run = start(&url(), AckPolicy::Manual, 1, 1, |m, _| {
+        if &m.body()[..] == b"unsettled" {
+            Step::Nothing
+        } else {
+            Step::Ack
+        }
+    })
+    .await;
+    run.publish("unsettled").await;
+    run.publish("acked").await;
+    run.next().await;
+    run.next().await;
+    assert_eq!(run.remaining(SHARED).await, bodies(&["unsettled", "acked"]));
+}
