@@ -1,1 +1,499 @@
-//! Redis broker for brook (fred). Being built under issue #5.
+//! Redis broker for [brook](https://docs.rs/brook): pub/sub channels, lists and streams, on
+//! [fred](https://docs.rs/fred).
+//!
+//! ```no_run
+//! use brook_redis::RedisBroker;
+//! use brook_runtime::{App, Broker};
+//! # async fn run() -> anyhow::Result<()> {
+//! let broker = RedisBroker::new("redis://127.0.0.1:6379");
+//! broker.publish(&serde_json::json!({"id": 1}), "stream:orders").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Subscribers name one source: `channel = "..."` (SUBSCRIBE; a name containing `*`, `?` or
+//! `[` is a pattern and uses PSUBSCRIBE), `list = "..."` (BLPOP, or LPOP with COUNT when
+//! `batch > 1`), or `stream = "..."`, read with XREADGROUP when `group = "..."` is given and with
+//! XREAD otherwise. Only streams read through a group acknowledge; there:
+//!
+//! | settlement | Redis |
+//! |---|---|
+//! | ack | `XACK` |
+//! | nack | the entry stays pending and this consumer claims it again (`XCLAIM`, after the delay if one was given), so it comes back with its delivery count increased — FastStream leaves it pending forever |
+//! | reject | `XACK`, after `XADD` of the entry to `dead_letter_stream` if set (one transaction) |
+//! | AckFirst | `XREADGROUP ... NOACK`: Redis acknowledges on delivery |
+//!
+//! The delivery count is Redis's own (XPENDING's "times delivered"), so `max_deliveries` works.
+//! Entries a crashed consumer left pending are claimed by the group's other consumers with
+//! `XAUTOCLAIM` once idle longer than `min_idle_ms` (default 60 000; 0 turns claiming off).
+//! A consumer that shuts down hands its unsettled entries back at once (see
+//! [`RedisConsumer`]).
+//!
+//! Payloads travel in FastStream's binary envelope so headers survive ([`envelope`]); publish
+//! destinations say which kind of source they go to ([`Destination`]).
+
+#![warn(missing_docs)]
+
+mod consumer;
+mod destination;
+pub mod envelope;
+mod message;
+mod wire;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use brook_runtime::{
+    Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Headers, Outgoing, Source, Subscription,
+};
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::Value;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+/// The fred crate, for what brook does not wrap ([`RedisBroker::fred_client`]).
+pub use fred;
+
+pub use consumer::RedisConsumer;
+pub use destination::{Destination, MaxLen};
+pub use envelope::Envelope;
+pub use message::{RedisMessage, RedisSource};
+
+use consumer::{create_group, ChannelConsumer, Kind, ListConsumer, StreamConsumer, StreamShared};
+use wire::s;
+
+/// Default `min_idle_ms`: how long an entry must sit unsettled in another consumer's pending
+/// list before this consumer claims it.
+pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(60);
+/// Default `batch` for streams (at least the subscriber's concurrency).
+pub const DEFAULT_BATCH: u64 = 10;
+
+/// A Redis client for brook. Cheap to clone; clones share the connection used for publishing
+/// and settling. Each subscriber gets a connection of its own, since blocking reads (XREADGROUP,
+/// BLPOP) and SUBSCRIBE hold theirs.
+///
+/// The URL is fred's: `redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS
+/// (rustls). The password never appears in `Debug` output, logs or errors.
+///
+/// ```
+/// use brook_redis::RedisBroker;
+/// use std::time::Duration;
+/// let broker = RedisBroker::new("redis://:s3cret@127.0.0.1:6379/0")
+///     .connect_timeout(Duration::from_secs(2));
+/// let shown = format!("{broker:?}");
+/// assert!(shown.contains("127.0.0.1:6379") && !shown.contains("s3cret"));
+/// ```
+#[derive(Clone)]
+pub struct RedisBroker {
+    settings: Arc<Settings>,
+    client: Arc<OnceCell<Client>>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    url: String,
+    address: String,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    reconnect_max_delay: Duration,
+    envelope: Envelope,
+    broadcast_capacity: usize,
+}
+
+impl RedisBroker {
+    /// A broker for `url` (not connected until [`Broker::connect`] or first use).
+    pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        RedisBroker {
+            settings: Arc::new(Settings {
+                address: redact(&url),
+                url,
+                connect_timeout: Duration::from_secs(5),
+                command_timeout: Duration::from_secs(10),
+                reconnect_max_delay: Duration::from_secs(2),
+                envelope: Envelope::Binary,
+                broadcast_capacity: 4096,
+            }),
+            client: Arc::new(OnceCell::new()),
+        }
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
+    }
+
+    /// How long connecting may take before `connect()` fails (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings_mut().connect_timeout = timeout;
+        self
+    }
+
+    /// How long a command may wait for its reply, reconnection included (default 10 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.settings_mut().command_timeout = timeout;
+        self
+    }
+
+    /// The longest pause between reconnection attempts (default 2 s; attempts never stop).
+    pub fn reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.settings_mut().reconnect_max_delay = delay;
+        self
+    }
+
+    /// How published payloads are wrapped (default: FastStream's binary envelope).
+    pub fn envelope(mut self, envelope: Envelope) -> Self {
+        self.settings_mut().envelope = envelope;
+        self
+    }
+
+    /// How many pub/sub messages a channel subscriber may fall behind before messages are
+    /// dropped (default 4096).
+    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+        self.settings_mut().broadcast_capacity = capacity.max(1);
+        self
+    }
+
+    /// The address, without credentials.
+    pub fn address(&self) -> &str {
+        &self.settings.address
+    }
+
+    fn connect_error(&self, source: impl Into<brook_runtime::BoxError>) -> BrokerError {
+        BrokerError::Connect {
+            broker: BrokerKind::Redis,
+            address: self.settings.address.clone(),
+            source: source.into(),
+        }
+    }
+
+    fn builder(&self) -> Result<Builder, BrokerError> {
+        let st = &self.settings;
+        // fred's URL errors can quote the URL; say what is wrong without it.
+        let config = Config::from_url(&st.url).map_err(|e| {
+            self.connect_error(format!(
+                "invalid Redis URL ({:?}); expected redis://[[user]:password@]host[:port][/db] or rediss://...",
+                e.kind()
+            ))
+        })?;
+        let mut builder = Builder::from_config(config);
+        let (connect_timeout, command_timeout, capacity) = (
+            st.connect_timeout,
+            st.command_timeout,
+            st.broadcast_capacity,
+        );
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = connect_timeout;
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = command_timeout;
+                p.broadcast_channel_capacity = capacity;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                st.reconnect_max_delay.as_millis().min(u32::MAX as u128) as u32,
+                2,
+            ));
+        Ok(builder)
+    }
+
+    /// Connects a client made by `builder`, within the connect timeout.
+    async fn init<C: ClientLike>(&self, client: C) -> Result<C, BrokerError> {
+        let limit = self.settings.connect_timeout + Duration::from_millis(500);
+        match tokio::time::timeout(limit, client.init()).await {
+            Ok(Ok(_task)) => Ok(client),
+            Ok(Err(e)) => Err(self.connect_error(e)),
+            Err(_) => {
+                let _ = client.quit().await;
+                Err(self.connect_error(format!("no answer within {limit:?}")))
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<&Client, BrokerError> {
+        self.client
+            .get_or_try_init(|| async {
+                let client = self.builder()?.build().map_err(|e| self.connect_error(e))?;
+                self.init(client).await
+            })
+            .await
+    }
+
+    async fn reader(&self) -> Result<Client, BrokerError> {
+        let client = self.builder()?.build().map_err(|e| self.connect_error(e))?;
+        self.init(client).await
+    }
+
+    /// Publishes `body` with `headers` to `destination`, wrapped as [`RedisBroker::envelope`]
+    /// says. [`Broker::publish`] and [`Broker::publish_message`] end here.
+    pub async fn publish_to(
+        &self,
+        destination: &Destination,
+        body: Bytes,
+        headers: &Headers,
+    ) -> Result<(), BrokerError> {
+        let payload = match self.settings.envelope {
+            Envelope::Binary => {
+                envelope::encode(&body, headers).map_err(|e| BrokerError::Invalid {
+                    broker: BrokerKind::Redis,
+                    message: e.to_string(),
+                })?
+            }
+            Envelope::Raw => body,
+        };
+        let client = self.client().await?;
+        let payload = Value::Bytes(payload);
+        let (name, args) = match destination {
+            Destination::Channel(ch) => ("PUBLISH", vec![s(ch), payload]),
+            Destination::List(key) => ("RPUSH", vec![s(key), payload]),
+            Destination::Stream { name, maxlen } => {
+                let mut args = vec![s(name)];
+                if let Some(cap) = maxlen {
+                    args.push(s("MAXLEN"));
+                    if cap.approximate {
+                        args.push(s("~"));
+                    }
+                    args.push(Value::from(cap.len.min(i64::MAX as u64) as i64));
+                }
+                args.extend([
+                    s("*"),
+                    Value::Bytes(Bytes::from_static(wire::DATA_FIELD)),
+                    payload,
+                ]);
+                ("XADD", args)
+            }
+        };
+        wire::call(client, name, false, args)
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::operation(BrokerKind::Redis, name, e))
+    }
+
+    /// The shared fred client (connected on first use), for what brook does not wrap.
+    pub async fn fred_client(&self) -> Result<Client, BrokerError> {
+        self.client().await.cloned()
+    }
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("address", &self.settings.address)
+            .field("connected", &self.client.initialized())
+            .finish()
+    }
+}
+
+/// `redis://user:password@host:port/db` -> `redis://user@host:port/db`.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) if !user.is_empty() => format!("{user}@{host}"),
+            _ => host.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    // Query parameters may carry credentials too (sentinel passwords).
+    let path = path.split('?').next().unwrap_or("");
+    format!("{scheme}://{host}{path}")
+}
+
+static CONSUMERS: AtomicU64 = AtomicU64::new(0);
+
+/// `hostname-pid-n-random`: unique per consumer, so two subscribers of one group in one
+/// process never share a pending list.
+fn generated_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "brook".to_owned());
+    let n = CONSUMERS.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{host}-{}-{n}-{nanos:08x}", std::process::id())
+}
+
+/// Whether a channel name is a PSUBSCRIBE pattern.
+fn is_pattern(channel: &str) -> bool {
+    channel.contains(['*', '?', '['])
+}
+
+impl Accepts<brook_runtime::kind::Redis> for RedisBroker {}
+
+impl Broker for RedisBroker {
+    type Consumer = RedisConsumer;
+
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Redis
+    }
+
+    async fn connect(&self) -> Result<(), BrokerError> {
+        self.client().await.map(drop)
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<RedisConsumer, BrokerError> {
+        let name: Arc<str> = sub.source_name().into();
+        let batch = sub
+            .int("batch")
+            .unwrap_or(DEFAULT_BATCH)
+            .max(sub.concurrency() as u64)
+            .max(1);
+        let inner = match sub.source() {
+            Source::RedisChannel => {
+                let client = self
+                    .builder()?
+                    .build_subscriber_client()
+                    .map_err(|e| self.connect_error(e))?;
+                let client = self.init(client).await?;
+                let rx = client.message_rx();
+                let manage = client.manage_subscriptions();
+                let pattern = is_pattern(&name);
+                let r = if pattern {
+                    client.psubscribe(&*name).await
+                } else {
+                    client.subscribe(&*name).await
+                };
+                r.map_err(|e| {
+                    BrokerError::operation(
+                        BrokerKind::Redis,
+                        if pattern { "PSUBSCRIBE" } else { "SUBSCRIBE" },
+                        e,
+                    )
+                })?;
+                Kind::Channel(ChannelConsumer {
+                    client,
+                    rx,
+                    pattern: pattern.then(|| name.clone()),
+                    manage,
+                })
+            }
+            Source::RedisList => Kind::List(ListConsumer {
+                client: self.reader().await?,
+                key: name,
+                batch: sub.int("batch").unwrap_or(1).max(1) as usize,
+                buffer: Default::default(),
+                read: None,
+            }),
+            Source::RedisStream { grouped } => {
+                let shared_client = self.client().await?.clone();
+                let reader = self.reader().await?;
+                let (group, consumer, generated) = if grouped {
+                    let group: Arc<str> = sub.str("group").unwrap_or_default().into();
+                    create_group(&shared_client, &name, &group).await?;
+                    let (consumer, generated) = match sub.str("consumer") {
+                        Some(c) => (c.to_owned(), false),
+                        None => (generated_consumer_name(), true),
+                    };
+                    (Some(group), consumer, generated)
+                } else {
+                    (None, String::new(), false)
+                };
+                let last_id = if grouped {
+                    ">".to_owned()
+                } else {
+                    // XREAD with `$` on every call would miss entries added between calls.
+                    let v = wire::call(
+                        &shared_client,
+                        "XREVRANGE",
+                        false,
+                        vec![s(&name), s("+"), s("-"), s("COUNT"), Value::from(1i64)],
+                    )
+                    .await
+                    .map_err(|e| BrokerError::operation(BrokerKind::Redis, "XREVRANGE", e))?;
+                    wire::entries(v)
+                        .first()
+                        .map_or_else(|| "0-0".to_owned(), |(id, _)| id.to_string())
+                };
+                let min_idle = match sub.millis("min_idle_ms") {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                    None => Some(DEFAULT_MIN_IDLE),
+                };
+                let reconnects = vec![reader.reconnect_rx(), shared_client.reconnect_rx()];
+                let dead_letter = sub.str("dead_letter_stream").map(Arc::from);
+                tracing::debug!(stream = %name, group = ?group, consumer = %consumer, "stream consumer started");
+                Kind::Stream(Box::new(StreamConsumer {
+                    shared: Arc::new(StreamShared::new(
+                        shared_client,
+                        name,
+                        group,
+                        consumer.into(),
+                        dead_letter,
+                    )),
+                    reader,
+                    batch,
+                    noack: sub.policy() == AckPolicy::AckFirst,
+                    min_idle,
+                    generated_name: generated,
+                    last_id,
+                    reconnects,
+                    buffer: Default::default(),
+                    read: None,
+                    next_claim: Instant::now(),
+                    claim_cursor: "0-0".to_owned(),
+                }))
+            }
+            other => {
+                return Err(BrokerError::Invalid {
+                    broker: BrokerKind::Redis,
+                    message: format!(
+                        "subscriber `{}` reads a {}, which is not a Redis source",
+                        sub.name(),
+                        other.describe()
+                    ),
+                })
+            }
+        };
+        Ok(RedisConsumer { inner })
+    }
+
+    async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
+        let destination = Destination::parse(&message.destination)?;
+        self.publish_to(&destination, message.body, &message.headers)
+            .await
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        if let Some(client) = self.client.get() {
+            consumer::quit(client, "broker").await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(redact("redis://user:pw@host:1/2"), "redis://user@host:1/2");
+        assert_eq!(redact("redis://:pw@host:1"), "redis://host:1");
+        assert_eq!(redact("rediss://host"), "rediss://host");
+        assert_eq!(redact("redis://h:1/0?sentinelPassword=x"), "redis://h:1/0");
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(is_pattern("orders.*") && is_pattern("a?c") && is_pattern("h[ae]llo"));
+        assert!(!is_pattern("orders.eu"));
+    }
+
+    #[test]
+    fn consumer_names_are_unique() {
+        assert_ne!(generated_consumer_name(), generated_consumer_name());
+    }
+}

@@ -1,0 +1,946 @@
+//! Consumers of the three Redis sources.
+//!
+//! - **Channel**: a `SubscriberClient` of its own (SUBSCRIBE, or PSUBSCRIBE for a pattern); fred
+//!   re-subscribes after a reconnect. Nothing is acknowledged; what is published while the
+//!   connection is down is lost, as with any pub/sub client.
+//! - **List**: a connection of its own for BLPOP (blocking commands hold their connection), plus
+//!   LPOP with COUNT for batches. Popping removes the element, so nothing is acknowledged;
+//!   elements popped but not handed out when the consumer closes are pushed back to the head.
+//! - **Stream** through a group: XREADGROUP on a connection of its own; acknowledgements,
+//!   claims and dead-lettering go through the broker's shared connection, so they never wait
+//!   behind a blocked read. The consumer keeps the ids it has handed out (`in_flight`) and the
+//!   ones nacked and waiting for redelivery, so that re-reading its own pending entries (at start
+//!   and after a reconnect) and XAUTOCLAIM never hand out an entry twice.
+//!
+//! Every read that blocks is kept in the consumer across calls to `next()`, so a `next()`
+//! cancelled by shutdown loses nothing: `close()` finishes or interrupts (CLIENT UNBLOCK) the
+//! read and hands back what it returned.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use brook_runtime::{BrokerError, BrokerKind, Headers, Message, MessageId};
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::Value;
+use futures_util::future::BoxFuture;
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+
+use crate::envelope;
+use crate::message::{op_error, NoAckSettler, RedisMessage, RedisSource, StreamSettler};
+use crate::wire::{self, s, DATA_FIELD};
+
+/// How long a blocking read waits before it is sent again. Shutdown interrupts it, so this
+/// only bounds how stale an idle connection may get.
+pub(crate) const BLOCK: Duration = Duration::from_secs(2);
+/// XCLAIM with this idle time hands an entry back: any consumer's XAUTOCLAIM sees it as idle
+/// long enough at once (about ten years, in milliseconds).
+const HAND_BACK_IDLE_MS: u64 = 315_360_000_000;
+const PAGE: u64 = 100;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A consumer of one Redis subscription, with a connection of its own.
+///
+/// - Channel: SUBSCRIBE / PSUBSCRIBE; fred renews the subscription after a reconnect.
+/// - List: BLPOP (LPOP with COUNT for `batch > 1`); on close, elements popped but never handed
+///   out are pushed back to the head of the list.
+/// - Stream with a group: XREADGROUP; nacked entries are claimed again (XCLAIM), its own stale
+///   pending entries are re-read at start and after a reconnect, other consumers' idle ones
+///   are claimed (XAUTOCLAIM after `min_idle_ms`). On close, entries it still holds are handed
+///   back (`XCLAIM ... IDLE <ten years> JUSTID`), so the group's other consumers take them at
+///   once instead of after `min_idle_ms`.
+/// - Stream without a group: XREAD from the entries added after the start.
+pub struct RedisConsumer {
+    pub(crate) inner: Kind,
+}
+
+pub(crate) enum Kind {
+    Channel(ChannelConsumer),
+    List(ListConsumer),
+    Stream(Box<StreamConsumer>),
+}
+
+impl brook_runtime::Consumer for RedisConsumer {
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        match &mut self.inner {
+            Kind::Channel(c) => c.next().await,
+            Kind::List(c) => c.next().await,
+            Kind::Stream(c) => c.next().await,
+        }
+    }
+
+    async fn close(self) -> Result<(), BrokerError> {
+        match self.inner {
+            Kind::Channel(c) => c.close().await,
+            Kind::List(c) => c.close().await,
+            Kind::Stream(c) => c.close().await,
+        }
+    }
+}
+
+fn unwrap_payload(wire: &Bytes) -> (Bytes, Headers, MessageId) {
+    let (body, headers) = envelope::decode(wire);
+    let id = headers
+        .get(brook_runtime::headers::MESSAGE_ID)
+        .map_or(MessageId::None, |id| MessageId::Text(id.into()));
+    (body, headers, id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels
+
+pub(crate) struct ChannelConsumer {
+    pub client: SubscriberClient,
+    pub rx: broadcast::Receiver<fred::types::Message>,
+    pub pattern: Option<Arc<str>>,
+    pub manage: tokio::task::JoinHandle<()>,
+}
+
+impl ChannelConsumer {
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(m) => {
+                    let wire = m.value.into_bytes().unwrap_or_default();
+                    let (body, headers, id) = unwrap_payload(&wire);
+                    let channel: Arc<str> = Arc::from(&*m.channel);
+                    let raw = RedisMessage {
+                        source: RedisSource::Channel,
+                        key: channel.clone(),
+                        pattern: self.pattern.clone(),
+                        entry_id: None,
+                        group: None,
+                        consumer: None,
+                        fields: Vec::new(),
+                        wire,
+                    };
+                    return Some(Ok(Message::new(
+                        BrokerKind::Redis,
+                        channel,
+                        body,
+                        NoAckSettler { raw },
+                    )
+                    .with_headers(headers)
+                    .with_id(id)));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        skipped = n,
+                        "Redis pub/sub subscriber fell behind; messages were dropped (raise the broker's broadcast capacity or the subscriber's concurrency)"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    async fn close(self) -> Result<(), BrokerError> {
+        self.manage.abort();
+        let _ = self.client.unsubscribe_all().await;
+        quit(&self.client, "channel subscriber").await;
+        Ok(())
+    }
+}
+
+/// Disconnects a client this consumer owns. Bounded, and a failure is only logged: the
+/// connection is going away either way, and shutdown must not hang on it.
+pub(crate) async fn quit<C: ClientLike>(client: &C, what: &'static str) {
+    match tokio::time::timeout(Duration::from_millis(500), client.quit()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "Redis {what}: QUIT failed"),
+        Err(_) => tracing::debug!(
+            "Redis {what}: QUIT is still queued (reconnecting?); it closes the connection once sent"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists
+
+pub(crate) struct ListConsumer {
+    pub client: Client,
+    pub key: Arc<str>,
+    pub batch: usize,
+    pub buffer: VecDeque<Bytes>,
+    pub read: Option<BoxFuture<'static, Result<Vec<Bytes>, fred::error::Error>>>,
+}
+
+async fn pop(
+    client: Client,
+    key: Arc<str>,
+    batch: usize,
+) -> Result<Vec<Bytes>, fred::error::Error> {
+    if batch > 1 {
+        let v = wire::call(
+            &client,
+            "LPOP",
+            false,
+            vec![s(&key), Value::from(batch as i64)],
+        )
+        .await?;
+        let items: Vec<Bytes> = match v {
+            Value::Null => Vec::new(),
+            other => other
+                .into_array()
+                .into_iter()
+                .filter_map(wire::bytes)
+                .collect(),
+        };
+        if !items.is_empty() {
+            return Ok(items);
+        }
+    }
+    let v = wire::call(
+        &client,
+        "BLPOP",
+        true,
+        vec![s(&key), Value::from(BLOCK.as_secs() as i64)],
+    )
+    .await?;
+    Ok(match v {
+        Value::Null => Vec::new(),
+        other => other
+            .into_array()
+            .into_iter()
+            .skip(1)
+            .filter_map(wire::bytes)
+            .collect(),
+    })
+}
+
+impl ListConsumer {
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        loop {
+            if let Some(wire) = self.buffer.pop_front() {
+                let (body, headers, id) = unwrap_payload(&wire);
+                let raw = RedisMessage {
+                    source: RedisSource::List,
+                    key: self.key.clone(),
+                    pattern: None,
+                    entry_id: None,
+                    group: None,
+                    consumer: None,
+                    fields: Vec::new(),
+                    wire,
+                };
+                return Some(Ok(Message::new(
+                    BrokerKind::Redis,
+                    self.key.clone(),
+                    body,
+                    NoAckSettler { raw },
+                )
+                .with_headers(headers)
+                .with_id(id)));
+            }
+            let (client, key, batch) = (self.client.clone(), self.key.clone(), self.batch);
+            let read = self
+                .read
+                .get_or_insert_with(|| Box::pin(pop(client, key, batch)));
+            let result = read.await;
+            self.read = None;
+            match result {
+                Ok(items) => self.buffer.extend(items),
+                Err(e) => return Some(Err(op_error("BLPOP", e))),
+            }
+        }
+    }
+
+    async fn close(mut self) -> Result<(), BrokerError> {
+        if let Some(read) = self.read.take() {
+            if let Some(Ok(items)) = interrupt(&self.client, read).await {
+                self.buffer.extend(items);
+            }
+        }
+        if !self.buffer.is_empty() {
+            // Popped but never handed out: back to the head, in their order.
+            let mut args = vec![s(&self.key)];
+            args.extend(self.buffer.iter().rev().map(|b| Value::Bytes(b.clone())));
+            wire::call(&self.client, "LPUSH", false, args)
+                .await
+                .map_err(|e| op_error("LPUSH", e))?;
+        }
+        quit(&self.client, "list consumer").await;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/// What a stream consumer shares with the settlers of the messages it handed out.
+pub(crate) struct StreamShared {
+    pub client: Client,
+    pub stream: Arc<str>,
+    pub group: Option<Arc<str>>,
+    pub consumer: Arc<str>,
+    pub dead_letter: Option<Arc<str>>,
+    /// `stream group` as command arguments, built once: XACK per entry is the hot path.
+    ack_prefix: [Value; 2],
+    state: Mutex<StreamState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Handed out (or buffered) and not settled.
+    in_flight: HashSet<Arc<str>>,
+    /// Nacked, waiting to be claimed again.
+    nacked: Vec<Nacked>,
+    /// Re-read this consumer's own pending entries (start, reconnect, failed settlement).
+    rescan: bool,
+}
+
+struct Nacked {
+    due: Instant,
+    id: Arc<str>,
+    deliveries: u32,
+}
+
+impl StreamShared {
+    pub(crate) fn new(
+        client: Client,
+        stream: Arc<str>,
+        group: Option<Arc<str>>,
+        consumer: Arc<str>,
+        dead_letter: Option<Arc<str>>,
+    ) -> Self {
+        let ack_prefix = [s(&stream), s(group.as_deref().unwrap_or_default())];
+        StreamShared {
+            ack_prefix,
+            client,
+            stream,
+            group,
+            consumer,
+            dead_letter,
+            state: Mutex::new(StreamState {
+                rescan: true,
+                ..StreamState::default()
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or_default()
+    }
+
+    fn xack_args(&self, id: &str) -> Vec<Value> {
+        let [stream, group] = &self.ack_prefix;
+        vec![stream.clone(), group.clone(), s(id)]
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        lock(&self.state).in_flight.remove(id);
+    }
+
+    fn known(&self, id: &str) -> bool {
+        let st = lock(&self.state);
+        st.in_flight.contains(id) || st.nacked.iter().any(|n| &*n.id == id)
+    }
+
+    fn settle_failed(&self, id: &str) {
+        let mut st = lock(&self.state);
+        st.in_flight.remove(id);
+        st.rescan = true;
+    }
+
+    pub(crate) async fn ack(&self, id: Arc<str>) -> Result<(), BrokerError> {
+        let r = wire::call(&self.client, "XACK", false, self.xack_args(&id)).await;
+        match r {
+            Ok(_) => {
+                self.forget(&id);
+                Ok(())
+            }
+            Err(e) => {
+                self.settle_failed(&id);
+                Err(op_error("XACK", e))
+            }
+        }
+    }
+
+    pub(crate) fn nack(&self, id: Arc<str>, deliveries: u32, delay: Option<Duration>) {
+        {
+            let mut st = lock(&self.state);
+            st.in_flight.remove(&id);
+            st.nacked.push(Nacked {
+                due: Instant::now() + delay.unwrap_or_default(),
+                id,
+                deliveries,
+            });
+        }
+        self.wake.notify_one();
+    }
+
+    pub(crate) async fn reject(
+        &self,
+        id: Arc<str>,
+        fields: &[(Bytes, Bytes)],
+    ) -> Result<(), BrokerError> {
+        let result = match &self.dead_letter {
+            None => wire::call(&self.client, "XACK", false, self.xack_args(&id))
+                .await
+                .map(drop),
+            Some(dlq) => {
+                // XADD and XACK in one transaction: the entry is never both gone from the
+                // pending list and missing from the dead-letter stream.
+                let mut args = vec![s(dlq), s("*")];
+                for (k, v) in fields {
+                    args.push(Value::Bytes(k.clone()));
+                    args.push(Value::Bytes(v.clone()));
+                }
+                for (k, v) in [
+                    ("__brook_stream", &*self.stream),
+                    ("__brook_id", &*id),
+                    ("__brook_group", self.group()),
+                ] {
+                    args.push(s(k));
+                    args.push(s(v));
+                }
+                let tx = self.client.multi();
+                let queued = async {
+                    wire::call(&tx, "XADD", false, args).await?;
+                    wire::call(&tx, "XACK", false, self.xack_args(&id)).await?;
+                    tx.exec::<Value>(true).await
+                };
+                queued.await.map(drop)
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.forget(&id);
+                Ok(())
+            }
+            Err(e) => {
+                self.settle_failed(&id);
+                Err(op_error("XACK (reject)", e))
+            }
+        }
+    }
+}
+
+pub(crate) struct StreamConsumer {
+    pub shared: Arc<StreamShared>,
+    pub reader: Client,
+    pub batch: u64,
+    /// AckFirst: read with NOACK, Redis acknowledges on delivery.
+    pub noack: bool,
+    pub min_idle: Option<Duration>,
+    /// The consumer name was generated: remove it from the group when it leaves nothing pending.
+    pub generated_name: bool,
+    pub last_id: String,
+    pub reconnects: Vec<broadcast::Receiver<Server>>,
+    pub buffer: VecDeque<Message>,
+    pub read: Option<BoxFuture<'static, Result<Value, fred::error::Error>>>,
+    pub next_claim: Instant,
+    pub claim_cursor: String,
+}
+
+impl StreamConsumer {
+    fn message(
+        &self,
+        id: Arc<str>,
+        fields: Vec<(Bytes, Bytes)>,
+        deliveries: Option<u32>,
+        pending: bool,
+    ) -> Message {
+        let sh = &self.shared;
+        let wire = fields
+            .iter()
+            .find(|(k, _)| k == DATA_FIELD)
+            .map(|(_, v)| v.clone());
+        let (body, headers) = match &wire {
+            Some(w) => envelope::decode(w),
+            // Written by something else than brook or FastStream: the fields as a JSON object,
+            // which is what FastStream hands its handlers too.
+            None => (fields_as_json(&fields), Headers::new()),
+        };
+        let raw = RedisMessage {
+            source: RedisSource::Stream,
+            key: sh.stream.clone(),
+            pattern: None,
+            entry_id: Some(id.clone()),
+            group: sh.group.clone(),
+            consumer: sh.group.as_ref().map(|_| sh.consumer.clone()),
+            fields,
+            wire: wire.unwrap_or_default(),
+        };
+        let msg = if sh.group.is_some() {
+            Message::new(
+                BrokerKind::Redis,
+                sh.stream.clone(),
+                body,
+                StreamSettler {
+                    shared: sh.clone(),
+                    raw,
+                    id: id.clone(),
+                    deliveries: deliveries.unwrap_or(1),
+                    pending,
+                },
+            )
+        } else {
+            Message::new(
+                BrokerKind::Redis,
+                sh.stream.clone(),
+                body,
+                NoAckSettler { raw },
+            )
+        };
+        let msg = msg.with_headers(headers).with_id(MessageId::Text(id));
+        match deliveries {
+            Some(n) => msg.with_delivery_count(n),
+            None => msg,
+        }
+    }
+
+    fn push(
+        &mut self,
+        id: Arc<str>,
+        fields: Vec<(Bytes, Bytes)>,
+        deliveries: Option<u32>,
+        pending: bool,
+    ) {
+        if pending {
+            lock(&self.shared.state).in_flight.insert(id.clone());
+        }
+        let msg = self.message(id, fields, deliveries, pending);
+        self.buffer.push_back(msg);
+    }
+
+    fn start_read(&self) -> BoxFuture<'static, Result<Value, fred::error::Error>> {
+        let sh = &self.shared;
+        let block = Value::from(BLOCK.as_millis() as i64);
+        let count = Value::from(self.batch as i64);
+        let (name, args) = match &sh.group {
+            Some(group) => {
+                let mut args = vec![
+                    s("GROUP"),
+                    s(group),
+                    s(&sh.consumer),
+                    s("COUNT"),
+                    count,
+                    s("BLOCK"),
+                    block,
+                ];
+                if self.noack {
+                    args.push(s("NOACK"));
+                }
+                args.extend([s("STREAMS"), s(&sh.stream), s(">")]);
+                ("XREADGROUP", args)
+            }
+            None => (
+                "XREAD",
+                vec![
+                    s("COUNT"),
+                    count,
+                    s("BLOCK"),
+                    block,
+                    s("STREAMS"),
+                    s(&sh.stream),
+                    s(&self.last_id),
+                ],
+            ),
+        };
+        let reader = self.reader.clone();
+        let key_at = args.len() - 2;
+        Box::pin(async move { wire::call_at(&reader, name, true, key_at, args).await })
+    }
+
+    fn take_read(&mut self, reply: Value) {
+        let grouped = self.shared.group.is_some();
+        for (id, fields) in wire::xread_entries(reply) {
+            if !grouped {
+                self.last_id = id.to_string();
+            }
+            let Some(fields) = fields else { continue };
+            if grouped && self.shared.known(&id) {
+                continue;
+            }
+            let pending = grouped && !self.noack;
+            self.push(id, fields, grouped.then_some(1), pending);
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        loop {
+            if let Some(m) = self.buffer.pop_front() {
+                return Some(Ok(m));
+            }
+            if self.shared.group.is_some() {
+                if let Err(e) = self.refill().await {
+                    let sh = self.shared.clone();
+                    return Some(Err(recreate_group_if_gone(&sh, e).await));
+                }
+                if !self.buffer.is_empty() {
+                    continue;
+                }
+            }
+            let deadline = self.next_deadline();
+            if self.read.is_none() {
+                self.read = Some(self.start_read());
+            }
+            let Some(read) = self.read.as_mut() else {
+                continue;
+            };
+            tokio::select! {
+                r = read => {
+                    self.read = None;
+                    match r {
+                        Ok(v) => self.take_read(v),
+                        Err(e) => return Some(Err(self.read_failed(e).await)),
+                    }
+                }
+                _ = self.shared.wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn read_failed(&mut self, e: fred::error::Error) -> BrokerError {
+        lock(&self.shared.state).rescan = true;
+        let e = op_error(
+            if self.shared.group.is_some() {
+                "XREADGROUP"
+            } else {
+                "XREAD"
+            },
+            e,
+        );
+        let sh = self.shared.clone();
+        recreate_group_if_gone(&sh, e).await
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let st = lock(&self.shared.state);
+        let nack = st.nacked.iter().map(|n| n.due).min().unwrap_or(far);
+        match self.min_idle {
+            Some(_) if self.shared.group.is_some() => nack.min(self.next_claim),
+            _ => nack,
+        }
+    }
+
+    /// Entries that are not new: own pending ones to re-read, nacked ones that are due, and
+    /// other consumers' entries idle longer than `min_idle`.
+    async fn refill(&mut self) -> Result<(), BrokerError> {
+        for rx in &mut self.reconnects {
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {
+                lock(&self.shared.state).rescan = true;
+            }
+        }
+        let rescan = std::mem::take(&mut lock(&self.shared.state).rescan);
+        if rescan {
+            if let Err(e) = self.rescan_own().await {
+                lock(&self.shared.state).rescan = true;
+                return Err(e);
+            }
+        }
+        self.redeliver_due().await?;
+        if let Some(min_idle) = self.min_idle {
+            if Instant::now() >= self.next_claim {
+                self.autoclaim(min_idle).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// XCLAIM `ids` (with their delivery counts so far) to this consumer and buffer them.
+    async fn claim(&mut self, ids: Vec<(Arc<str>, u32)>) -> Result<(), BrokerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sh = self.shared.clone();
+        let mut args = vec![
+            s(&sh.stream),
+            s(sh.group()),
+            s(&sh.consumer),
+            Value::from(0i64),
+        ];
+        args.extend(ids.iter().map(|(id, _)| s(id)));
+        let reply = wire::call(&sh.client, "XCLAIM", false, args)
+            .await
+            .map_err(|e| op_error("XCLAIM", e))?;
+        for (id, fields) in wire::entries(reply) {
+            let Some(fields) = fields else { continue };
+            let before = ids.iter().find(|(i, _)| *i == id).map_or(1, |(_, n)| *n);
+            self.push(id, fields, Some(before.saturating_add(1)), true);
+        }
+        Ok(())
+    }
+
+    async fn rescan_own(&mut self) -> Result<(), BrokerError> {
+        let sh = self.shared.clone();
+        let mut start = "-".to_owned();
+        loop {
+            let reply = wire::call(
+                &sh.client,
+                "XPENDING",
+                false,
+                vec![
+                    s(&sh.stream),
+                    s(sh.group()),
+                    s(&start),
+                    s("+"),
+                    Value::from(PAGE as i64),
+                    s(&sh.consumer),
+                ],
+            )
+            .await
+            .map_err(|e| op_error("XPENDING", e))?;
+            let rows = wire::pending(reply);
+            let Some(last) = rows.last().map(|r| r.id.clone()) else {
+                return Ok(());
+            };
+            let full = rows.len() as u64 >= PAGE;
+            let stale: Vec<_> = rows
+                .into_iter()
+                .filter(|r| *r.consumer == *sh.consumer && !sh.known(&r.id))
+                .map(|r| (r.id, r.deliveries))
+                .collect();
+            if !stale.is_empty() {
+                tracing::debug!(stream = %sh.stream, count = stale.len(), "re-reading this consumer's unsettled entries");
+            }
+            self.claim(stale).await?;
+            if !full {
+                return Ok(());
+            }
+            start = format!("({last}");
+        }
+    }
+
+    async fn redeliver_due(&mut self) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        let due: Vec<Nacked> = {
+            let mut st = lock(&self.shared.state);
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.nacked)
+                .into_iter()
+                .partition(|n| n.due <= now);
+            st.nacked = later;
+            due
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = due.iter().map(|n| (n.id.clone(), n.deliveries)).collect();
+        if let Err(e) = self.claim(ids).await {
+            lock(&self.shared.state).nacked.extend(due);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn autoclaim(&mut self, min_idle: Duration) -> Result<(), BrokerError> {
+        let sh = self.shared.clone();
+        let reply = wire::call(
+            &sh.client,
+            "XAUTOCLAIM",
+            false,
+            vec![
+                s(&sh.stream),
+                s(sh.group()),
+                s(&sh.consumer),
+                Value::from(min_idle.as_millis() as i64),
+                s(&self.claim_cursor),
+                s("COUNT"),
+                Value::from(self.batch as i64),
+            ],
+        )
+        .await
+        .map_err(|e| op_error("XAUTOCLAIM", e))?;
+        let mut parts = reply.into_array().into_iter();
+        let cursor = parts
+            .next()
+            .and_then(wire::text)
+            .unwrap_or_else(|| "0-0".into());
+        let claimed: Vec<_> = parts
+            .next()
+            .map(wire::entries)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, f)| Some((id, f?)))
+            .filter(|(id, _)| !sh.known(id))
+            .collect();
+        // A full pass ended: wait before the next; otherwise carry on at once.
+        self.next_claim = if &*cursor == "0-0" {
+            Instant::now() + claim_interval(min_idle)
+        } else {
+            Instant::now()
+        };
+        self.claim_cursor = cursor.to_string();
+        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
+            return Ok(());
+        };
+        let counts = wire::call(
+            &sh.client,
+            "XPENDING",
+            false,
+            vec![
+                s(&sh.stream),
+                s(sh.group()),
+                s(&first.0),
+                s(&last.0),
+                Value::from(10_000i64),
+                s(&sh.consumer),
+            ],
+        )
+        .await
+        .map(wire::pending)
+        .unwrap_or_default();
+        tracing::info!(stream = %sh.stream, group = %sh.group(), count = claimed.len(), "claimed entries other consumers left idle longer than min_idle_ms");
+        for (id, fields) in claimed {
+            let n = counts.iter().find(|p| p.id == id).map(|p| p.deliveries);
+            self.push(id, fields, n, true);
+        }
+        Ok(())
+    }
+
+    async fn close(mut self) -> Result<(), BrokerError> {
+        if let Some(read) = self.read.take() {
+            // Whatever it returns is in this consumer's pending list: handed back below.
+            let _ = interrupt(&self.reader, read).await;
+        }
+        self.buffer.clear();
+        let sh = self.shared.clone();
+        let mut result = Ok(());
+        if sh.group.is_some() && !self.noack {
+            result = hand_back(&sh, self.generated_name).await;
+        }
+        quit(&self.reader, "stream consumer").await;
+        result
+    }
+}
+
+/// Marks every entry the consumer still holds as idle for years, so that the group's other
+/// consumers claim it at their next XAUTOCLAIM instead of after `min_idle`; removes the consumer
+/// from the group when it holds nothing and its name was generated.
+async fn hand_back(sh: &StreamShared, generated_name: bool) -> Result<(), BrokerError> {
+    {
+        let reply = wire::call(
+            &sh.client,
+            "XPENDING",
+            false,
+            vec![
+                s(&sh.stream),
+                s(sh.group()),
+                s("-"),
+                s("+"),
+                Value::from(1_000_000i64),
+                s(&sh.consumer),
+            ],
+        )
+        .await
+        .map_err(|e| op_error("XPENDING", e))?;
+        let held = wire::pending(reply);
+        if held.is_empty() {
+            if generated_name {
+                wire::call_at(
+                    &sh.client,
+                    "XGROUP",
+                    false,
+                    1,
+                    vec![
+                        s("DELCONSUMER"),
+                        s(&sh.stream),
+                        s(sh.group()),
+                        s(&sh.consumer),
+                    ],
+                )
+                .await
+                .map_err(|e| op_error("XGROUP DELCONSUMER", e))?;
+            }
+            return Ok(());
+        }
+        tracing::debug!(stream = %sh.stream, count = held.len(), "handing unsettled entries back to the group");
+        let mut args = vec![
+            s(&sh.stream),
+            s(sh.group()),
+            s(&sh.consumer),
+            Value::from(0i64),
+        ];
+        args.extend(held.iter().map(|p| s(&p.id)));
+        args.extend([
+            s("IDLE"),
+            Value::from(HAND_BACK_IDLE_MS as i64),
+            s("JUSTID"),
+        ]);
+        wire::call(&sh.client, "XCLAIM", false, args)
+            .await
+            .map_err(|e| op_error("XCLAIM (hand back)", e))?;
+        Ok(())
+    }
+}
+
+/// After NOGROUP (the stream was deleted, or the group destroyed): creates the group again, so
+/// consumption goes on once the error is reported.
+async fn recreate_group_if_gone(sh: &StreamShared, e: BrokerError) -> BrokerError {
+    let Some(group) = &sh.group else {
+        return e;
+    };
+    if !e.to_string().contains("NOGROUP") {
+        return e;
+    }
+    tracing::warn!(stream = %sh.stream, group = %group, "the consumer group is gone (stream deleted?); creating it again");
+    match create_group(&sh.client, &sh.stream, group).await {
+        Ok(()) => e,
+        Err(create) => create,
+    }
+}
+
+/// Finishes a blocking read early: CLIENT UNBLOCK (through fred's backchannel) until the read
+/// returns, since the command may not have reached the server yet when the first one is sent.
+async fn interrupt<T>(client: &Client, mut read: BoxFuture<'static, T>) -> Option<T> {
+    let deadline = Instant::now() + BLOCK * 2;
+    while Instant::now() < deadline {
+        let _ = client.unblock_self(None).await;
+        if let Ok(out) = tokio::time::timeout(Duration::from_millis(50), &mut read).await {
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// How often XAUTOCLAIM looks for idle entries: often enough that handed-back entries move on
+/// within a second, rarely enough to cost nothing.
+pub(crate) fn claim_interval(min_idle: Duration) -> Duration {
+    (min_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+pub(crate) async fn create_group(
+    client: &Client,
+    stream: &str,
+    group: &str,
+) -> Result<(), BrokerError> {
+    match wire::call_at(
+        client,
+        "XGROUP",
+        false,
+        1,
+        vec![s("CREATE"), s(stream), s(group), s("$"), s("MKSTREAM")],
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+        Err(e) => Err(op_error("XGROUP CREATE", e)),
+    }
+}
+
+fn fields_as_json(fields: &[(Bytes, Bytes)]) -> Bytes {
+    let map: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
+    serde_json::to_vec(&map)
+        .map(Bytes::from)
+        .unwrap_or_default()
+}
