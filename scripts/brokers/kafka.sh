@@ -4,6 +4,16 @@
 # 10-15 minutes on 2 cores; the binary stays in ~/.cargo/bin and is reused).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+# Build tools for librdkafka, which rdkafka-sys compiles from source (./configure + make; the
+# crate links the system OpenSSL and zlib: brokers/kafka/Cargo.toml, features "ssl", "libz").
+need make make
+need cc gcc
+need c++ g++
+need perl perl
+need pkg-config pkg-config
+need_dev() { dpkg -s "$1" >/dev/null 2>&1 || need "/nonexistent/$1" "$1"; }
+need_dev libssl-dev
+need_dev zlib1g-dev
 port_open 9092 && exit 0
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then

@@ -1,1 +1,475 @@
-//! Kafka broker for brook (rdkafka). Being built under issue #6.
+//! Kafka broker for brook, on [rdkafka] (librdkafka).
+//!
+//! Kafka has no per-message acknowledgement: a consumer group commits, per partition, the offset
+//! of the next message to read. This crate maps brook's settlements onto that model:
+//!
+//! - **ack / reject** mark the message settled; the contiguous settled prefix of each partition
+//!   is *stored* (`store_offset`) and librdkafka commits stored offsets in the background
+//!   (`enable.auto.commit`, `enable.auto.offset.store = false`). Offsets are committed
+//!   synchronously on shutdown ([`Consumer::close`](brook_runtime::Consumer::close)) and when a
+//!   partition is revoked. With `concurrency > 1` nothing past the lowest unsettled offset of a
+//!   partition is ever stored. Kafka has no dead-letter place, so reject is an ack.
+//! - **nack** seeks the partition back to the message's offset: it is read again, followed by the
+//!   later ones, in order; nothing from that offset on is stored until it is settled again.
+//! - **AckFirst** is librdkafka's own auto-commit with automatic offset store (FastStream's
+//!   default): the offset is stored when the message is handed out; the settler's ack is a no-op.
+//! - **concurrency**: each message's ordering key is its partition; a partition with two
+//!   messages out is paused until one is done, so a slow partition never stalls the others.
+//!
+//! Kafka keeps no delivery count: the consumer counts redeliveries caused by its own nacks per
+//! (topic, partition, offset), so `max_deliveries` works within one consumer process.
+//!
+//! ```no_run
+//! use brook_kafka::KafkaBroker;
+//! use brook_runtime::Broker;
+//! # async fn run() -> Result<(), brook_runtime::BrokerError> {
+//! let broker = KafkaBroker::new("127.0.0.1:9092").with_config("client.id", "billing");
+//! broker.connect().await?;
+//! broker.publish(&serde_json::json!({"id": 1}), "orders").await?;
+//! # Ok(()) }
+//! ```
+
+mod consumer;
+mod message;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use brook_runtime::kind::Kafka;
+use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Outgoing, Subscription};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+pub use consumer::KafkaConsumer;
+pub use message::KafkaMessage;
+/// The client crate, for what brook does not wrap (admin operations, custom contexts).
+pub use rdkafka;
+
+const KIND: BrokerKind = BrokerKind::Kafka;
+
+/// How long [`Broker::connect`] waits for the cluster's metadata before failing.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Kafka cluster client: one producer shared by clones, one librdkafka consumer per
+/// subscription.
+///
+/// Configure it with a bootstrap address (`host:port[,host:port...]`) or a URL
+/// `kafka://[user:password@]host:port[,...]` (`kafkas://` for TLS); credentials in the URL
+/// turn on SASL (`PLAIN` unless [`KafkaBroker::with_config`] sets `sasl.mechanism`). Any
+/// librdkafka property can be passed through with [`KafkaBroker::with_config`] (both producer
+/// and consumers) or [`KafkaBroker::with_consumer_config`] (consumers only).
+#[derive(Clone)]
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `host:port` list, without credentials: what errors and logs show.
+    address: String,
+    /// Client properties common to producer and consumers (credentials included).
+    config: Vec<(String, String)>,
+    consumer_config: Vec<(String, String)>,
+    producer_config: Vec<(String, String)>,
+    connect_timeout: Duration,
+    round_robin: bool,
+    producer: Mutex<Option<FutureProducer>>,
+    next_partition: AtomicU64,
+    partitions: Mutex<Vec<(String, i32)>>,
+}
+
+impl fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The config may hold `sasl.password` and the like: never print those values.
+        let config: Vec<(&str, &str)> = self
+            .inner
+            .config
+            .iter()
+            .chain(&self.inner.consumer_config)
+            .chain(&self.inner.producer_config)
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaBroker")
+            .field("address", &self.inner.address)
+            .field("config", &config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configuration keys whose values never appear in `Debug` output or logs.
+fn is_secret(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+}
+
+impl KafkaBroker {
+    /// A client of the cluster at `url`: `host:port[,host:port]`, or
+    /// `kafka://[user:password@]host:port[,...]` / `kafkas://...` (TLS).
+    pub fn new(url: &str) -> Self {
+        let (address, config) = parse_url(url);
+        KafkaBroker {
+            inner: Arc::new(Inner {
+                address,
+                config,
+                consumer_config: Vec::new(),
+                producer_config: Vec::new(),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                round_robin: false,
+                producer: Mutex::new(None),
+                next_partition: AtomicU64::new(0),
+                partitions: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        // Builders run before the broker is shared; if it already was, copy the settings.
+        if Arc::get_mut(&mut self.inner).is_none() {
+            let i = &self.inner;
+            self.inner = Arc::new(Inner {
+                address: i.address.clone(),
+                config: i.config.clone(),
+                consumer_config: i.consumer_config.clone(),
+                producer_config: i.producer_config.clone(),
+                connect_timeout: i.connect_timeout,
+                round_robin: i.round_robin,
+                producer: Mutex::new(None),
+                next_partition: AtomicU64::new(0),
+                partitions: Mutex::new(Vec::new()),
+            });
+        }
+        Arc::get_mut(&mut self.inner).unwrap_or_else(|| unreachable!("just made unique"))
+    }
+
+    /// Sets a librdkafka property for the producer and every consumer (passthrough, e.g.
+    /// `client.id`, `security.protocol`, `ssl.ca.location`, `sasl.mechanism`).
+    pub fn with_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.inner_mut().config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets a librdkafka property for consumers only (e.g. `fetch.min.bytes`,
+    /// `session.timeout.ms`, `auto.commit.interval.ms`).
+    pub fn with_consumer_config(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.inner_mut()
+            .consumer_config
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets a librdkafka property for the producer only (e.g. `linger.ms`, `acks`).
+    pub fn with_producer_config(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.inner_mut()
+            .producer_config
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// How long [`Broker::connect`] waits for the cluster (default 10 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.inner_mut().connect_timeout = timeout;
+        self
+    }
+
+    /// Spreads messages published without a key over the topic's partitions in turn, instead
+    /// of librdkafka's sticky partitioning (which sends a burst of unkeyed messages to one
+    /// partition). Costs one metadata request per topic.
+    pub fn with_round_robin_unkeyed(mut self) -> Self {
+        self.inner_mut().round_robin = true;
+        self
+    }
+
+    /// The bootstrap address, without credentials.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    pub(crate) fn client_config(&self, extra: &[(String, String)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.inner.address);
+        for (k, v) in self.inner.config.iter().chain(extra) {
+            config.set(k, v);
+        }
+        config
+    }
+
+    pub(crate) fn consumer_config(&self) -> ClientConfig {
+        self.client_config(&self.inner.consumer_config)
+    }
+
+    fn connect_error(&self, source: impl Into<brook_runtime::BoxError>) -> BrokerError {
+        BrokerError::Connect {
+            broker: KIND,
+            address: self.inner.address.clone(),
+            source: source.into(),
+        }
+    }
+
+    fn producer(&self) -> Result<FutureProducer, BrokerError> {
+        let mut slot = self
+            .inner
+            .producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        let producer: FutureProducer = self
+            .client_config(&self.inner.producer_config)
+            .create()
+            .map_err(|e| self.connect_error(e))?;
+        *slot = Some(producer.clone());
+        Ok(producer)
+    }
+
+    /// The topic's partition count (cached), for round-robin publishing.
+    async fn partition_count(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+    ) -> Result<i32, BrokerError> {
+        if let Some((_, n)) = self
+            .inner
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(t, _)| t == topic)
+        {
+            return Ok(*n);
+        }
+        let producer = producer.clone();
+        let name = topic.to_owned();
+        let timeout = self.inner.connect_timeout;
+        let n = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Timeout::After(timeout))
+                .map(|m| {
+                    m.topics()
+                        .first()
+                        .map_or(0, |t| t.partitions().len() as i32)
+                })
+        })
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "metadata", e))?
+        .map_err(|e| BrokerError::operation(KIND, "metadata", e))?;
+        if n > 0 {
+            self.inner
+                .partitions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((topic.to_owned(), n));
+        }
+        Ok(n.max(1))
+    }
+
+    /// Creates `topic` with `partitions` partitions (replication factor 1) unless it exists.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), brook_runtime::BrokerError> {
+    /// brook_kafka::KafkaBroker::new("127.0.0.1:9092").create_topic("orders", 3).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config(&[])
+            .create()
+            .map_err(|e| self.connect_error(e))?;
+        let options = AdminOptions::new().request_timeout(Some(self.inner.connect_timeout));
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &options,
+            )
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "create topic", e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(BrokerError::operation(
+                        KIND,
+                        "create topic",
+                        KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `message` to an explicit `partition` (`None`: by key, or librdkafka's
+    /// partitioner), awaiting the broker's acknowledgement; returns the (partition, offset) the
+    /// message was written at.
+    pub async fn publish_to_partition(
+        &self,
+        message: Outgoing,
+        partition: Option<i32>,
+    ) -> Result<(i32, i64), BrokerError> {
+        let producer = self.producer()?;
+        let partition = match (partition, &message.key) {
+            (Some(p), _) => Some(p),
+            (None, None) if self.inner.round_robin => {
+                let n = self
+                    .partition_count(&producer, &message.destination)
+                    .await?;
+                let i = self.inner.next_partition.fetch_add(1, Ordering::Relaxed);
+                Some((i % n as u64) as i32)
+            }
+            _ => None,
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in message.headers.iter() {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&message.destination).payload(&message.body[..]);
+        if !message.headers.is_empty() {
+            record = record.headers(headers);
+        }
+        if let Some(key) = &message.key {
+            record = record.key(&key[..]);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        match producer.send(record, Timeout::Never).await {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((e, _)) => Err(BrokerError::operation(KIND, "produce", e)),
+        }
+    }
+}
+
+/// Splits a URL into the credential-free address and the client properties it implies.
+fn parse_url(url: &str) -> (String, Vec<(String, String)>) {
+    let mut config = Vec::new();
+    let (tls, rest) = if let Some(r) = url.strip_prefix("kafkas://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("kafka://") {
+        (false, r)
+    } else {
+        (false, url)
+    };
+    let rest = rest.trim_end_matches('/');
+    let (creds, hosts) = match rest.rsplit_once('@') {
+        Some((c, h)) => (Some(c), h),
+        None => (None, rest),
+    };
+    if let Some(creds) = creds {
+        let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
+        config.push(("sasl.username".into(), user.into()));
+        config.push(("sasl.password".into(), password.into()));
+        config.push(("sasl.mechanism".into(), "PLAIN".into()));
+    }
+    let protocol = match (tls, creds.is_some()) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    config.push(("security.protocol".into(), protocol.into()));
+    (hosts.to_owned(), config)
+}
+
+impl Accepts<Kafka> for KafkaBroker {}
+
+impl Broker for KafkaBroker {
+    type Consumer = KafkaConsumer;
+
+    fn kind(&self) -> BrokerKind {
+        KIND
+    }
+
+    /// librdkafka never fails to "connect" by itself (it retries forever in the background), so
+    /// this fetches the cluster metadata with a timeout: an unreachable address or refused
+    /// credentials fail here.
+    async fn connect(&self) -> Result<(), BrokerError> {
+        let producer = self.producer()?;
+        let timeout = self.inner.connect_timeout;
+        let result = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| self.connect_error(e))?;
+        result.map_err(|e| {
+            self.connect_error(format!(
+                "no metadata from the cluster within {timeout:?}: {e}"
+            ))
+        })?;
+        tracing::debug!(address = %self.inner.address, "connected to Kafka");
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<KafkaConsumer, BrokerError> {
+        consumer::subscribe(self, subscription).await
+    }
+
+    async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
+        self.publish_to_partition(message, None).await.map(|_| ())
+    }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        let producer = self
+            .inner
+            .producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(producer) = producer {
+            tokio::task::spawn_blocking(move || {
+                producer.flush(Timeout::After(Duration::from_secs(10)))
+            })
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "flush", e))?
+            .map_err(|e| BrokerError::operation(KIND, "flush", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_credentials_out_of_the_address_and_debug() {
+        let b = KafkaBroker::new("kafkas://user:s3cret@h1:9093,h2:9093");
+        assert_eq!(b.address(), "h1:9093,h2:9093");
+        let debug = format!("{b:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let (_, config) = parse_url("kafkas://user:s3cret@h1:9093");
+        assert!(config.contains(&("security.protocol".into(), "sasl_ssl".into())));
+        assert!(config.contains(&("sasl.password".into(), "s3cret".into())));
+        assert!(is_secret("sasl.password"));
+        assert_eq!(parse_url("127.0.0.1:9092").0, "127.0.0.1:9092");
+    }
+}

@@ -1,0 +1,633 @@
+//! Consuming: one librdkafka consumer per subscription, and the offset bookkeeping that turns
+//! per-message settlements into per-partition commits.
+//!
+//! Why the bookkeeping: Kafka commits one offset per partition ("everything before this is
+//! done"). brook settles messages one by one, possibly out of order across partitions and,
+//! with a handler that settles early, within one. So each partition keeps the offsets handed
+//! out and not yet committable; only the contiguous settled prefix is stored for commit. A nack
+//! drops the nacked offset and everything after it from the list, and seeks the partition
+//! back, so the committed offset never passes a nacked message.
+//!
+//! Each delivery carries a sequence number: a settlement of a delivery that was superseded (by
+//! a seek, or because the partition was revoked and maybe assigned back) finds no matching
+//! entry and is ignored, so an old owner never commits for a partition it lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use brook_runtime::{
+    AckPolicy, BrokerError, Message, MessageId, SettleFuture, Settlement, Settler, Subscription,
+};
+use bytes::Bytes;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message as _};
+
+use crate::message::{headers, KafkaMessage};
+use crate::{KafkaBroker, KIND};
+
+type Stream = StreamConsumer<Context>;
+
+/// Offsets of one partition handed out and not yet committable.
+struct Partition {
+    /// Unique per assignment of the partition to this consumer (a partition assigned back
+    /// after a revocation is a new `Partition`).
+    id: u64,
+    topic: Arc<str>,
+    partition: i32,
+    /// Messages handed out (or parked) whose settler is still alive.
+    held: usize,
+    /// Paused in librdkafka because it had too many messages held (see [`MAX_HELD`]).
+    paused: bool,
+    /// (offset, delivery sequence, settled), offsets increasing.
+    pending: VecDeque<(i64, u64, bool)>,
+    /// After a nack: the offset the partition was sought back to; anything else from this
+    /// partition is a leftover of the old position and is dropped until it arrives.
+    rewind_to: Option<i64>,
+    /// The last offset stored for commit (the next offset to read).
+    stored: Option<i64>,
+    /// The last offset committed synchronously by us.
+    committed: Option<i64>,
+}
+
+/// Messages of one partition brook holds at once (one being handled, one queued in the
+/// engine) before the partition is paused. The engine keeps each partition's messages in
+/// order on one worker; without this, a third message of a partition whose handler is slow
+/// would block the engine's dispatcher, and with it every other partition.
+const MAX_HELD: usize = 2;
+
+#[derive(Default)]
+struct Tracker {
+    partitions: Vec<Partition>,
+    /// (topic, partition, offset) -> deliveries so far, for messages this consumer nacked.
+    deliveries: HashMap<(Arc<str>, i32, i64), u32>,
+    next_seq: u64,
+}
+
+impl Tracker {
+    fn by_id(&mut self, id: u64) -> Option<&mut Partition> {
+        self.partitions.iter_mut().find(|p| p.id == id)
+    }
+
+    fn find(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
+        self.partitions
+            .iter_mut()
+            .find(|p| p.partition == partition && &*p.topic == topic)
+    }
+
+    /// Offsets to commit: every partition whose stored offset is ahead of what we committed.
+    fn to_commit(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            if let Some(only) = only {
+                if only.find_partition(&p.topic, p.partition).is_none() {
+                    continue;
+                }
+            }
+            if let Some(stored) = p.stored {
+                if p.committed.is_none_or(|c| c < stored) {
+                    let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(stored));
+                }
+            }
+        }
+        tpl
+    }
+
+    fn mark_committed(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            if let (Some(p), Offset::Offset(o)) = (self.find(e.topic(), e.partition()), e.offset())
+            {
+                p.committed = Some(o);
+            }
+        }
+    }
+}
+
+struct Shared {
+    tracker: Mutex<Tracker>,
+    /// Signalled when a paused partition's held count drops (its parked message may go).
+    freed: tokio::sync::Notify,
+    /// Whether offsets are tracked by us (every policy but AckFirst / no group).
+    tracking: bool,
+    group: Option<String>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// librdkafka callbacks: commits what is settled of a partition before it is revoked, and
+/// forgets its in-flight messages so the old owner never commits them afterwards.
+pub(crate) struct Context {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            if let Rebalance::Error(e) = rebalance {
+                tracing::warn!(error = %e, "Kafka rebalance error");
+            }
+            return;
+        };
+        if !self.shared.tracking {
+            return; // auto-commit: librdkafka commits its stored offsets on revocation
+        }
+        let mut tracker = self.shared.lock();
+        let tpl = tracker.to_commit(Some(revoked));
+        // Forget the revoked partitions while still holding the lock: a settlement that comes
+        // after this finds nothing to store.
+        tracker
+            .partitions
+            .retain(|p| revoked.find_partition(&p.topic, p.partition).is_none());
+        drop(tracker);
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => tracing::debug!(offsets = ?tpl, "committed before revocation"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit before partition revocation failed")
+                }
+            }
+        }
+        tracing::debug!(partitions = revoked.count(), "partitions revoked");
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "Kafka background commit failed"),
+        }
+    }
+}
+
+/// A subscription's consumer: yields messages from the subscribed topics.
+pub struct KafkaConsumer {
+    consumer: Arc<Stream>,
+    shared: Arc<Shared>,
+    topics: Vec<Arc<str>>,
+    /// Messages read from a partition that already had [`MAX_HELD`] messages out; the
+    /// partition is paused until one of them is settled or dropped.
+    parked: VecDeque<Message>,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("topics", &self.topics)
+            .field("group", &self.shared.group)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) async fn subscribe(
+    broker: &KafkaBroker,
+    sub: &Subscription,
+) -> Result<KafkaConsumer, BrokerError> {
+    let topics: Vec<Arc<str>> = sub
+        .source_name()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Arc::from)
+        .collect();
+    if topics.is_empty() {
+        return Err(BrokerError::Invalid {
+            broker: KIND,
+            message: format!("subscriber `{}` names no topic", sub.name()),
+        });
+    }
+    let group = sub.str("group_id").map(str::to_owned);
+    let auto_commit_native = sub.policy() == AckPolicy::AckFirst;
+    let tracking = group.is_some() && !auto_commit_native;
+    let reset = sub.str("auto_offset_reset").unwrap_or("latest");
+
+    let mut config = broker.consumer_config();
+    config
+        .set("auto.offset.reset", reset)
+        .set("enable.partition.eof", "false");
+    match &group {
+        Some(g) => {
+            config
+                .set("group.id", g)
+                .set("enable.auto.commit", "true")
+                .set(
+                    "enable.auto.offset.store",
+                    if auto_commit_native { "true" } else { "false" },
+                );
+        }
+        None => {
+            // No group: nothing is committed; librdkafka still wants a group.id to exist.
+            config
+                .set("group.id", format!("brook-nogroup-{}", std::process::id()))
+                .set("enable.auto.commit", "false");
+        }
+    }
+    // Passthrough consumer settings override ours (set again last).
+    for (k, v) in &broker.inner.consumer_config {
+        config.set(k, v);
+    }
+    let shared = Arc::new(Shared {
+        tracker: Mutex::new(Tracker::default()),
+        freed: tokio::sync::Notify::new(),
+        tracking,
+        group: group.clone(),
+    });
+    let consumer: Stream = config
+        .create_with_context(Context {
+            shared: shared.clone(),
+        })
+        .map_err(|e| BrokerError::Connect {
+            broker: KIND,
+            address: broker.address().to_owned(),
+            source: e.into(),
+        })?;
+    let consumer = Arc::new(consumer);
+    let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+    if group.is_some() {
+        consumer
+            .subscribe(&names)
+            .map_err(|e| BrokerError::operation(KIND, "subscribe", e))?;
+    } else {
+        // Without a group there is no coordinator to assign partitions: take them all.
+        let c = consumer.clone();
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let start = if reset == "earliest" {
+            Offset::Beginning
+        } else {
+            Offset::End
+        };
+        tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
+            let mut tpl = TopicPartitionList::new();
+            for name in &names {
+                let md = c.fetch_metadata(Some(name), Timeout::After(Duration::from_secs(10)))?;
+                for t in md.topics() {
+                    for p in t.partitions() {
+                        tpl.add_partition_offset(name, p.id(), start)?;
+                    }
+                }
+            }
+            c.assign(&tpl)
+        })
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "assign", e))?
+        .map_err(|e| BrokerError::operation(KIND, "assign", e))?;
+    }
+    tracing::debug!(topics = ?names, group = ?group, policy = %sub.policy(), "Kafka consumer started");
+    Ok(KafkaConsumer {
+        consumer,
+        shared,
+        topics,
+        parked: VecDeque::new(),
+    })
+}
+
+impl KafkaConsumer {
+    /// The first parked message whose partition has room again (resuming the partition), or
+    /// whose delivery was superseded (dropped).
+    fn unpark(&mut self) -> Option<Message> {
+        let mut i = 0;
+        while i < self.parked.len() {
+            let Some(raw) = self.parked[i].raw::<KafkaMessage>() else {
+                i += 1;
+                continue;
+            };
+            let (topic, partition, offset) = (raw.topic.clone(), raw.partition, raw.offset);
+            let mut tracker = self.shared.lock();
+            let state = tracker.find(&topic, partition).map(|p| {
+                let current = p.pending.iter().any(|(o, _, _)| *o == offset);
+                (current, p.held <= MAX_HELD)
+            });
+            match state {
+                // Revoked, or superseded by a seek: drop it (its Drop releases the slot).
+                None | Some((false, _)) => {
+                    drop(tracker);
+                    self.parked.remove(i);
+                    self.resume_if_unparked(&topic, partition);
+                }
+                Some((true, true)) => {
+                    drop(tracker);
+                    let msg = self.parked.remove(i);
+                    self.resume_if_unparked(&topic, partition);
+                    return msg;
+                }
+                Some((true, false)) => i += 1,
+            }
+        }
+        None
+    }
+
+    /// Resumes `partition` once no parked message of it is left.
+    fn resume_if_unparked(&mut self, topic: &str, partition: i32) {
+        let still_parked = self.parked.iter().any(|m| {
+            m.raw::<KafkaMessage>()
+                .is_some_and(|k| k.partition == partition && &*k.topic == topic)
+        });
+        if still_parked {
+            return;
+        }
+        let mut tracker = self.shared.lock();
+        let Some(part) = tracker.find(topic, partition) else {
+            return; // revoked: nothing to resume
+        };
+        if !part.paused {
+            return;
+        }
+        part.paused = false;
+        drop(tracker);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        // librdkafka fetches again from the last message handed out + 1 (or from where a
+        // seek while paused put it).
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(%topic, partition, error = %e, "could not resume a paused partition");
+        }
+    }
+
+    fn topic_arc(&self, name: &str) -> Arc<str> {
+        self.topics
+            .iter()
+            .find(|t| &***t == name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(name))
+    }
+}
+
+impl brook_runtime::Consumer for KafkaConsumer {
+    async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
+        loop {
+            let received = if self.parked.is_empty() {
+                self.consumer.recv().await
+            } else {
+                if let Some(msg) = self.unpark() {
+                    return Some(Ok(msg));
+                }
+                if self.parked.is_empty() {
+                    continue;
+                }
+                tokio::select! {
+                    m = self.consumer.recv() => m,
+                    _ = self.shared.freed.notified() => continue,
+                }
+            };
+            let m = match received {
+                Ok(m) => m,
+                Err(e) => return Some(Err(BrokerError::operation(KIND, "consume", e))),
+            };
+            let topic = self.topic_arc(m.topic());
+            let (partition, offset) = (m.partition(), m.offset());
+            let mut deliveries = 1;
+            let mut seq = 0;
+            let mut part_id = 0;
+            let mut park = false;
+            if self.shared.tracking {
+                let mut tracker = self.shared.lock();
+                seq = tracker.next_seq;
+                tracker.next_seq += 1;
+                if !tracker.deliveries.is_empty() {
+                    if let Some(n) = tracker.deliveries.get(&(topic.clone(), partition, offset)) {
+                        deliveries = n + 1;
+                    }
+                }
+                let part = match tracker.find(&topic, partition) {
+                    Some(p) => p,
+                    None => {
+                        let id = seq;
+                        tracker.partitions.push(Partition {
+                            id,
+                            held: 0,
+                            paused: false,
+                            topic: topic.clone(),
+                            partition,
+                            pending: VecDeque::new(),
+                            rewind_to: None,
+                            stored: None,
+                            committed: None,
+                        });
+                        tracker
+                            .partitions
+                            .last_mut()
+                            .unwrap_or_else(|| unreachable!("just pushed"))
+                    }
+                };
+                match part.rewind_to {
+                    Some(o) if o != offset => {
+                        tracing::trace!(%topic, partition, offset, rewind_to = o, "dropping a message fetched before a seek");
+                        continue;
+                    }
+                    Some(_) => part.rewind_to = None,
+                    None => {}
+                }
+                // Offsets only grow within a partition, except after a seek: drop what the
+                // new position supersedes.
+                while part.pending.back().is_some_and(|(o, _, _)| *o >= offset) {
+                    part.pending.pop_back();
+                }
+                part.pending.push_back((offset, seq, false));
+                part.held += 1;
+                part_id = part.id;
+                if part.held > MAX_HELD {
+                    park = true;
+                    if !part.paused {
+                        part.paused = true;
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&topic, partition);
+                        // Under the lock, so a settler cannot see `paused` before the pause.
+                        if let Err(e) = self.consumer.pause(&tpl) {
+                            tracing::warn!(%topic, partition, error = %e, "could not pause a busy partition");
+                        }
+                    }
+                }
+            }
+            let raw = KafkaMessage {
+                topic: topic.clone(),
+                partition,
+                offset,
+                key: m.key().map(Bytes::copy_from_slice),
+                timestamp: m.timestamp().to_millis(),
+            };
+            let body = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
+            let headers = headers(&m);
+            drop(m);
+            let settler = KafkaSettler {
+                consumer: self.consumer.clone(),
+                shared: self.shared.clone(),
+                raw,
+                seq,
+                part_id,
+                deliveries,
+            };
+            let msg = Message::new(KIND, topic, body, settler)
+                .with_headers(headers)
+                .with_id(MessageId::Number(offset as u64))
+                .with_delivery_count(deliveries)
+                .with_ordering_key(partition as u64);
+            if park {
+                self.parked.push_back(msg);
+                continue;
+            }
+            return Some(Ok(msg));
+        }
+    }
+
+    /// Commits what is settled synchronously, then leaves the group (in a blocking task:
+    /// librdkafka's close waits for the final rebalance).
+    async fn close(self) -> Result<(), BrokerError> {
+        let KafkaConsumer {
+            consumer, shared, ..
+        } = self;
+        tokio::task::spawn_blocking(move || {
+            let result = commit_now(&consumer, &shared);
+            consumer.unsubscribe();
+            // The last strong reference (settlers are gone: the engine closes after every
+            // handler finished) is dropped here, which closes the librdkafka consumer.
+            drop(consumer);
+            result
+        })
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "close", e))?
+    }
+}
+
+/// Synchronously commits every settled offset not committed yet.
+fn commit_now(consumer: &Stream, shared: &Shared) -> Result<(), BrokerError> {
+    if shared.group.is_none() {
+        return Ok(());
+    }
+    if !shared.tracking {
+        return match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(BrokerError::operation(KIND, "commit", e)),
+        };
+    }
+    let tpl = shared.lock().to_commit(None);
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| BrokerError::operation(KIND, "commit", e))?;
+    shared.lock().mark_committed(&tpl);
+    tracing::debug!(offsets = ?tpl, "committed on close");
+    Ok(())
+}
+
+struct KafkaSettler {
+    consumer: Arc<Stream>,
+    shared: Arc<Shared>,
+    raw: KafkaMessage,
+    seq: u64,
+    /// The [`Partition::id`] it was handed out under.
+    part_id: u64,
+    deliveries: u32,
+}
+
+impl Drop for KafkaSettler {
+    /// The message is gone from brook (settled or not): its partition may take another.
+    fn drop(&mut self) {
+        if !self.shared.tracking {
+            return;
+        }
+        let mut tracker = self.shared.lock();
+        if let Some(part) = tracker.by_id(self.part_id) {
+            part.held = part.held.saturating_sub(1);
+            if part.paused && part.held <= MAX_HELD {
+                drop(tracker);
+                self.shared.freed.notify_one();
+            }
+        }
+    }
+}
+
+impl KafkaSettler {
+    fn settle_now(&self, settlement: Settlement) -> Result<(), BrokerError> {
+        if !self.shared.tracking {
+            // AckFirst: librdkafka stored the offset when it handed the message out.
+            // Without a group there is nothing to commit or rewind to.
+            return Ok(());
+        }
+        let KafkaMessage {
+            topic,
+            partition,
+            offset,
+            ..
+        } = &self.raw;
+        let mut tracker = self.shared.lock();
+        let Some(part) = tracker.find(topic, *partition) else {
+            tracing::debug!(%topic, partition, offset, "partition no longer assigned; settlement ignored");
+            return Ok(());
+        };
+        let Some(i) = part
+            .pending
+            .iter()
+            .position(|(o, s, _)| *o == *offset && *s == self.seq)
+        else {
+            tracing::debug!(%topic, partition, offset, "delivery superseded by a seek; settlement ignored");
+            return Ok(());
+        };
+        match settlement {
+            Settlement::Ack | Settlement::Reject => {
+                part.pending[i].2 = true;
+                let mut next = None;
+                while let Some(&(o, _, true)) = part.pending.front() {
+                    next = Some(o + 1);
+                    part.pending.pop_front();
+                }
+                if let Some(next) = next {
+                    part.stored = Some(next);
+                    // Under the lock, so stores of one partition never go backwards.
+                    // `store_offset` is librdkafka's legacy `rd_kafka_offset_store`, which
+                    // stores offset + 1 itself: pass the last settled offset.
+                    self.consumer
+                        .store_offset(topic, *partition, next - 1)
+                        .map_err(|e| BrokerError::operation(KIND, "store offset", e))?;
+                }
+                if !tracker.deliveries.is_empty() {
+                    tracker
+                        .deliveries
+                        .remove(&(topic.clone(), *partition, *offset));
+                }
+                Ok(())
+            }
+            Settlement::Nack { .. } => {
+                // Seek first: if it fails, nothing changes and the message stays unsettled
+                // (its offset is never committed; the next owner reads it again).
+                // Asynchronous seek (timeout 0): librdkafka bumps the partition's fetch version
+                // now, so messages fetched from the old position are discarded on poll.
+                self.consumer
+                    .seek(
+                        topic,
+                        *partition,
+                        Offset::Offset(*offset),
+                        Timeout::After(Duration::ZERO),
+                    )
+                    .map_err(|e| BrokerError::operation(KIND, "seek", e))?;
+                // Everything from the nacked offset on is read again.
+                part.pending.truncate(i);
+                part.rewind_to = Some(*offset);
+                tracker
+                    .deliveries
+                    .insert((topic.clone(), *partition, *offset), self.deliveries);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Settler for KafkaSettler {
+    fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
+        SettleFuture::ready(self.settle_now(settlement))
+    }
+
+    fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(&self.raw)
+    }
+}

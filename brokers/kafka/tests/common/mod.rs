@@ -1,0 +1,381 @@
+//! Shared test helpers: fresh names, topic creation, the broker's view of a group (committed
+//! offsets, what a fresh member would read), the conformance adapter and a scripted handler.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brook_kafka::KafkaBroker;
+use brook_runtime::__private::Value;
+use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::{
+    kind, AckPolicy, BrokerError, BrokerKind, Context, Handler, HandlerError, Message,
+    Subscription, SubscriptionError,
+};
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message as _;
+use tokio::sync::mpsc;
+
+pub const ADDR: &str = "127.0.0.1:9092";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A name no other test (or earlier run) uses: prefix + pid + nanos + counter.
+pub fn fresh(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "brook-{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn broker() -> KafkaBroker {
+    broker_at(ADDR)
+}
+
+/// The client settings every test uses: short group timings, so joins and rebalances on the
+/// test broker take seconds, not the default tens of seconds.
+pub fn broker_at(addr: &str) -> KafkaBroker {
+    KafkaBroker::new(addr)
+        .with_round_robin_unkeyed()
+        .with_consumer_config("session.timeout.ms", "6000")
+        .with_consumer_config("heartbeat.interval.ms", "500")
+        .with_consumer_config("fetch.wait.max.ms", "100")
+        .with_consumer_config("auto.commit.interval.ms", "200")
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic_at(addr: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topic_at(ADDR, topic, partitions).await
+}
+
+/// A fresh topic with `partitions` partitions and a fresh group name.
+pub async fn fresh_topic(prefix: &str, partitions: i32) -> (String, String) {
+    let topic = fresh(prefix);
+    create_topic(&topic, partitions).await;
+    (topic.clone(), format!("{topic}-group"))
+}
+
+fn group_consumer(addr: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .expect("inspection consumer")
+}
+
+/// The group's committed offset of each partition of `topic` (`None`: nothing committed), as
+/// the broker reports it.
+pub async fn committed_at(
+    addr: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<Option<i64>> {
+    let (addr, group, topic) = (addr.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c = group_consumer(&addr, &group);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(
+                |p| match got.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                },
+            )
+            .collect()
+    })
+    .await
+    .expect("join")
+}
+
+pub async fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    committed_at(ADDR, group, topic, partitions).await
+}
+
+/// Waits until the group's committed offsets equal `want` (bounded).
+pub async fn wait_committed(group: &str, topic: &str, want: &[Option<i64>]) -> Vec<Option<i64>> {
+    wait_committed_at(ADDR, group, topic, want).await
+}
+
+pub async fn wait_committed_at(
+    addr: &str,
+    group: &str,
+    topic: &str,
+    want: &[Option<i64>],
+) -> Vec<Option<i64>> {
+    let started = Instant::now();
+    loop {
+        let got = committed_at(addr, group, topic, want.len() as i32).await;
+        if got == want || started.elapsed() > WAIT {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Payloads of the markers [`remaining_at`] writes; never reported as messages.
+const SENTINEL: &str = "brook-sentinel-";
+
+/// What a fresh member of `group` would read from `topic` now: every partition from its
+/// committed offset (or the beginning) up to a marker written to each partition first. Commits
+/// nothing. (A marker instead of the high-water mark, which tansu reports wrongly; instead of
+/// "read until quiet", which is slower and guesses.)
+pub async fn remaining_at(
+    addr: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i32, i64, Bytes)> {
+    let starts = committed_at(addr, group, topic, partitions).await;
+    let marker = fresh(SENTINEL);
+    let producer = KafkaBroker::new(addr);
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        let (_, offset) = producer
+            .publish_to_partition(
+                brook_runtime::Outgoing::new(topic, Bytes::from(marker.clone())),
+                Some(p),
+            )
+            .await
+            .expect("write the end marker");
+        ends.push(offset);
+    }
+    let (addr, group, topic) = (addr.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c = group_consumer(&addr, &group);
+        let mut tpl = TopicPartitionList::new();
+        for (p, start) in starts.iter().enumerate() {
+            let offset = start.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(&topic, p as i32, offset)
+                .expect("offset");
+        }
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let mut done = vec![false; ends.len()];
+        let started = Instant::now();
+        while !done.iter().all(|d| *d) {
+            assert!(
+                started.elapsed() < WAIT,
+                "end markers not read within {WAIT:?}; read so far: {out:?}"
+            );
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let (p, o) = (m.partition(), m.offset());
+                if o >= ends[p as usize] {
+                    done[p as usize] = true;
+                    continue;
+                }
+                let body = m.payload().unwrap_or_default();
+                if !body.starts_with(SENTINEL.as_bytes()) {
+                    out.push((p, o, Bytes::copy_from_slice(body)));
+                }
+            }
+        }
+        out.sort_by_key(|(p, o, _)| (*p, *o));
+        out
+    })
+    .await
+    .expect("join")
+}
+
+pub async fn remaining(group: &str, topic: &str, partitions: i32) -> Vec<(i32, i64, Bytes)> {
+    remaining_at(ADDR, group, topic, partitions).await
+}
+
+/// The conformance adapter: one fresh topic (3 partitions for the concurrency test, so three
+/// messages can be handled at once while per-partition order holds) and a fresh group per test.
+pub struct KafkaAdapter;
+
+impl KafkaAdapter {
+    pub fn new() -> Self {
+        KafkaAdapter
+    }
+}
+
+fn partitions_of(source: &TestSource) -> i32 {
+    if source.destination.contains("-concurrency-") {
+        3
+    } else {
+        1
+    }
+}
+
+fn group_of(source: &TestSource) -> String {
+    source
+        .args
+        .iter()
+        .find(|(n, _)| n == "group_id")
+        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        .expect("group_id")
+}
+
+impl Adapter for KafkaAdapter {
+    type Broker = KafkaBroker;
+    type Kind = kind::Kafka;
+
+    async fn broker(&self) -> KafkaBroker {
+        broker()
+    }
+
+    async fn fresh_source(&self, test: &str) -> Result<TestSource, BrokerError> {
+        let partitions = if test == "concurrency" { 3 } else { 1 };
+        let (topic, group) = fresh_topic(test, partitions).await;
+        Ok(TestSource {
+            args: vec![
+                ("topic".into(), Value::from(topic.clone())),
+                ("group_id".into(), Value::from(group)),
+                ("auto_offset_reset".into(), Value::Ident("earliest".into())),
+            ],
+            destination: topic,
+        })
+    }
+
+    async fn remaining(&self, source: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        let group = group_of(source);
+        Ok(
+            remaining(&group, &source.destination, partitions_of(source))
+                .await
+                .into_iter()
+                .map(|(_, _, b)| b)
+                .collect(),
+        )
+    }
+
+    async fn dead_letters(&self, _: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        Ok(Vec::new()) // Kafka has no dead-letter place
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delivery_count: true,
+            nack_delay: false,
+            dead_letters: false,
+        }
+    }
+}
+
+/// A subscription on `topic` for `group` with `policy`, reading from the earliest offset.
+pub fn subscription(topic: &str, group: &str, policy: AckPolicy) -> Subscription {
+    Subscription::new(BrokerKind::Kafka, "test")
+        .arg("topic", topic.to_owned())
+        .arg("group_id", group.to_owned())
+        .arg("auto_offset_reset", Value::Ident("earliest".into()))
+        .arg("ack_policy", policy)
+        .build()
+        .expect("valid subscription")
+}
+
+/// What a scripted handler saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub body: Bytes,
+    pub partition: i32,
+    pub offset: i64,
+    pub delivery: Option<u32>,
+}
+
+type Script = dyn Fn(&Seen, usize) -> Result<(), HandlerError> + Send + Sync;
+
+/// A handler that reports every call and returns what its script says.
+pub struct Scripted {
+    pub sub: Subscription,
+    pub seen: mpsc::UnboundedSender<Seen>,
+    pub script: Arc<Script>,
+    pub count: AtomicU64,
+}
+
+impl Scripted {
+    pub fn new(
+        sub: Subscription,
+        script: impl Fn(&Seen, usize) -> Result<(), HandlerError> + Send + Sync + 'static,
+    ) -> (Self, mpsc::UnboundedReceiver<Seen>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Scripted {
+                sub,
+                seen: tx,
+                script: Arc::new(script),
+                count: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+}
+
+impl Handler for Scripted {
+    type Broker = kind::Kafka;
+
+    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
+        Ok(self.sub.clone())
+    }
+
+    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
+        let raw = msg
+            .raw::<brook_kafka::KafkaMessage>()
+            .expect("a Kafka message");
+        let seen = Seen {
+            body: msg.body().clone(),
+            partition: raw.partition(),
+            offset: raw.offset(),
+            delivery: msg.delivery_count(),
+        };
+        let n = self.count.fetch_add(1, Ordering::SeqCst) as usize;
+        let _ = self.seen.send(seen.clone());
+        (self.script)(&seen, n)
+    }
+}
+
+/// Receives `n` handler calls (bounded).
+pub async fn recv_n(rx: &mut mpsc::UnboundedReceiver<Seen>, n: usize) -> Vec<Seen> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(s)) => out.push(s),
+            _ => panic!(
+                "only {} of {n} handler calls within {WAIT:?}: {out:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+pub fn failed() -> HandlerError {
+    HandlerError::Failed(anyhow::anyhow!("scripted failure"))
+}
