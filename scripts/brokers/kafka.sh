@@ -11,9 +11,8 @@ need cc gcc
 need c++ g++
 need perl perl
 need pkg-config pkg-config
-need_dev() { dpkg -s "$1" >/dev/null 2>&1 || need "/nonexistent/$1" "$1"; }
-need_dev libssl-dev
-need_dev zlib1g-dev
+need_package libssl-dev
+need_package zlib1g-dev
 port_open 9092 && exit 0
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null 2>&1; then

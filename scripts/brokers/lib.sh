@@ -14,14 +14,24 @@ wait_port() {
   return 1
 }
 
-# need BINARY PACKAGE: install the Debian package if the binary is missing.
-need() {
-  command -v "$1" >/dev/null 2>&1 && return 0
-  [ -x "/usr/sbin/$1" ] && return 0
-  echo "installing $2 (for $1)" >&2
+# apt_install PACKAGE: install a Debian package (apt-get update once per run).
+apt_install() {
+  echo "installing $1" >&2
   if [ -z "${BROOK_APT_UPDATED:-}" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     export BROOK_APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2
+}
+
+# need BINARY PACKAGE: install the Debian package if the binary is missing.
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  [ -x "/usr/sbin/$1" ] && return 0
+  apt_install "$2"
+}
+
+# need_package PACKAGE: install a Debian package that has no binary to look for (a library).
+need_package() {
+  dpkg -s "$1" >/dev/null 2>&1 || apt_install "$1"
 }
