@@ -327,6 +327,11 @@ const NATS_ARGUMENTS: &[ArgSpec] = &[
         ArgKind::Bool,
         "create the stream/consumer if missing (default true)",
     ),
+    arg(
+        "ack_wait_ms",
+        ArgKind::Int,
+        "JetStream ack_wait in milliseconds (server default 30000)",
+    ),
 ];
 
 const REDIS_ARGUMENTS: &[ArgSpec] = &[
@@ -638,7 +643,7 @@ pub fn check(source: Source, source_name: &str, policy: AckPolicy) -> Verdict {
             "MQTT has no reject: on {what} `{source_name}`, ack_policy = RejectOnError acknowledges a failed message (PUBACK) exactly like Ack; write ack_policy = Ack to say so"
         )),
         (Source::MqttTopic { .. }, AckPolicy::NackOnError) => Verdict::Degraded(format!(
-            "on {what} `{source_name}`, ack_policy = NackOnError withholds the PUBACK, and an MQTT broker redelivers only when the persistent session resumes (after a reconnect), not at once; use ack_policy = Ack if a failed message need not come back"
+            "on {what} `{source_name}`, ack_policy = NackOnError withholds the PUBACK, and an MQTT broker redelivers only when a persistent session resumes: brook reconnects after a nack, so every unacknowledged message of the connection comes back, and handlers may see duplicates; use ack_policy = Ack if a failed message need not come back"
         )),
         _ => Verdict::Supported,
     }
@@ -832,6 +837,8 @@ fn source_of<'a>(
                     "max_ack_pending",
                     "max_deliver",
                     "batch",
+                    "ack_wait_ms",
+                    "create",
                 ] {
                     if get(js).is_some() {
                         return Err(arg_error(

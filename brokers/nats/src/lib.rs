@@ -1,1 +1,544 @@
-//! NATS broker for brook (async-nats). Being built under issue #4.
+//! NATS broker for brook (async-nats): core subjects and JetStream pull consumers.
+//!
+//! Two kinds of source, chosen by the subscriber's arguments (see `docs/brokers/nats.md`):
+//! - **core NATS** (`subject = "orders.*"`, optional `queue_group`): fire-and-forget delivery.
+//!   Nothing can be acknowledged, so the settler is a no-op and the macro refuses the policies
+//!   that would need one (`NackOnError`, `Manual`).
+//! - **JetStream** (`stream = "ORDERS"`, usually `durable = "billing"`): a pull consumer with
+//!   explicit acks. Ack = `+ACK`, nack = `-NAK` (with the delay, if any), reject = `+TERM`,
+//!   `msg.in_progress()` = `+WPI`. The delivery count comes from the ack subject, so
+//!   `max_deliveries` works without extra round trips.
+//!
+//! brook never decides *when* to settle (the runtime's engine does); this crate maps the
+//! protocol, creates missing streams/consumers, and refuses to reuse an existing consumer whose
+//! configuration differs from what the subscriber asks for (it never reconfigures one silently).
+//!
+//! ```no_run
+//! use brook_nats::NatsBroker;
+//! use brook_runtime::Broker;
+//! # async fn run() -> Result<(), brook_runtime::BrokerError> {
+//! let broker = NatsBroker::new("nats://127.0.0.1:4222");
+//! broker.connect().await?;
+//! broker.publish(&serde_json::json!({"id": 1}), "orders.created").await?;
+//! # Ok(()) }
+//! ```
+
+mod consumer;
+mod message;
+mod setup;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::{Client, ConnectOptions, ServerAddr};
+use brook_runtime::headers::{MESSAGE_ID, REPLY_TO};
+use brook_runtime::{kind, Accepts, Broker, BrokerError, Outgoing, Source, Subscription};
+
+/// The client crate, re-exported for what brook does not wrap (stream admin, KV, ...).
+pub use async_nats;
+pub use consumer::NatsConsumer;
+pub use message::{JetStreamInfo, NatsMessage};
+
+use message::KIND;
+
+/// How [`Broker::publish_message`] sends a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PublishMode {
+    /// JetStream publish (awaiting the stream's ack) when a stream captures the subject, core
+    /// publish otherwise. Which streams capture a subject is looked up once and cached for a
+    /// few seconds.
+    #[default]
+    Auto,
+    /// Always core `PUB`: no confirmation (a stream capturing the subject still stores it).
+    Core,
+    /// Always a JetStream publish; fails when no stream captures the subject.
+    JetStream,
+}
+
+/// Connection settings. Credentials go in the URL (`nats://user:password@host:4222`,
+/// `nats://token@host:4222`) or through the methods here; they never appear in `Debug`
+/// output, logs or errors.
+///
+/// ```
+/// use std::time::Duration;
+/// use brook_nats::NatsConfig;
+/// let config = NatsConfig::new("nats://app:secret@127.0.0.1:4222")
+///     .connect_timeout(Duration::from_secs(2))
+///     .name("billing");
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct NatsConfig {
+    url: String,
+    connect_timeout: Duration,
+    name: Option<String>,
+    require_tls: bool,
+    root_certificates: Vec<PathBuf>,
+    client_certificate: Option<(PathBuf, PathBuf)>,
+    credentials_file: Option<PathBuf>,
+    token: Option<String>,
+    publish_mode: PublishMode,
+}
+
+impl NatsConfig {
+    /// Settings for `url`: one server or several, comma-separated
+    /// (`nats://a:4222,nats://b:4222`); `tls://` requires TLS.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(5),
+            name: None,
+            require_tls: false,
+            root_certificates: Vec::new(),
+            client_certificate: None,
+            credentials_file: None,
+            token: None,
+            publish_mode: PublishMode::Auto,
+        }
+    }
+
+    /// How long the first connection may take before `connect()` fails (default 5 s).
+    /// Reconnections after a connection loss are retried forever.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The connection name the server shows.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Require TLS.
+    pub fn require_tls(mut self, required: bool) -> Self {
+        self.require_tls = required;
+        self
+    }
+
+    /// Trust this PEM CA certificate (in addition to the system roots).
+    pub fn root_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.root_certificates.push(path.into());
+        self
+    }
+
+    /// Authenticate with this client certificate and key (PEM).
+    pub fn client_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_certificate = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Authenticate with a `.creds` file (JWT + nkey seed).
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credentials_file = Some(path.into());
+        self
+    }
+
+    /// Authenticate with a token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// How `publish` chooses between core and JetStream publishing (default [`PublishMode::Auto`]).
+    pub fn publish_mode(mut self, mode: PublishMode) -> Self {
+        self.publish_mode = mode;
+        self
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("servers", &redact(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("name", &self.name)
+            .field("require_tls", &self.require_tls)
+            .field("credentials_file", &self.credentials_file.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("publish_mode", &self.publish_mode)
+            .finish()
+    }
+}
+
+/// The server list without credentials: `nats://user:pw@host:4222` → `nats://host:4222`.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let (scheme, rest) = match one.find("://") {
+                Some(at) => one.split_at(at + 3),
+                None => ("", one),
+            };
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Undoes URL percent-encoding (`p%40ss` → `p@ss`) in user names and passwords.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A live connection: the client and its JetStream context.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    pub(crate) js: jetstream::Context,
+}
+
+struct Inner {
+    config: NatsConfig,
+    address: String,
+    conn: Mutex<Option<Conn>>,
+    connecting: tokio::sync::Mutex<()>,
+    /// subject → (captured by a stream?, when looked up), for [`PublishMode::Auto`].
+    captured: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// How long [`PublishMode::Auto`] trusts a "which stream captures this subject" lookup.
+const CAPTURE_TTL: Duration = Duration::from_secs(5);
+
+/// The NATS broker. Clones share one connection, made on [`Broker::connect`] (or on first
+/// use) and re-established by async-nats after a connection loss.
+#[derive(Clone)]
+pub struct NatsBroker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("servers", &self.inner.address)
+            .field("connected", &lock(&self.inner.conn).is_some())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded data is a cache or an Option swap: still consistent after a panic elsewhere.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl NatsBroker {
+    /// A broker for `url` with default settings (see [`NatsConfig::new`]).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self::with_config(NatsConfig::new(url))
+    }
+
+    /// A broker with explicit settings.
+    pub fn with_config(config: NatsConfig) -> Self {
+        NatsBroker {
+            inner: Arc::new(Inner {
+                address: redact(&config.url),
+                config,
+                conn: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                captured: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The server list, without credentials.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The async-nats client (connecting first if needed), for what brook does not wrap.
+    pub async fn client(&self) -> Result<Client, BrokerError> {
+        Ok(self.conn().await?.client)
+    }
+
+    /// The JetStream context (connecting first if needed).
+    pub async fn jetstream(&self) -> Result<jetstream::Context, BrokerError> {
+        Ok(self.conn().await?.js)
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Conn, BrokerError> {
+        if let Some(conn) = lock(&self.inner.conn).as_ref() {
+            return Ok(conn.clone());
+        }
+        let _one_at_a_time = self.inner.connecting.lock().await;
+        if let Some(conn) = lock(&self.inner.conn).as_ref() {
+            return Ok(conn.clone());
+        }
+        let client = self.dial().await?;
+        let conn = Conn {
+            js: jetstream::new(client.clone()),
+            client,
+        };
+        *lock(&self.inner.conn) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn connect_error(&self, source: impl Into<brook_runtime::BoxError>) -> BrokerError {
+        BrokerError::Connect {
+            broker: KIND,
+            address: self.inner.address.clone(),
+            source: source.into(),
+        }
+    }
+
+    async fn dial(&self) -> Result<Client, BrokerError> {
+        let config = &self.inner.config;
+        let with_credentials = config
+            .url
+            .split(',')
+            .map(|s| s.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            // The parse error may quote the URL, credentials included: do not pass it on.
+            .map_err(|_| self.connect_error("invalid server URL"))?;
+        // async-nats does not read credentials from the URL: take them out and pass them as
+        // options (the first server that has some wins), and hand it addresses without them.
+        let url_auth = with_credentials.iter().find_map(|a| {
+            a.username()
+                .map(|u| (percent_decode(u), a.password().map(percent_decode)))
+        });
+        let servers = self
+            .inner
+            .address
+            .split(',')
+            .map(|s| s.trim().parse::<ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| self.connect_error("invalid server URL"))?;
+        let address = self.inner.address.clone();
+        let mut options = ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            .require_tls(config.require_tls)
+            // After the first connection, retry forever, quickly at first: a restarted broker
+            // is usually back within seconds.
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                // async-nats asks for a delay before the *first* attempt too (attempts = 1),
+                // the initial connection included: that one must not wait.
+                if attempts <= 1 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(100u64 << (attempts - 2).min(5))
+                        .min(Duration::from_secs(2))
+                }
+            })
+            .event_callback(move |event| {
+                let address = address.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!(broker = "nats", %address, "connected")
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(broker = "nats", %address, "disconnected; reconnecting")
+                        }
+                        other => tracing::debug!(broker = "nats", %address, event = %other, "client event"),
+                    }
+                }
+            });
+        if let Some(name) = &config.name {
+            options = options.name(name);
+        }
+        for ca in &config.root_certificates {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &config.client_certificate {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        match url_auth {
+            Some((user, Some(password))) => options = options.user_and_password(user, password),
+            Some((token, None)) => options = options.token(token),
+            None => {}
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        if let Some(path) = &config.credentials_file {
+            options = options.credentials_file(path).await.map_err(|e| {
+                self.connect_error(format!("cannot read the credentials file: {e}"))
+            })?;
+        }
+        // async-nats tries each server once without `retry_on_initial_connect`; the outer
+        // timeout is a second guard so that connect() can never hang.
+        let limit = config
+            .connect_timeout
+            .saturating_mul(servers.len().max(1) as u32)
+            + Duration::from_secs(1);
+        match tokio::time::timeout(limit, options.connect(servers)).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(self.connect_error(e)),
+            Err(_) => Err(self.connect_error(format!("no connection within {limit:?}"))),
+        }
+    }
+
+    /// Publishes with core NATS (`PUB`/`HPUB`): no confirmation. A `reply_to` header also
+    /// becomes the NATS reply subject, as FastStream does on core NATS.
+    pub async fn publish_core(&self, message: Outgoing) -> Result<(), BrokerError> {
+        let conn = self.conn().await?;
+        let headers = message::to_nats(&message.headers);
+        let subject = message.destination;
+        let result = match (message.headers.get(REPLY_TO), headers) {
+            (Some(reply), Some(headers)) => {
+                conn.client
+                    .publish_with_reply_and_headers(
+                        subject,
+                        reply.to_owned(),
+                        headers,
+                        message.body,
+                    )
+                    .await
+            }
+            (None, Some(headers)) => {
+                conn.client
+                    .publish_with_headers(subject, headers, message.body)
+                    .await
+            }
+            (_, None) => conn.client.publish(subject, message.body).await,
+        };
+        result.map_err(|e| BrokerError::operation(KIND, "publish", e))
+    }
+
+    /// Publishes through JetStream and waits for the stream's ack; returns the stream and the
+    /// sequence the message got. Headers (`reply_to` included, as FastStream does on JetStream)
+    /// travel as NATS headers; a `message_id` header is also sent as `Nats-Msg-Id`, so the
+    /// stream drops duplicates within its de-duplication window.
+    pub async fn publish_jetstream(
+        &self,
+        message: Outgoing,
+    ) -> Result<jetstream::publish::PublishAck, BrokerError> {
+        let conn = self.conn().await?;
+        let mut headers = message::to_nats(&message.headers);
+        // FastStream's message_id doubles as JetStream's de-duplication id.
+        if let (Some(id), Some(h)) = (message.headers.get(MESSAGE_ID), headers.as_mut()) {
+            h.insert("Nats-Msg-Id", id);
+        }
+        let pending = match headers {
+            Some(headers) => {
+                conn.js
+                    .publish_with_headers(message.destination, headers, message.body)
+                    .await
+            }
+            None => conn.js.publish(message.destination, message.body).await,
+        }
+        .map_err(|e| BrokerError::operation(KIND, "JetStream publish", e))?;
+        pending
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "JetStream publish ack", e))
+    }
+
+    /// Whether a stream captures `subject` (cached for a few seconds).
+    async fn captured(&self, conn: &Conn, subject: &str) -> bool {
+        if let Some((yes, at)) = lock(&self.inner.captured).get(subject) {
+            if at.elapsed() < CAPTURE_TTL {
+                return *yes;
+            }
+        }
+        // An error (JetStream disabled, no stream) means core publishing.
+        let yes = conn.js.stream_by_subject(subject).await.is_ok();
+        lock(&self.inner.captured).insert(subject.to_owned(), (yes, Instant::now()));
+        yes
+    }
+}
+
+impl Accepts<kind::Nats> for NatsBroker {}
+
+impl Broker for NatsBroker {
+    type Consumer = NatsConsumer;
+
+    fn kind(&self) -> brook_runtime::BrokerKind {
+        KIND
+    }
+
+    async fn connect(&self) -> Result<(), BrokerError> {
+        self.conn().await.map(|_| ())
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer, BrokerError> {
+        let conn = self.conn().await?;
+        match subscription.source() {
+            Source::NatsCore => consumer::core(&conn, subscription).await,
+            Source::JetStream => {
+                let target = setup::ensure(&conn.js, subscription).await?;
+                consumer::jetstream(&conn, subscription, target).await
+            }
+            other => Err(BrokerError::Invalid {
+                broker: KIND,
+                message: format!("a {} cannot be consumed from NATS", other.describe()),
+            }),
+        }
+    }
+
+    async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
+        let jetstream = match self.inner.config.publish_mode {
+            PublishMode::Core => false,
+            PublishMode::JetStream => true,
+            PublishMode::Auto => {
+                let conn = self.conn().await?;
+                self.captured(&conn, &message.destination).await
+            }
+        };
+        if jetstream {
+            self.publish_jetstream(message).await.map(|_| ())
+        } else {
+            self.publish_core(message).await
+        }
+    }
+
+    /// Flushes what is buffered and drains the connection (a later use reconnects).
+    async fn close(&self) -> Result<(), BrokerError> {
+        let conn = lock(&self.inner.conn).take();
+        if let Some(conn) = conn {
+            conn.client
+                .flush()
+                .await
+                .map_err(|e| BrokerError::operation(KIND, "flush", e))?;
+            conn.client
+                .drain()
+                .await
+                .map_err(|e| BrokerError::operation(KIND, "drain", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(redact("nats://u:p@127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact("tok@h:1, nats://h2:2"), "h:1,nats://h2:2");
+        assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(percent_decode("p%40ss%2Fx"), "p@ss/x");
+        let b = NatsBroker::new("nats://u:secret@127.0.0.1:4222");
+        assert!(!format!("{b:?}").contains("secret"));
+        let c = NatsConfig::new("nats://h:1").token("tkn-secret");
+        assert!(!format!("{c:?}").contains("tkn-secret"));
+    }
+}

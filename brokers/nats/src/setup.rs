@@ -1,0 +1,212 @@
+//! Making sure a JetStream subscriber's stream and consumer exist, as it asks.
+//!
+//! Missing ones are created (unless `create = false`). Existing ones are used as they are, but
+//! only if they match what the subscriber wrote: an existing durable whose filter, deliver
+//! policy, `max_ack_pending`, `max_deliver` or `ack_wait` differ is refused with an error that
+//! says what differs. brook never updates a consumer, because an update changes delivery for
+//! every other application sharing it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::{self, stream, ErrorCode};
+use brook_runtime::{BrokerError, Subscription};
+
+use crate::message::KIND;
+
+/// An ephemeral consumer (no `durable`) is removed by the server after this much inactivity.
+const EPHEMERAL_INACTIVE: Duration = Duration::from_secs(300);
+
+/// The consumer a subscriber reads from.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) stream: String,
+    pub(crate) consumer: String,
+}
+
+fn invalid(message: String) -> BrokerError {
+    BrokerError::Invalid {
+        broker: KIND,
+        message,
+    }
+}
+
+/// What the subscriber wrote, as a consumer configuration.
+pub(crate) fn wanted(sub: &Subscription) -> Result<pull::Config, BrokerError> {
+    let durable = sub.str("durable").map(str::to_owned);
+    let deliver_policy = match sub.str("deliver_policy") {
+        None | Some("all") => DeliverPolicy::All,
+        Some("new") => DeliverPolicy::New,
+        Some("last") => DeliverPolicy::Last,
+        Some(other) => {
+            return Err(invalid(format!(
+                "unknown deliver_policy `{other}` (all, new, last)"
+            )))
+        }
+    };
+    let int = |name: &str| -> Result<i64, BrokerError> {
+        sub.int(name)
+            .map_or(Ok(0), i64::try_from)
+            .map_err(|_| invalid(format!("`{name}` is too large")))
+    };
+    Ok(pull::Config {
+        inactive_threshold: if durable.is_none() {
+            EPHEMERAL_INACTIVE
+        } else {
+            Duration::ZERO
+        },
+        name: durable.clone(),
+        durable_name: durable,
+        filter_subject: sub.source_name().to_owned(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy,
+        max_ack_pending: int("max_ack_pending")?,
+        max_deliver: int("max_deliver")?,
+        ack_wait: sub.millis("ack_wait_ms").unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// Creates what is missing (if allowed) and checks what exists.
+pub(crate) async fn ensure(
+    js: &jetstream::Context,
+    sub: &Subscription,
+) -> Result<Target, BrokerError> {
+    let stream_name = sub
+        .str("stream")
+        .ok_or_else(|| invalid("a JetStream subscriber needs stream = \"...\"".into()))?;
+    let subject = sub.source_name();
+    let create = sub.bool("create").unwrap_or(true);
+    let wanted = wanted(sub)?;
+
+    let stream = match js.get_stream(stream_name).await {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            if !create {
+                return Err(invalid(format!(
+                    "stream `{stream_name}` does not exist and create = false"
+                )));
+            }
+            tracing::info!(
+                broker = "nats",
+                stream = stream_name,
+                subject,
+                "creating the stream"
+            );
+            let config = stream::Config {
+                name: stream_name.to_owned(),
+                subjects: vec![subject.to_owned()],
+                ..Default::default()
+            };
+            match js.create_stream(config).await {
+                Ok(stream) => stream,
+                // Another subscriber may have created it meanwhile: use that one.
+                Err(create_error) => js
+                    .get_stream(stream_name)
+                    .await
+                    .map_err(|_| BrokerError::operation(KIND, "create stream", create_error))?,
+            }
+        }
+        Err(e) => return Err(BrokerError::operation(KIND, "stream info", e)),
+    };
+
+    let Some(durable) = wanted.durable_name.clone() else {
+        let consumer = stream
+            .create_consumer(wanted)
+            .await
+            .map_err(|e| BrokerError::operation(KIND, "create consumer", e))?;
+        let name = consumer.cached_info().name.clone();
+        return Ok(Target {
+            stream: stream_name.to_owned(),
+            consumer: name,
+        });
+    };
+
+    match stream.consumer_info(&durable).await {
+        Ok(info) => {
+            check(stream_name, &durable, sub, &wanted, &info.config)?;
+        }
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+            if !create {
+                return Err(invalid(format!(
+                    "consumer `{durable}` does not exist on stream `{stream_name}` and create = false"
+                )));
+            }
+            tracing::info!(broker = "nats", stream = stream_name, consumer = %durable, subject, "creating the durable consumer");
+            if let Err(create_error) = stream.create_consumer(wanted.clone()).await {
+                // Created by a concurrent subscriber? Then it must match too.
+                let info = stream
+                    .consumer_info(&durable)
+                    .await
+                    .map_err(|_| BrokerError::operation(KIND, "create consumer", create_error))?;
+                check(stream_name, &durable, sub, &wanted, &info.config)?;
+            }
+        }
+        Err(e) => return Err(BrokerError::operation(KIND, "consumer info", e)),
+    }
+    Ok(Target {
+        stream: stream_name.to_owned(),
+        consumer: durable,
+    })
+}
+
+/// Refuses an existing consumer that differs from what the subscriber asks for.
+fn check(
+    stream: &str,
+    durable: &str,
+    sub: &Subscription,
+    wanted: &pull::Config,
+    existing: &jetstream::consumer::Config,
+) -> Result<(), BrokerError> {
+    let mut diffs = Vec::new();
+    if existing.deliver_subject.is_some() {
+        diffs.push("it is a push consumer; brook reads through pull consumers".to_owned());
+    }
+    if existing.ack_policy != AckPolicy::Explicit {
+        diffs.push(format!(
+            "ack_policy is {:?}, brook needs explicit acks",
+            existing.ack_policy
+        ));
+    }
+    if existing.filter_subject != wanted.filter_subject {
+        diffs.push(format!(
+            "filter subject is `{}`, the subscriber reads `{}`",
+            existing.filter_subject, wanted.filter_subject
+        ));
+    }
+    if sub.str("deliver_policy").is_some() && existing.deliver_policy != wanted.deliver_policy {
+        diffs.push(format!(
+            "deliver_policy is {:?}, the subscriber asks for {:?}",
+            existing.deliver_policy, wanted.deliver_policy
+        ));
+    }
+    if sub.int("max_ack_pending").is_some() && existing.max_ack_pending != wanted.max_ack_pending {
+        diffs.push(format!(
+            "max_ack_pending is {}, the subscriber asks for {}",
+            existing.max_ack_pending, wanted.max_ack_pending
+        ));
+    }
+    if sub.int("max_deliver").is_some() && existing.max_deliver != wanted.max_deliver {
+        diffs.push(format!(
+            "max_deliver is {}, the subscriber asks for {}",
+            existing.max_deliver, wanted.max_deliver
+        ));
+    }
+    if sub.int("ack_wait_ms").is_some() && existing.ack_wait != wanted.ack_wait {
+        diffs.push(format!(
+            "ack_wait is {:?}, the subscriber asks for {:?}",
+            existing.ack_wait, wanted.ack_wait
+        ));
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "the existing consumer `{durable}` on stream `{stream}` does not match subscriber `{}`: {}. \
+         brook never reconfigures a consumer: change the subscriber, or delete/update the consumer yourself",
+        sub.name(),
+        diffs.join("; ")
+    )))
+}
