@@ -40,6 +40,10 @@ pub(crate) const BLOCK: Duration = Duration::from_secs(2);
 /// long enough at once (about ten years, in milliseconds).
 const HAND_BACK_IDLE_MS: u64 = 315_360_000_000;
 const PAGE: u64 = 100;
+/// After a failed XACK (or dead-letter XADD) the entry is delivered again this much later: soon,
+/// but not in a tight loop while the cause (a dead-letter key of the wrong type, an outage)
+/// lasts.
+const SETTLE_RETRY: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -292,12 +296,15 @@ struct StreamState {
     in_flight: HashSet<Arc<str>>,
     /// Nacked, waiting to be claimed again.
     nacked: Vec<Nacked>,
-    /// Re-read this consumer's own pending entries (start, reconnect, failed settlement).
+    /// Re-read this consumer's own pending entries (start, reconnect).
     rescan: bool,
 }
 
 struct Nacked {
     due: Instant,
+    /// When the entry was last delivered to this consumer, at the latest: its idle time in
+    /// Redis is at least `since.elapsed()` unless someone else claimed it meanwhile.
+    since: Instant,
     id: Arc<str>,
     deliveries: u32,
 }
@@ -344,13 +351,24 @@ impl StreamShared {
         st.in_flight.contains(id) || st.nacked.iter().any(|n| &*n.id == id)
     }
 
-    fn settle_failed(&self, id: &str) {
-        let mut st = lock(&self.state);
-        st.in_flight.remove(id);
-        st.rescan = true;
+    /// The entry is still pending (its XACK failed): deliver it again after [`SETTLE_RETRY`],
+    /// as a nack would (at-least-once).
+    fn settle_failed(&self, id: &Arc<str>, deliveries: u32) {
+        {
+            let mut st = lock(&self.state);
+            st.in_flight.remove(id);
+            let now = Instant::now();
+            st.nacked.push(Nacked {
+                due: now + SETTLE_RETRY,
+                since: now,
+                id: id.clone(),
+                deliveries,
+            });
+        }
+        self.wake.notify_one();
     }
 
-    pub(crate) async fn ack(&self, id: Arc<str>) -> Result<(), BrokerError> {
+    pub(crate) async fn ack(&self, id: Arc<str>, deliveries: u32) -> Result<(), BrokerError> {
         let r = wire::call(&self.client, "XACK", false, self.xack_args(&id)).await;
         match r {
             Ok(_) => {
@@ -358,7 +376,7 @@ impl StreamShared {
                 Ok(())
             }
             Err(e) => {
-                self.settle_failed(&id);
+                self.settle_failed(&id, deliveries);
                 Err(op_error("XACK", e))
             }
         }
@@ -368,8 +386,10 @@ impl StreamShared {
         {
             let mut st = lock(&self.state);
             st.in_flight.remove(&id);
+            let now = Instant::now();
             st.nacked.push(Nacked {
-                due: Instant::now() + delay.unwrap_or_default(),
+                due: now + delay.unwrap_or_default(),
+                since: now,
                 id,
                 deliveries,
             });
@@ -380,6 +400,7 @@ impl StreamShared {
     pub(crate) async fn reject(
         &self,
         id: Arc<str>,
+        deliveries: u32,
         fields: &[(Bytes, Bytes)],
     ) -> Result<(), BrokerError> {
         let result = match &self.dead_letter {
@@ -387,8 +408,10 @@ impl StreamShared {
                 .await
                 .map(drop),
             Some(dlq) => {
-                // XADD and XACK in one transaction: the entry is never both gone from the
-                // pending list and missing from the dead-letter stream.
+                // XADD first, XACK only once it succeeded. A MULTI/EXEC would not do: Redis
+                // runs the XACK of a transaction even when its XADD fails at run time (a
+                // dead-letter key of the wrong type), losing the entry. A crash between the two
+                // dead-letters the entry twice at worst; it is never lost.
                 let mut args = vec![s(dlq), s("*")];
                 for (k, v) in fields {
                     args.push(Value::Bytes(k.clone()));
@@ -402,13 +425,15 @@ impl StreamShared {
                     args.push(s(k));
                     args.push(s(v));
                 }
-                let tx = self.client.multi();
-                let queued = async {
-                    wire::call(&tx, "XADD", false, args).await?;
-                    wire::call(&tx, "XACK", false, self.xack_args(&id)).await?;
-                    tx.exec::<Value>(true).await
-                };
-                queued.await.map(drop)
+                match wire::call(&self.client, "XADD", false, args).await {
+                    Ok(_) => wire::call(&self.client, "XACK", false, self.xack_args(&id))
+                        .await
+                        .map(drop),
+                    Err(e) => {
+                        self.settle_failed(&id, deliveries);
+                        return Err(op_error("XADD (dead letter)", e));
+                    }
+                }
             }
         };
         match result {
@@ -417,7 +442,7 @@ impl StreamShared {
                 Ok(())
             }
             Err(e) => {
-                self.settle_failed(&id);
+                self.settle_failed(&id, deliveries);
                 Err(op_error("XACK (reject)", e))
             }
         }
@@ -481,6 +506,7 @@ impl StreamConsumer {
                     id: id.clone(),
                     deliveries: deliveries.unwrap_or(1),
                     pending,
+                    settled: Default::default(),
                 },
             )
         } else {
@@ -650,7 +676,13 @@ impl StreamConsumer {
     }
 
     /// XCLAIM `ids` (with their delivery counts so far) to this consumer and buffer them.
-    async fn claim(&mut self, ids: Vec<(Arc<str>, u32)>) -> Result<(), BrokerError> {
+    /// Only entries idle for at least `min_idle_ms` are taken: one another consumer claimed in
+    /// the meantime (its idle time reset) stays with it instead of being handled twice at once.
+    async fn claim(
+        &mut self,
+        ids: Vec<(Arc<str>, u32)>,
+        min_idle_ms: u64,
+    ) -> Result<(), BrokerError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -659,16 +691,34 @@ impl StreamConsumer {
             s(&sh.stream),
             s(sh.group()),
             s(&sh.consumer),
-            Value::from(0i64),
+            Value::from(i64::try_from(min_idle_ms).unwrap_or(i64::MAX)),
         ];
         args.extend(ids.iter().map(|(id, _)| s(id)));
         let reply = wire::call(&sh.client, "XCLAIM", false, args)
             .await
             .map_err(|e| op_error("XCLAIM", e))?;
-        for (id, fields) in wire::entries(reply) {
-            let Some(fields) = fields else { continue };
-            let before = ids.iter().find(|(i, _)| *i == id).map_or(1, |(_, n)| *n);
-            self.push(id, fields, Some(before.saturating_add(1)), true);
+        let claimed: Vec<_> = wire::entries(reply)
+            .into_iter()
+            .filter_map(|(id, f)| Some((id, f?)))
+            .collect();
+        // Redis's own count: someone else (an XAUTOCLAIM, this consumer's included) may have
+        // claimed the entry since our count was read. The local count + 1 is the fallback.
+        let counts = match own_pending(&sh, claimed.iter().map(|(id, _)| &**id)).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::debug!(%error, "XPENDING after XCLAIM failed; counting locally");
+                Vec::new()
+            }
+        };
+        for (id, fields) in claimed {
+            let n = counts.iter().find(|p| p.id == id).map_or_else(
+                || {
+                    let before = ids.iter().find(|(i, _)| *i == id).map_or(1, |(_, n)| *n);
+                    before.saturating_add(1)
+                },
+                |p| p.deliveries,
+            );
+            self.push(id, fields, Some(n), true);
         }
         Ok(())
     }
@@ -700,12 +750,13 @@ impl StreamConsumer {
             let stale: Vec<_> = rows
                 .into_iter()
                 .filter(|r| *r.consumer == *sh.consumer && !sh.known(&r.id))
-                .map(|r| (r.id, r.deliveries))
                 .collect();
+            let min_idle_ms = stale.iter().map(|r| r.idle_ms).min().unwrap_or(0);
+            let stale: Vec<_> = stale.into_iter().map(|r| (r.id, r.deliveries)).collect();
             if !stale.is_empty() {
                 tracing::debug!(stream = %sh.stream, count = stale.len(), "re-reading this consumer's unsettled entries");
             }
-            self.claim(stale).await?;
+            self.claim(stale, min_idle_ms).await?;
             if !full {
                 return Ok(());
             }
@@ -727,7 +778,12 @@ impl StreamConsumer {
             return Ok(());
         }
         let ids: Vec<_> = due.iter().map(|n| (n.id.clone(), n.deliveries)).collect();
-        if let Err(e) = self.claim(ids).await {
+        let min_idle_ms = due
+            .iter()
+            .map(|n| n.since.elapsed().as_millis())
+            .min()
+            .map_or(0, |ms| u64::try_from(ms).unwrap_or(u64::MAX));
+        if let Err(e) = self.claim(ids, min_idle_ms).await {
             lock(&self.shared.state).nacked.extend(due);
             return Err(e);
         }
@@ -752,6 +808,7 @@ impl StreamConsumer {
         )
         .await
         .map_err(|e| op_error("XAUTOCLAIM", e))?;
+        let claimed_at = Instant::now();
         let mut parts = reply.into_array().into_iter();
         let cursor = parts
             .next()
@@ -763,7 +820,14 @@ impl StreamConsumer {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(id, f)| Some((id, f?)))
-            .filter(|(id, _)| !sh.known(id))
+            .filter(|(id, _)| {
+                let mut st = lock(&sh.state);
+                // XAUTOCLAIM reset the idle time of a nacked entry it took (back) for us.
+                if let Some(n) = st.nacked.iter_mut().find(|n| n.id == *id) {
+                    n.since = claimed_at;
+                }
+                !(st.in_flight.contains(id) || st.nacked.iter().any(|n| n.id == *id))
+            })
             .collect();
         // A full pass ended: wait before the next; otherwise carry on at once.
         self.next_claim = if &*cursor == "0-0" {
@@ -772,25 +836,18 @@ impl StreamConsumer {
             Instant::now()
         };
         self.claim_cursor = cursor.to_string();
-        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
+        if claimed.is_empty() {
             return Ok(());
+        }
+        let counts = match own_pending(&sh, claimed.iter().map(|(id, _)| &**id)).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                // Claimed, but without their delivery counts `max_deliveries` could not apply:
+                // re-read them (XPENDING + XCLAIM) on the next call instead.
+                lock(&sh.state).rescan = true;
+                return Err(e);
+            }
         };
-        let counts = wire::call(
-            &sh.client,
-            "XPENDING",
-            false,
-            vec![
-                s(&sh.stream),
-                s(sh.group()),
-                s(&first.0),
-                s(&last.0),
-                Value::from(10_000i64),
-                s(&sh.consumer),
-            ],
-        )
-        .await
-        .map(wire::pending)
-        .unwrap_or_default();
         tracing::info!(stream = %sh.stream, group = %sh.group(), count = claimed.len(), "claimed entries other consumers left idle longer than min_idle_ms");
         for (id, fields) in claimed {
             let n = counts.iter().find(|p| p.id == id).map(|p| p.deliveries);
@@ -807,12 +864,42 @@ impl StreamConsumer {
         self.buffer.clear();
         let sh = self.shared.clone();
         let mut result = Ok(());
-        if sh.group.is_some() && !self.noack {
+        // Under NOACK nothing is pending, but a generated consumer name still has to leave the
+        // group, or every restart adds one more consumer to it.
+        if sh.group.is_some() {
             result = hand_back(&sh, self.generated_name).await;
         }
         quit(&self.reader, "stream consumer").await;
         result
     }
+}
+
+/// This consumer's XPENDING rows for the range spanning `ids` (empty when `ids` is).
+async fn own_pending<'a>(
+    sh: &StreamShared,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<Vec<wire::Pending>, BrokerError> {
+    let mut ids: Vec<_> = ids.map(|id| (wire::parse_id(id), id)).collect();
+    ids.sort_unstable();
+    let (Some((_, first)), Some((_, last))) = (ids.first(), ids.last()) else {
+        return Ok(Vec::new());
+    };
+    wire::call(
+        &sh.client,
+        "XPENDING",
+        false,
+        vec![
+            s(&sh.stream),
+            s(sh.group()),
+            s(first),
+            s(last),
+            Value::from(10_000i64),
+            s(&sh.consumer),
+        ],
+    )
+    .await
+    .map(wire::pending)
+    .map_err(|e| op_error("XPENDING", e))
 }
 
 /// Marks every entry the consumer still holds as idle for years, so that the group's other
@@ -856,11 +943,14 @@ async fn hand_back(sh: &StreamShared, generated_name: bool) -> Result<(), Broker
             return Ok(());
         }
         tracing::debug!(stream = %sh.stream, count = held.len(), "handing unsettled entries back to the group");
+        // As idle as the least idle one was: an entry another consumer claimed in the meantime
+        // stays with it.
+        let min_idle_ms = held.iter().map(|p| p.idle_ms).min().unwrap_or(0);
         let mut args = vec![
             s(&sh.stream),
             s(sh.group()),
             s(&sh.consumer),
-            Value::from(0i64),
+            Value::from(i64::try_from(min_idle_ms).unwrap_or(i64::MAX)),
         ];
         args.extend(held.iter().map(|p| s(&p.id)));
         args.extend([

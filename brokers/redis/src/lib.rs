@@ -19,7 +19,7 @@
 //! |---|---|
 //! | ack | `XACK` |
 //! | nack | the entry stays pending and this consumer claims it again (`XCLAIM`, after the delay if one was given), so it comes back with its delivery count increased — FastStream leaves it pending forever |
-//! | reject | `XACK`, after `XADD` of the entry to `dead_letter_stream` if set (one transaction) |
+//! | reject | `XACK`; with `dead_letter_stream` set, only after the entry's `XADD` to it succeeded |
 //! | AckFirst | `XREADGROUP ... NOACK`: Redis acknowledges on delivery |
 //!
 //! The delivery count is Redis's own (XPENDING's "times delivered"), so `max_deliveries` works.
@@ -290,22 +290,30 @@ impl fmt::Debug for RedisBroker {
 }
 
 /// `redis://user:password@host:port/db` -> `redis://user@host:port/db`.
+///
+/// The user info ends at the *last* `@`, looked for before splitting off the path: a password
+/// may contain `/`, `?` or `#` (unencoded), and splitting at those first would show it.
 fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
-    let (authority, path) = match rest.find('/') {
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            (user, after)
+        }
+        None => ("", rest),
+    };
+    let (host, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let host = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) if !user.is_empty() => format!("{user}@{host}"),
-            _ => host.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
     // Query parameters may carry credentials too (sentinel passwords).
-    let path = path.split('?').next().unwrap_or("");
-    format!("{scheme}://{host}{path}")
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let host = host.split(['?', '#']).next().unwrap_or("");
+    if user.is_empty() {
+        format!("{scheme}://{host}{path}")
+    } else {
+        format!("{scheme}://{user}@{host}{path}")
+    }
 }
 
 static CONSUMERS: AtomicU64 = AtomicU64::new(0);
@@ -366,6 +374,10 @@ impl Broker for RedisBroker {
                 } else {
                     client.subscribe(&*name).await
                 };
+                if r.is_err() {
+                    manage.abort();
+                    consumer::quit(&client, "channel subscriber").await;
+                }
                 r.map_err(|e| {
                     BrokerError::operation(
                         BrokerKind::Redis,
@@ -389,7 +401,6 @@ impl Broker for RedisBroker {
             }),
             Source::RedisStream { grouped } => {
                 let shared_client = self.client().await?.clone();
-                let reader = self.reader().await?;
                 let (group, consumer, generated) = if grouped {
                     let group: Arc<str> = sub.str("group").unwrap_or_default().into();
                     create_group(&shared_client, &name, &group).await?;
@@ -417,6 +428,9 @@ impl Broker for RedisBroker {
                         .first()
                         .map_or_else(|| "0-0".to_owned(), |(id, _)| id.to_string())
                 };
+                // Opened last: a failure above must not leave a connection (and its reconnect
+                // loop) behind.
+                let reader = self.reader().await?;
                 let min_idle = match sub.millis("min_idle_ms") {
                     Some(d) if d.is_zero() => None,
                     Some(d) => Some(d),
@@ -484,6 +498,17 @@ mod tests {
         assert_eq!(redact("redis://:pw@host:1"), "redis://host:1");
         assert_eq!(redact("rediss://host"), "rediss://host");
         assert_eq!(redact("redis://h:1/0?sentinelPassword=x"), "redis://h:1/0");
+        // Unencoded `/`, `?`, `#`, `@` in a password never show.
+        for url in [
+            "redis://:se/cret@host:1/2",
+            "redis://u:se?cret@host:1",
+            "redis://u:se#cret@host:1",
+            "redis://:se@cret@host:1",
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains("cret"), "{url} -> {shown}");
+        }
+        assert_eq!(redact("redis://:a/b@host:1/2"), "redis://host:1/2");
     }
 
     #[test]

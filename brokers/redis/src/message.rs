@@ -1,6 +1,7 @@
 //! The Redis side of a delivery: [`RedisMessage`] (what a handler can ask for) and the settlers
 //! that map ack / nack / reject onto XACK, redelivery and the dead-letter stream.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use brook_runtime::{
@@ -123,29 +124,48 @@ pub(crate) struct StreamSettler {
     pub deliveries: u32,
     /// Whether the entry is in the group's pending list (not read with NOACK).
     pub pending: bool,
+    /// `settle` was called (the [`Message`] calls it at most once).
+    pub settled: AtomicBool,
 }
 
 impl Settler for StreamSettler {
     fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
+        self.settled.store(true, Ordering::Release);
         if !self.pending {
             // Read with NOACK (AckFirst): Redis acknowledged it on delivery.
             self.shared.forget(&self.id);
             return SettleFuture::ready(Ok(()));
         }
         match settlement {
-            Settlement::Ack => SettleFuture::new(self.shared.ack(self.id.clone())),
+            Settlement::Ack => SettleFuture::new(self.shared.ack(self.id.clone(), self.deliveries)),
             Settlement::Nack { delay } => {
                 self.shared.nack(self.id.clone(), self.deliveries, delay);
                 SettleFuture::ready(Ok(()))
             }
-            Settlement::Reject => {
-                SettleFuture::new(self.shared.reject(self.id.clone(), &self.raw.fields))
-            }
+            Settlement::Reject => SettleFuture::new(self.shared.reject(
+                self.id.clone(),
+                self.deliveries,
+                &self.raw.fields,
+            )),
         }
     }
 
     fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         Some(&self.raw)
+    }
+}
+
+impl Drop for StreamSettler {
+    /// A message dropped unsettled (`Manual` without a settlement, a handler cut off by the
+    /// graceful timeout, a batch entry never handed out) is no longer this consumer's to track:
+    /// it stays pending in Redis, so XAUTOCLAIM (this consumer's included) redelivers it after
+    /// `min_idle_ms`, and a close hands it back. Kept as "in flight", it would never come back
+    /// while this consumer runs, and this consumer's own XAUTOCLAIM would keep raising its
+    /// delivery count without delivering it.
+    fn drop(&mut self) {
+        if self.pending && !self.settled.load(Ordering::Acquire) {
+            self.shared.forget(&self.id);
+        }
     }
 }
 

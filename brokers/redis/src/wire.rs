@@ -72,6 +72,8 @@ pub(crate) fn xread_entries(v: Value) -> Vec<(Arc<str>, Option<Fields>)> {
 pub(crate) struct Pending {
     pub id: Arc<str>,
     pub consumer: Arc<str>,
+    /// Milliseconds since it was last delivered.
+    pub idle_ms: u64,
     pub deliveries: u32,
 }
 
@@ -84,11 +86,12 @@ pub(crate) fn pending(v: Value) -> Vec<Pending> {
             let mut p = row.into_array().into_iter();
             let id = text(p.next()?)?;
             let consumer = text(p.next()?)?;
-            let _idle = p.next();
+            let idle_ms = p.next()?.as_u64()?;
             let deliveries = p.next()?.as_u64()?;
             Some(Pending {
                 id,
                 consumer,
+                idle_ms,
                 deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
             })
         })
@@ -122,6 +125,12 @@ pub(crate) async fn call_at<C: ClientLike>(
     client
         .custom::<Value, Value>(CustomCommand::new_static(name, hash, blocking), args)
         .await
+}
+
+/// A stream entry id as numbers (`ms-seq`), for ordering; unparsable parts count as 0.
+pub(crate) fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 pub(crate) fn s(v: &str) -> Value {

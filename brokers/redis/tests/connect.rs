@@ -82,3 +82,18 @@ async fn an_invalid_url_is_a_connect_error_without_the_url() {
     assert!(matches!(err, BrokerError::Connect { .. }));
     assert!(!format!("{err:?}").contains("pw-xyz"));
 }
+
+#[tokio::test]
+async fn a_password_with_a_slash_never_shows() {
+    // Unencoded `/` in a password: fred cannot parse the URL, and neither the error nor the
+    // broker's Debug output may quote the part after the slash.
+    let broker = RedisBroker::new("redis://:hunter2/secret@127.0.0.1:6379")
+        .connect_timeout(Duration::from_secs(2));
+    let err = broker.connect().await.unwrap_err();
+    let shown = format!("{err} | {err:?} | {broker:?} | {}", broker.address());
+    assert!(matches!(err, BrokerError::Connect { .. }), "{shown}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("secret"),
+        "the password leaked: {shown}"
+    );
+}

@@ -89,6 +89,13 @@ async fn ack_first_reads_with_noack_so_nothing_is_ever_pending() {
     release.notify_one();
     run.stop().await;
     assert!(remaining(&c, &stream, "g").await.is_empty());
+    assert!(
+        call(&c, "XINFO", vec![s("CONSUMERS"), s(&stream), s("g")])
+            .await
+            .into_array()
+            .is_empty(),
+        "the generated consumer name left the group on close"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,27 +194,35 @@ async fn nack_redelivers_with_redis_delivery_count() {
 async fn nack_leaves_the_entry_pending_while_it_waits_for_redelivery() {
     let (stream, c, broker) = (unique("nack-pending"), raw().await, RedisBroker::new(URL));
     let sub = stream_sub(&stream, AckPolicy::Manual, vec![]);
-    let mut run = start(broker.clone(), sub, WAIT, |s| {
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let mut run = start(broker.clone(), sub, WAIT, move |s| {
         if s.deliveries == Some(1) {
             Act::Settle(Settlement::Nack {
                 delay: Some(Duration::from_millis(500)),
             })
         } else {
-            Act::Settle(Settlement::Ack)
+            Act::WaitThenSettle(r.clone(), Settlement::Ack)
         }
     })
     .await;
     publish(&broker, &stream, b"later").await;
     let first = run.next().await;
+    let second = run.next().await;
+    assert_eq!((&second.id, second.deliveries), (&first.id, Some(2)));
+    // While the redelivery is being handled: the entry never left the pending list (a nack
+    // that XACKed could not be claimed back), it is still this consumer's, and Redis itself
+    // counts two deliveries (the count the handler saw is Redis's, not a local one).
     let p = pending(&c, &stream, "g").await;
     assert_eq!(
-        p.len(),
-        1,
-        "a nacked entry stays in the pending list until redelivered"
+        p,
+        vec![Pending {
+            id: first.id.clone(),
+            consumer: first.consumer.clone().unwrap(),
+            deliveries: 2,
+        }]
     );
-    assert_eq!(p[0].id, first.id);
-    let second = run.next().await;
-    assert_eq!(second.deliveries, Some(2));
+    release.notify_one();
     run.stop().await;
     assert_eq!(pending(&c, &stream, "g").await, vec![]);
 }
@@ -511,5 +526,120 @@ async fn a_deleted_stream_gets_its_group_back_and_consumption_goes_on() {
     publish(&broker, &stream, b"after").await;
     assert_eq!(run.next().await.body, Bytes::from_static(b"after"));
     run.stop().await;
+    assert_eq!(pending(&c, &stream, "g").await, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_whose_dead_letter_xadd_fails_does_not_lose_the_entry() {
+    let (stream, c, broker) = (
+        unique("reject-dlq-fails"),
+        raw().await,
+        RedisBroker::new(URL),
+    );
+    // A dead-letter key of the wrong type: XADD fails at run time (WRONGTYPE).
+    let dlq = format!("{stream}:dlq");
+    call(&c, "SET", vec![s(&dlq), s("not a stream")]).await;
+    let sub = stream_sub(
+        &stream,
+        AckPolicy::RejectOnError,
+        vec![("dead_letter_stream", dlq.clone().into())],
+    );
+    let mut run = start(broker.clone(), sub, WAIT, |_| Act::Fail).await;
+    publish(&broker, &stream, b"precious").await;
+    let first = run.next().await;
+    let failed_at = std::time::Instant::now();
+    // Not acknowledged without its dead letter: it stays pending and comes back, a second
+    // later rather than in a tight loop while the dead-letter key stays broken.
+    let again = run.next().await;
+    assert_eq!((&again.id, again.deliveries), (&first.id, Some(2)));
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(800),
+        "redelivered after {:?}",
+        failed_at.elapsed()
+    );
+    run.stop().await;
+    let p = pending(&c, &stream, "g").await;
+    assert_eq!(
+        p.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        vec![first.id.as_str()],
+        "still pending: never acknowledged without being dead-lettered"
+    );
+    del(&c, &[&dlq]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_left_unsettled_comes_back_to_the_same_consumer_after_min_idle() {
+    let (stream, c, broker) = (unique("unsettled"), raw().await, RedisBroker::new(URL));
+    // Manual, and the first delivery is never settled: the only consumer of the group must
+    // take it again after min_idle_ms, as it would a crashed consumer's entry.
+    let sub = stream_sub(
+        &stream,
+        AckPolicy::Manual,
+        vec![("min_idle_ms", 300u64.into())],
+    );
+    let mut run = start(broker.clone(), sub, WAIT, |s| {
+        if s.deliveries == Some(1) {
+            Act::Ok
+        } else {
+            Act::Settle(Settlement::Ack)
+        }
+    })
+    .await;
+    publish(&broker, &stream, b"forgotten").await;
+    let first = run.next().await;
+    let again = run.next().await;
+    assert_eq!((&again.id, again.deliveries), (&first.id, Some(2)));
+    assert_eq!(again.consumer, first.consumer);
+    run.stop().await;
+    assert_eq!(pending(&c, &stream, "g").await, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_entry_another_consumer_claimed_is_not_taken_back() {
+    let (stream, c) = (unique("no-steal"), raw().await);
+    // A nacks with a delay longer than B's min_idle_ms; B claims the entry meanwhile. When A's
+    // delay is up, the entry is B's: A must not claim it back and handle it at the same time.
+    let mut a = start(
+        RedisBroker::new(URL),
+        stream_sub(
+            &stream,
+            AckPolicy::Manual,
+            vec![("min_idle_ms", 0u64.into())],
+        ),
+        WAIT,
+        |_| {
+            Act::Settle(Settlement::Nack {
+                delay: Some(Duration::from_millis(1500)),
+            })
+        },
+    )
+    .await;
+    let publisher = RedisBroker::new(URL);
+    publish(&publisher, &stream, b"contended").await;
+    let first = a.next().await;
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let mut b = start(
+        RedisBroker::new(URL),
+        stream_sub(
+            &stream,
+            AckPolicy::Ack,
+            vec![("min_idle_ms", 300u64.into())],
+        ),
+        WAIT,
+        move |_| Act::WaitThenOk(r.clone()),
+    )
+    .await;
+    let claimed = b.next().await;
+    assert_eq!((&claimed.id, claimed.deliveries), (&first.id, Some(2)));
+    // A's delay ends about 1.5 s after its nack; give it a second more to (wrongly) act.
+    let stolen = tokio::time::timeout(Duration::from_millis(2500), a.seen.recv()).await;
+    assert!(stolen.is_err(), "A took the entry back: {stolen:?}");
+    let p = pending(&c, &stream, "g").await;
+    assert_eq!(p.len(), 1);
+    assert_eq!(Some(p[0].consumer.clone()), claimed.consumer);
+    release.notify_one();
+    b.stop().await;
+    a.stop().await;
     assert_eq!(pending(&c, &stream, "g").await, vec![]);
 }

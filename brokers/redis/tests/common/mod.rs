@@ -241,6 +241,8 @@ pub enum Act {
     WaitThenFail(Arc<Notify>),
     /// Settle through the message, then return Ok.
     Settle(Settlement),
+    /// Wait until notified, then settle through the message and return Ok.
+    WaitThenSettle(Arc<Notify>, Settlement),
 }
 
 pub type Script = Arc<dyn Fn(&Seen) -> Act + Send + Sync>;
@@ -283,6 +285,13 @@ impl Handler for Probe {
             Act::WaitThenFail(n) => {
                 n.notified().await;
                 fail()
+            }
+            Act::WaitThenSettle(n, s) => {
+                n.notified().await;
+                msg.settle(s)
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.into()))?;
+                Ok(())
             }
             Act::Settle(s) => {
                 msg.settle(s)
