@@ -3,26 +3,83 @@
 //! macro's arguments reach the queue declaration and the consumer, `&RabbitMessage` is
 //! extracted, and RabbitMQ's state afterwards shows what the policy did.
 //!
-//! Macro arguments are literals, so these tests cannot use per-run names; each one deletes its
-//! queues first, so reruns start clean.
+//! Macro arguments are literals, so a wrapper checks the arguments the macro produced and runs
+//! the same subscription on per-run queue names (parallel runs and reruns never share a queue);
+//! every queue the test declares has `x-expires`, so a failed run leaves nothing behind.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brook::prelude::*;
 use brook::rabbit::lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use brook::rabbit::lapin::types::FieldTable;
+use brook::rabbit::lapin::types::{AMQPValue, FieldTable};
 use brook::rabbit::lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use brook::rabbit::{RabbitBroker, RabbitMessage};
+use brook::{Handler, HandlerError, Subscription, SubscriptionError};
 use tokio::sync::mpsc;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The names the macro below is written with; the test runs on per-run variants.
 const QUEUE: &str = "brook.facade.rabbit.poison";
 const DLX: &str = "brook.facade.rabbit.dlx";
-const DLQ: &str = "brook.facade.rabbit.dlq";
+/// Test queues disappear this long after their last use.
+const EXPIRES_MS: i64 = 10 * 60 * 1000;
+
+/// `name` with a suffix no other run (or test) uses.
+fn per_run(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{name}.{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs the macro-generated handler on other queue names: checks that the macro's arguments
+/// arrived, then builds the same subscription with `queue` and `dlx` renamed.
+struct PerRun<H> {
+    inner: H,
+    queue: String,
+    dlx: String,
+}
+
+impl<H: Handler> Handler for PerRun<H> {
+    type Broker = H::Broker;
+
+    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
+        let sub = self.inner.subscription()?;
+        assert_eq!(sub.source_name(), QUEUE);
+        assert_eq!(sub.str("queue_type"), Some("quorum"));
+        assert_eq!(sub.str("dead_letter_exchange"), Some(DLX));
+        assert_eq!(sub.policy(), AckPolicy::NackOnError);
+        assert_eq!(sub.max_deliveries(), Some(2));
+        assert_eq!(sub.int("prefetch"), Some(4));
+        Subscription::new(sub.broker(), sub.name().to_owned())
+            .arg("queue", self.queue.clone())
+            // A name, as the macro passes `quorum` (its value type is not re-exported
+            // elsewhere).
+            .arg(
+                "queue_type",
+                brook::ArgValue::Ident("quorum".into()),
+            )
+            .arg("dead_letter_exchange", self.dlx.clone())
+            .arg("ack_policy", sub.policy())
+            .arg("max_deliveries", 2u32)
+            .arg("prefetch", 4u32)
+            .build()
+    }
+
+    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
+        self.inner.call(msg, ctx).await
+    }
+}
 
 /// Body, delivery count, redelivered flag of each delivery.
 type Seen = (String, Option<u32>, bool);
@@ -69,29 +126,32 @@ async fn depth(ch: &Channel, queue: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() {
     let (_conn, ch) = admin().await;
-    for q in [QUEUE, DLQ] {
-        ch.queue_delete(q.into(), QueueDeleteOptions::default())
-            .await
-            .expect("delete old queue");
-    }
+    let queue = per_run(QUEUE);
+    let dlx = per_run(DLX);
+    let dlq = format!("{queue}.dlq");
     ch.exchange_declare(
-        DLX.into(),
+        dlx.as_str().into(),
         ExchangeKind::Fanout,
-        ExchangeDeclareOptions::default(),
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
         FieldTable::default(),
     )
     .await
     .expect("dlx");
+    let mut expiring = FieldTable::default();
+    expiring.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
     ch.queue_declare(
-        DLQ.into(),
+        dlq.as_str().into(),
         QueueDeclareOptions::default(),
-        FieldTable::default(),
+        expiring,
     )
     .await
     .expect("dlq");
     ch.queue_bind(
-        DLQ.into(),
-        DLX.into(),
+        dlq.as_str().into(),
+        dlx.as_str().into(),
         "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
@@ -102,12 +162,17 @@ async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() 
     let (tx, mut rx) = mpsc::unbounded_channel();
     *SEEN.lock().unwrap() = Some(tx);
     let broker = RabbitBroker::new(URL);
+    let handler = PerRun {
+        inner: poison,
+        queue: queue.clone(),
+        dlx,
+    };
     let app = App::new(broker.clone())
-        .subscribe(poison)
+        .subscribe(handler)
         .start()
         .await
         .unwrap();
-    broker.publish("bad", QUEUE).await.unwrap();
+    broker.publish("bad", &queue).await.unwrap();
 
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -127,7 +192,7 @@ async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() 
     );
     // Dead-lettered: the dead-letter queue gets it (bounded wait for RabbitMQ to route it).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while depth(&ch, DLQ).await < 1 {
+    while depth(&ch, &dlq).await < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "nothing dead-lettered"
@@ -135,12 +200,18 @@ async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await.unwrap();
-    assert_eq!(depth(&ch, QUEUE).await, 0, "nothing left in the queue");
+    assert_eq!(depth(&ch, &queue).await, 0, "nothing left in the queue");
     let dead = ch
-        .basic_get(DLQ.into(), BasicGetOptions { no_ack: true })
+        .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
         .await
         .unwrap()
         .expect("the dead letter");
     assert_eq!(dead.delivery.data, b"bad");
     assert!(rx.try_recv().is_err(), "no third delivery");
+    // brook declared the queue itself (without x-expires): remove it.
+    for q in [&queue, &dlq] {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete test queue");
+    }
 }

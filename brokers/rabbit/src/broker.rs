@@ -2,6 +2,7 @@
 //! address but never the password) and publishing with confirms.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,12 +44,23 @@ pub(crate) struct Inner {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     publisher: Mutex<Option<Publisher>>,
+    /// Counts publishing connections opened (see [`Publisher::generation`]).
+    generations: AtomicU64,
 }
 
 struct Publisher {
     // Kept so the connection lives as long as its channel.
     connection: Connection,
     channel: Channel,
+    /// Which connection this is (counts up per reopened connection): with the channel id it
+    /// tells whether a failed publish used the current channel or one already replaced.
+    generation: u64,
+}
+
+/// The channel a publish uses, and which one it is.
+struct PublishChannel {
+    channel: Channel,
+    generation: u64,
 }
 
 /// Why a publish was not confirmed.
@@ -56,10 +68,11 @@ struct Publisher {
 #[error("RabbitMQ refused the message (publisher confirm nack)")]
 struct Nacked;
 
-/// A URL that cannot be parsed. The URL itself is not shown: it may hold a password.
+/// A URL that cannot be parsed. Neither the URL nor the parser's message is shown: the parser
+/// echoes the whole input (`Invalid URL: '<url>'`), password included.
 #[derive(Debug, thiserror::Error)]
-#[error("the AMQP URL cannot be parsed: {0} (URL not shown: it may hold a password)")]
-struct BadUrl(String);
+#[error("the AMQP URL cannot be parsed; expected amqp://user:password@host:port/vhost (URL not shown: it may hold a password)")]
+struct BadUrl;
 
 #[derive(Debug, thiserror::Error)]
 #[error("no answer within {0:?}")]
@@ -80,6 +93,7 @@ impl RabbitBroker {
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(5),
                 publisher: Mutex::new(None),
+                generations: AtomicU64::new(0),
             }),
         }
     }
@@ -112,6 +126,7 @@ impl RabbitBroker {
             backoff_min: self.inner.backoff_min,
             backoff_max: self.inner.backoff_max,
             publisher: Mutex::new(None),
+            generations: AtomicU64::new(0),
         };
         f(&mut inner);
         RabbitBroker {
@@ -129,9 +144,10 @@ impl RabbitBroker {
     ) -> Result<(), BrokerError> {
         let mut retried = false;
         loop {
-            let channel = self.inner.publisher_channel().await?;
+            let used = self.inner.publisher_channel().await?;
             let result = async {
-                let confirm = channel
+                let confirm = used
+                    .channel
                     .basic_publish(
                         exchange.into(),
                         routing_key.into(),
@@ -144,30 +160,43 @@ impl RabbitBroker {
                 Ok::<_, lapin::Error>(confirm)
             }
             .await;
-            match result {
+            let e = match result {
                 Ok(confirm) if confirm.is_nack() => {
                     return Err(BrokerError::operation(KIND, "basic.publish", Nacked))
                 }
                 Ok(_) => return Ok(()),
-                Err(e) => {
-                    // The channel is gone (connection lost, or RabbitMQ closed it over an
-                    // error such as a missing exchange): open a new one next time.
-                    self.inner.publisher.lock().await.take();
-                    if retried || channel.status().connected() {
-                        return Err(BrokerError::operation(KIND, "basic.publish", e));
-                    }
-                    // Unconfirmed on a dead connection: publish again on a new one, once
-                    // (at-least-once: RabbitMQ may have received the first copy).
-                    tracing::warn!(
-                        address = self.inner.address,
-                        error = %e,
-                        "publishing failed on a lost connection; retrying once on a new one"
-                    );
-                    retried = true;
-                }
+                Err(e) => e,
+            };
+            // A channel error (404 missing exchange, 406, ...) is permanent for this message:
+            // RabbitMQ closed the channel (the next publish opens a new one on the same
+            // connection) and retrying would fail the same way. Only a lost connection, or a
+            // channel another publish's error had already closed before this one was sent,
+            // is worth one more attempt.
+            let retry = self.inner.forget_if_lost(&used, &e).await
+                || matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..));
+            if retried || !retry {
+                return Err(BrokerError::operation(KIND, "basic.publish", e));
             }
+            // Unconfirmed on a dead connection: publish again on a new one, once
+            // (at-least-once: RabbitMQ may have received the first copy).
+            tracing::warn!(
+                address = self.inner.address,
+                error = %e,
+                "publishing failed on a lost connection; retrying once on a new one"
+            );
+            retried = true;
         }
     }
+}
+
+/// Whether `e` says the connection (not just the channel) is gone.
+fn connection_lost(e: &lapin::Error) -> bool {
+    e.is_io_error()
+        || e.is_amqp_hard_error()
+        || matches!(
+            e.kind(),
+            lapin::ErrorKind::MissingHeartbeatError | lapin::ErrorKind::InvalidConnectionState(_)
+        )
 }
 
 impl Inner {
@@ -182,7 +211,7 @@ impl Inner {
         let uri: AMQPUri = self
             .url
             .parse()
-            .map_err(|e: String| connect_error(Box::new(BadUrl(e))))?;
+            .map_err(|_: String| connect_error(Box::new(BadUrl)))?;
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         match tokio::time::timeout(
             self.connect_timeout,
@@ -196,31 +225,66 @@ impl Inner {
         }
     }
 
-    /// The publishing channel (in confirm mode), opening a connection if there is none or the
+    /// The publishing channel (in confirm mode): a new channel on the same connection when
+    /// RabbitMQ closed the last one over an error, a new connection if there is none or the
     /// last one died.
-    async fn publisher_channel(&self) -> Result<Channel, BrokerError> {
+    async fn publisher_channel(&self) -> Result<PublishChannel, BrokerError> {
         let mut publisher = self.publisher.lock().await;
-        if let Some(p) = publisher.as_ref() {
-            if p.channel.status().connected() && p.connection.status().connected() {
-                return Ok(p.channel.clone());
+        if let Some(p) = publisher.as_mut() {
+            if p.connection.status().connected() {
+                if !p.channel.status().connected() {
+                    p.channel = confirm_channel(&p.connection).await?;
+                }
+                return Ok(PublishChannel {
+                    channel: p.channel.clone(),
+                    generation: p.generation,
+                });
             }
         }
         publisher.take();
         let connection = self.open("brook publisher").await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| BrokerError::operation(KIND, "channel.open", e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| BrokerError::operation(KIND, "confirm.select", e))?;
+        let channel = confirm_channel(&connection).await?;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         *publisher = Some(Publisher {
             connection,
             channel: channel.clone(),
+            generation,
         });
-        Ok(channel)
+        Ok(PublishChannel {
+            channel,
+            generation,
+        })
     }
+
+    /// After a failed publish on `used`: whether its connection is lost. Forgets the
+    /// publisher only if it is still the one `used` belongs to, so a concurrent publish that
+    /// already reopened it keeps the fresh connection.
+    async fn forget_if_lost(&self, used: &PublishChannel, e: &lapin::Error) -> bool {
+        let mut publisher = self.publisher.lock().await;
+        match publisher.as_ref() {
+            Some(p) if p.generation == used.generation => {
+                let lost = connection_lost(e) || !p.connection.status().connected();
+                if lost && p.channel.id() == used.channel.id() {
+                    publisher.take();
+                }
+                lost
+            }
+            // Replaced since: that connection was lost (only a lost connection is replaced).
+            _ => true,
+        }
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "channel.open", e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "confirm.select", e))?;
+    Ok(channel)
 }
 
 impl fmt::Debug for RabbitBroker {
@@ -312,5 +376,21 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert!(!redact("amqp://u:secret@host:notaport").contains("secret"));
+    }
+
+    /// amq-protocol-uri's error for a cannot-be-a-base URL is `Invalid URL: '<url>'`.
+    #[tokio::test]
+    async fn an_unparsable_url_never_shows_its_password() {
+        for url in [
+            "amqp:user:secret@host",
+            "amqp://user:secret@host:notaport/x",
+        ] {
+            let broker = RabbitBroker::new(url);
+            let err = broker.connect().await.expect_err("unparsable");
+            assert!(matches!(err, BrokerError::Connect { .. }), "{err:?}");
+            let shown = format!("{err} / {err:?} / {broker:?}");
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("cannot be parsed"), "{shown}");
+        }
     }
 }

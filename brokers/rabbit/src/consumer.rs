@@ -1,12 +1,22 @@
 //! [`RabbitConsumer`]: one subscriber's connection, channel and `basic.consume`, recovered
 //! after a connection loss.
 //!
-//! lapin does not reconnect consumers by itself, so this does: when the delivery stream ends
-//! or fails, the consumer drops the dead connection, and its next `next()` reconnects with an
-//! exponential backoff bounded by [`RabbitBroker::reconnect_backoff`](crate::RabbitBroker::reconnect_backoff),
+//! lapin does not reconnect consumers by itself, so this does: when the delivery stream fails
+//! (connection lost), the consumer drops the dead connection, and its next `next()` reconnects
+//! with an exponential backoff bounded by [`RabbitBroker::reconnect_backoff`](crate::RabbitBroker::reconnect_backoff),
 //! declares its queue (and exchange and binding) again, sets the prefetch and consumes. Nothing
 //! is lost: deliveries of the dead channel were never acknowledged, so RabbitMQ requeues them
 //! (marked `redelivered`), and settling them fails cleanly instead of touching the new channel.
+//!
+//! Each failed attempt is returned from `next()` as an error (the engine logs it), so a
+//! failure that never clears (a queue redeclared with other arguments, access refused, a
+//! missing queue with `declare = false`) is visible instead of retried in silence.
+//!
+//! When the stream ends without an error (RabbitMQ sent `basic.cancel`: the queue was deleted,
+//! or a quorum queue moved), the connection is still healthy and handlers may still be running
+//! on its deliveries: closing it would make RabbitMQ requeue them and they would be handled
+//! twice. So that session is retired, kept open until [`Consumer::close`], and a new one
+//! consumes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +38,17 @@ const KIND: BrokerKind = BrokerKind::Rabbit;
 /// The prefetch when the subscriber sets none: enough to keep the handler busy while acks
 /// travel, at least twice the concurrency.
 pub(crate) const DEFAULT_PREFETCH: u16 = 64;
+
+/// Arguments that only shape declarations: refused with `passive` or `declare = false`.
+const DECLARE_ONLY: [&str; 7] = [
+    "exchange",
+    "exchange_type",
+    "routing_key",
+    "queue_type",
+    "dead_letter_exchange",
+    "durable",
+    "auto_delete",
+];
 
 /// What a subscriber consumes and declares, from its arguments.
 #[derive(Clone, Debug)]
@@ -67,6 +88,31 @@ impl Topology {
             })?,
             None => DEFAULT_PREFETCH.max(concurrency.saturating_mul(2)),
         };
+        let passive = sub.bool("passive").unwrap_or(false);
+        let declare = sub.bool("declare").unwrap_or(true);
+        if passive || !declare {
+            // Nothing is declared then, so these would be ignored in silence: refuse them.
+            let mode = if passive {
+                "passive = true"
+            } else {
+                "declare = false"
+            };
+            let ignored: Vec<&str> = DECLARE_ONLY
+                .iter()
+                .copied()
+                .filter(|name| sub.str(name).is_some() || sub.bool(name).is_some())
+                .collect();
+            if !ignored.is_empty() {
+                return Err(BrokerError::Invalid {
+                    broker: KIND,
+                    message: format!(
+                        "subscriber `{}`: {} only apply when brook declares the queue, but it has {mode}",
+                        sub.name(),
+                        ignored.join(", ")
+                    ),
+                });
+            }
+        }
         let queue_type = sub.str("queue_type").map(str::to_owned);
         if sub.max_deliveries().is_some() && queue_type.as_deref() != Some("quorum") {
             tracing::warn!(
@@ -82,8 +128,8 @@ impl Topology {
             exchange_kind,
             durable: sub.bool("durable").unwrap_or(true),
             auto_delete: sub.bool("auto_delete").unwrap_or(false),
-            declare: sub.bool("declare").unwrap_or(true),
-            passive: sub.bool("passive").unwrap_or(false),
+            declare,
+            passive,
             queue_type,
             dead_letter_exchange: sub.str("dead_letter_exchange").map(str::to_owned),
             prefetch,
@@ -175,7 +221,12 @@ pub struct RabbitConsumer {
     broker: Arc<Inner>,
     topology: Topology,
     session: Option<Session>,
+    /// Sessions whose consumer RabbitMQ cancelled, kept open so their in-flight deliveries can
+    /// still be settled; closed by [`Consumer::close`].
+    retired: Vec<Session>,
     backoff: Duration,
+    /// Set after a failed reconnect: wait this long before the next attempt.
+    retry_in: Option<Duration>,
 }
 
 impl RabbitConsumer {
@@ -189,6 +240,8 @@ impl RabbitConsumer {
             broker,
             topology,
             session: Some(session),
+            retired: Vec::new(),
+            retry_in: None,
         })
     }
 
@@ -197,32 +250,38 @@ impl RabbitConsumer {
         &self.topology.queue
     }
 
-    /// Reconnects until it works (or the caller stops polling: `next()` is cancelled when the
-    /// App stops, which also ends this loop).
-    async fn reconnect(&mut self) -> &mut Session {
-        loop {
-            match open_session(&self.broker, &self.topology).await {
-                Ok(session) => {
-                    tracing::info!(
-                        subscriber = self.topology.subscriber,
-                        queue = &*self.topology.queue,
-                        address = self.broker.address,
-                        "RabbitMQ consumer reconnected"
-                    );
-                    self.backoff = self.broker.backoff_min;
-                    return self.session.insert(session);
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        subscriber = self.topology.subscriber,
-                        queue = &*self.topology.queue,
-                        %error,
-                        retry_in = ?self.backoff,
-                        "RabbitMQ consumer cannot reconnect yet"
-                    );
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(self.broker.backoff_max);
-                }
+    /// One reconnection attempt, after the backoff if the last one failed. A failure is
+    /// returned (for `next()` to hand to the engine, which logs it) and the backoff grows.
+    async fn reconnect(&mut self) -> Result<(), BrokerError> {
+        if let Some(delay) = self.retry_in {
+            tokio::time::sleep(delay).await;
+            // Cleared only after the sleep: a `next()` cancelled mid-wait waits again.
+            self.retry_in = None;
+        }
+        match open_session(&self.broker, &self.topology).await {
+            Ok(session) => {
+                tracing::info!(
+                    subscriber = self.topology.subscriber,
+                    queue = &*self.topology.queue,
+                    address = self.broker.address,
+                    "RabbitMQ consumer reconnected"
+                );
+                self.backoff = self.broker.backoff_min;
+                self.session = Some(session);
+                Ok(())
+            }
+            Err(error) => {
+                // The engine logs the returned error; this only adds when the next try is.
+                tracing::debug!(
+                    subscriber = self.topology.subscriber,
+                    queue = &*self.topology.queue,
+                    %error,
+                    retry_in = ?self.backoff,
+                    "RabbitMQ consumer cannot reconnect yet"
+                );
+                self.retry_in = Some(self.backoff);
+                self.backoff = (self.backoff * 2).min(self.broker.backoff_max);
+                Err(error)
             }
         }
     }
@@ -266,9 +325,11 @@ async fn open_session(broker: &Inner, topology: &Topology) -> Result<Session, Br
 impl Consumer for RabbitConsumer {
     async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
         loop {
-            let session = match self.session.as_mut() {
-                Some(session) => session,
-                None => self.reconnect().await,
+            let Some(session) = self.session.as_mut() else {
+                if let Err(error) = self.reconnect().await {
+                    return Some(Err(error));
+                }
+                continue;
             };
             match session.deliveries.next().await {
                 Some(Ok(delivery)) => {
@@ -284,11 +345,22 @@ impl Consumer for RabbitConsumer {
                     %error,
                     "RabbitMQ connection lost; reconnecting (unacknowledged messages are requeued by RabbitMQ)"
                 ),
-                None => tracing::warn!(
-                    subscriber = self.topology.subscriber,
-                    queue = &*self.topology.queue,
-                    "RabbitMQ cancelled the consumer (queue deleted?); consuming again"
-                ),
+                None => {
+                    tracing::warn!(
+                        subscriber = self.topology.subscriber,
+                        queue = &*self.topology.queue,
+                        "RabbitMQ cancelled the consumer (queue deleted?); consuming again"
+                    );
+                    // Still connected: keep it (see the module docs). Drop retired sessions
+                    // whose connection died meanwhile: nothing can be settled there any more.
+                    self.retired.retain(|s| s.connection.status().connected());
+                    if let Some(session) = self.session.take() {
+                        if session.connection.status().connected() {
+                            self.retired.push(session);
+                        }
+                    }
+                    continue;
+                }
             }
             self.session = None;
         }
@@ -297,25 +369,16 @@ impl Consumer for RabbitConsumer {
     /// Cancels the consumer and closes its channel and connection: RabbitMQ requeues every
     /// delivery still unacknowledged (prefetched, or left unsettled by the handler).
     async fn close(mut self) -> Result<(), BrokerError> {
-        let Some(session) = self.session.take() else {
+        let sessions: Vec<Session> = self
+            .session
+            .take()
+            .into_iter()
+            .chain(self.retired.drain(..))
+            .collect();
+        if sessions.is_empty() {
             return Ok(());
-        };
-        let closing = async {
-            let tag = session.deliveries.tag();
-            if let Err(e) = session
-                .channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                tracing::debug!(error = %e, "basic.cancel while closing");
-            }
-            if let Err(e) = session.channel.close(200, "bye".into()).await {
-                tracing::debug!(error = %e, "channel.close while closing");
-            }
-            if let Err(e) = session.connection.close(200, "bye".into()).await {
-                tracing::debug!(error = %e, "connection.close while closing");
-            }
-        };
+        }
+        let closing = futures_util::future::join_all(sessions.into_iter().map(close_session));
         if tokio::time::timeout(self.broker.connect_timeout, closing)
             .await
             .is_err()
@@ -326,5 +389,23 @@ impl Consumer for RabbitConsumer {
             );
         }
         Ok(())
+    }
+}
+
+/// Cancels the consumer (if RabbitMQ has not), closes the channel and the connection.
+async fn close_session(session: Session) {
+    let tag = session.deliveries.tag();
+    if let Err(e) = session
+        .channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
+    {
+        tracing::debug!(error = %e, "basic.cancel while closing");
+    }
+    if let Err(e) = session.channel.close(200, "bye".into()).await {
+        tracing::debug!(error = %e, "channel.close while closing");
+    }
+    if let Err(e) = session.connection.close(200, "bye".into()).await {
+        tracing::debug!(error = %e, "connection.close while closing");
     }
 }

@@ -2,11 +2,14 @@
 //! ack / nack / reject onto basic.ack / basic.nack / basic.reject, and [`RabbitMessage`], the
 //! delivery itself for handlers that need RabbitMQ's own fields.
 //!
-//! Delivery counting: quorum queues put `x-delivery-count` (the number of earlier failed
-//! deliveries) on redelivered messages; classic queues only set the `redelivered` flag. So a
-//! message gets count `x-delivery-count + 1` when the header is there, `1` when it is neither
-//! counted nor redelivered, and no count at all when a classic queue redelivers it (brook does
-//! not guess: `max_deliveries` then cannot apply).
+//! Delivery counting: quorum queues put `x-delivery-count` (earlier returned deliveries) on
+//! redelivered messages, and RabbitMQ 4.3+ adds `x-acquired-count` (earlier deliveries of any
+//! kind; there a `basic.nack requeue=true` no longer raises `x-delivery-count`); classic queues
+//! only set the `redelivered` flag. So a message that is not flagged `redelivered` gets count 1
+//! whatever its headers say (a publisher, or a message forwarded from another queue, may carry
+//! these headers: trusting them would reject a message never handled), and a redelivered one
+//! `x-acquired-count + 1`, else `x-delivery-count + 1`, else no count at all (a classic queue:
+//! brook does not guess, so `max_deliveries` cannot apply).
 
 use std::sync::Arc;
 
@@ -23,6 +26,9 @@ use lapin::BasicProperties;
 
 /// The header quorum queues use to count earlier (failed) deliveries.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// The header RabbitMQ 4.3+ quorum queues use to count earlier deliveries of any outcome.
+pub const ACQUIRED_COUNT_HEADER: &str = "x-acquired-count";
 
 /// A RabbitMQ delivery, for handlers that need more than [`Message`] gives: the delivery tag,
 /// the exchange and routing key it was published with, the `redelivered` flag and every AMQP
@@ -75,14 +81,36 @@ impl RabbitMessage {
         self.no_ack
     }
 
-    /// `x-delivery-count` (quorum queues; absent on a first delivery).
+    /// `x-delivery-count` as the message carries it (quorum queues; absent on a first
+    /// delivery, but a publisher may set it: brook only trusts it on a redelivery).
     pub fn delivery_count_header(&self) -> Option<u64> {
-        let headers = self.delivery.properties.headers().as_ref()?;
-        headers
-            .inner()
-            .get(DELIVERY_COUNT_HEADER)
-            .and_then(amqp_int)
+        int_header(&self.delivery.properties, DELIVERY_COUNT_HEADER)
     }
+
+    /// `x-acquired-count` as the message carries it (quorum queues of RabbitMQ 4.3+; the same
+    /// caveat as [`delivery_count_header`](Self::delivery_count_header)).
+    pub fn acquired_count_header(&self) -> Option<u64> {
+        int_header(&self.delivery.properties, ACQUIRED_COUNT_HEADER)
+    }
+}
+
+fn int_header(props: &BasicProperties, name: &str) -> Option<u64> {
+    props
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)
+        .and_then(amqp_int)
+}
+
+/// The delivery count brook reports; see the module docs.
+fn delivery_count(redelivered: bool, props: &BasicProperties) -> Option<u32> {
+    if !redelivered {
+        return Some(1);
+    }
+    let previous = int_header(props, ACQUIRED_COUNT_HEADER)
+        .or_else(|| int_header(props, DELIVERY_COUNT_HEADER))?;
+    Some(u32::try_from(previous.saturating_add(1)).unwrap_or(u32::MAX))
 }
 
 impl<'a> FromMessage<'a> for &'a RabbitMessage {
@@ -102,13 +130,8 @@ pub(crate) fn to_message(queue: &Arc<str>, mut delivery: Delivery, no_ack: bool)
         Some(id) => MessageId::Text(id.as_str().into()),
         None => MessageId::Number(delivery.delivery_tag),
     };
+    let count = delivery_count(delivery.redelivered, &delivery.properties);
     let raw = RabbitMessage { delivery, no_ack };
-    let count = match raw.delivery_count_header() {
-        Some(previous) => Some(u32::try_from(previous.saturating_add(1)).unwrap_or(u32::MAX)),
-        None if !raw.redelivered() => Some(1),
-        // A classic queue redelivered it: RabbitMQ does not say how often.
-        None => None,
-    };
     let mut msg = Message::new(BrokerKind::Rabbit, queue.clone(), body, RabbitSettler(raw))
         .with_headers(headers)
         .with_id(id);
@@ -278,6 +301,30 @@ mod tests {
         for (name, value) in h.iter() {
             assert_eq!(back.get(name), Some(value), "{name}");
         }
+    }
+
+    #[test]
+    fn delivery_counting_trusts_headers_only_on_redeliveries() {
+        let with = |pairs: &[(&str, i64)]| {
+            let mut table = FieldTable::default();
+            for (name, n) in pairs {
+                table.insert(ShortString::from(*name), AMQPValue::LongLongInt(*n));
+            }
+            BasicProperties::default().with_headers(table)
+        };
+        let forged = with(&[(DELIVERY_COUNT_HEADER, 5), (ACQUIRED_COUNT_HEADER, 9)]);
+        assert_eq!(delivery_count(false, &forged), Some(1), "first delivery");
+        assert_eq!(
+            delivery_count(true, &forged),
+            Some(10),
+            "x-acquired-count first"
+        );
+        assert_eq!(
+            delivery_count(true, &with(&[(DELIVERY_COUNT_HEADER, 2)])),
+            Some(3)
+        );
+        assert_eq!(delivery_count(true, &BasicProperties::default()), None);
+        assert_eq!(delivery_count(false, &BasicProperties::default()), Some(1));
     }
 
     #[test]

@@ -134,8 +134,25 @@ impl Running {
     }
 }
 
-/// A fresh classic queue (declared by brook) whose dead-letter exchange feeds `<q>.dlq`.
+/// A fresh classic queue whose dead-letter exchange feeds `<q>.dlq`, declared here with
+/// `x-expires` (so a failed test leaves nothing behind for long); the subscriber only consumes.
 async fn setup(admin: &Admin, prefix: &str) -> (String, String, Vec<(&'static str, Value)>) {
+    let queue = fresh(prefix);
+    let (dlx, dlq) = admin.dead_letter_place(&queue).await;
+    admin.queue(&queue, None, Some(&dlx)).await;
+    let args = vec![
+        ("queue", Value::from(queue.clone())),
+        ("declare", Value::from(false)),
+    ];
+    (queue, dlq, args)
+}
+
+/// The same, but brook declares the queue (with its dead-letter exchange). brook cannot set
+/// `x-expires`, so the test deletes the queue at the end.
+async fn setup_declared_by_brook(
+    admin: &Admin,
+    prefix: &str,
+) -> (String, String, Vec<(&'static str, Value)>) {
     let queue = fresh(prefix);
     let (dlx, dlq) = admin.dead_letter_place(&queue).await;
     let args = vec![
@@ -200,7 +217,7 @@ async fn nack_requeues_and_rabbitmq_flags_the_redelivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_dead_letters_through_the_queue_dlx() {
     let admin = Admin::new().await;
-    let (queue, dlq, args) = setup(&admin, "reject").await;
+    let (queue, dlq, args) = setup_declared_by_brook(&admin, "reject").await;
     // RejectOnError is the default policy: no ack_policy given.
     let mut run = Running::start(RabbitBroker::new(URL), args, |_| Act::Fail).await;
     run.publish(&queue, b"bad").await;
@@ -235,7 +252,10 @@ async fn reject_dead_letters_through_the_queue_dlx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_first_consumes_with_no_ack_so_an_unfinished_handler_loses_the_message() {
     let admin = Admin::new().await;
-    let (queue, dlq, args) = setup(&admin, "ackfirst").await;
+    let (queue, dlq, mut args) = setup(&admin, "ackfirst").await;
+    // RabbitMQ ignores the prefetch only for a no_ack consumer: with prefetch = 2 and a
+    // blocked handler, an acking consumer would leave 8 of 10 ready.
+    args.push(("prefetch", Value::from(2u32)));
     let hang = Arc::new(Notify::new());
     let h = hang.clone();
     let mut run = Running::start(
@@ -244,12 +264,17 @@ async fn ack_first_consumes_with_no_ack_so_an_unfinished_handler_loses_the_messa
         move |_| Act::Wait(h.clone()),
     )
     .await;
-    run.publish(&queue, b"gone").await;
+    for _ in 0..10 {
+        run.publish(&queue, b"gone").await;
+    }
     let seen = run.next().await;
     assert!(seen.no_ack);
-    // While the handler still runs, RabbitMQ already forgot the message: the graceful timeout
-    // (500 ms) cuts the handler off, and nothing comes back.
+    // All ten left the queue while the one handler is still blocked: no_ack on the wire.
+    admin.wait_depth(&queue, 0).await;
+    // While the handler still runs, RabbitMQ already forgot the messages: the graceful
+    // timeout (500 ms) cuts the handler off, and nothing comes back.
     run.stop().await;
+    assert_eq!(admin.wait_no_consumer(&queue).await, 0);
     admin.wait_depth(&queue, 0).await;
     admin.wait_depth(&dlq, 0).await;
     admin.delete(&queue).await;
@@ -446,6 +471,7 @@ async fn shutdown_mid_stream_finishes_the_handler_and_returns_prefetched_message
     let (queue, dlq, args) = setup(&admin, "drain").await;
     let release = Arc::new(Notify::new());
     let r = release.clone();
+    // concurrency 1 (the default): after the stop, no further message is handed out.
     let mut run = Running::start(
         RabbitBroker::new(URL),
         with(args, AckPolicy::NackOnError),
@@ -477,17 +503,20 @@ async fn shutdown_mid_stream_finishes_the_handler_and_returns_prefetched_message
     while run.seen.try_recv().is_ok() {
         handled += 1;
     }
-    let left = 5 - handled;
-    assert!(
-        left >= 1,
+    assert_eq!(
+        handled, 1,
         "the stop was requested before the others were handled"
     );
+    let left = 4;
     admin.wait_depth(&queue, left).await;
     let bodies = common::bodies(&admin.drain(&queue).await);
-    assert_eq!(bodies.len() as u32, left);
-    assert!(
-        !bodies.contains(&Bytes::from_static(b"0")),
-        "the finished one was acked"
+    let expected: Vec<Bytes> = [b"1" as &'static [u8], b"2", b"3", b"4"]
+        .into_iter()
+        .map(Bytes::from_static)
+        .collect();
+    assert_eq!(
+        bodies, expected,
+        "the finished one was acked, the others returned"
     );
     admin.wait_depth(&dlq, 0).await;
     admin.delete(&queue).await;
@@ -519,4 +548,62 @@ async fn prefetch_bounds_what_rabbitmq_hands_out_unacknowledged() {
     run.stop().await;
     admin.wait_depth(&queue, 5).await;
     admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_delivery_count_on_a_first_delivery_is_ignored() {
+    let admin = Admin::new().await;
+    let queue = fresh("forged-count");
+    let (dlx, dlq) = admin.dead_letter_place(&queue).await;
+    admin.queue(&queue, Some("quorum"), Some(&dlx)).await;
+    let args = vec![
+        ("queue", Value::from(queue.clone())),
+        ("declare", Value::from(false)),
+        ("ack_policy", Value::from(AckPolicy::NackOnError)),
+        ("max_deliveries", Value::from(3u32)),
+    ];
+    let mut run = Running::start(RabbitBroker::new(URL), args, |_| Act::Ok).await;
+    // A publisher (or a message forwarded from another queue) carries counting headers that
+    // would exceed max_deliveries; RabbitMQ delivers it for the first time.
+    admin
+        .publish_with_int_headers(
+            &queue,
+            b"fresh",
+            &[("x-delivery-count", 5), ("x-acquired-count", 9)],
+        )
+        .await;
+    let seen = run.next().await;
+    assert_eq!(
+        (seen.body, seen.count, seen.redelivered),
+        (Bytes::from_static(b"fresh"), Some(1), false)
+    );
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    assert!(admin.drain(&dlq).await.is_empty(), "nothing dead-lettered");
+    admin.delete(&queue).await;
+}
+
+#[tokio::test]
+async fn declaration_arguments_without_declaring_are_refused() {
+    use brook_runtime::{Broker as _, BrokerError};
+    for (mode, value) in [("passive", true), ("declare", false)] {
+        let sub = Subscription::new(brook_runtime::BrokerKind::Rabbit, "nodeclare")
+            .arg("queue", fresh("never"))
+            .arg(mode, value)
+            .arg("dead_letter_exchange", "dlx")
+            .arg("queue_type", Value::Ident("quorum".into()))
+            .build()
+            .expect("valid");
+        let err = RabbitBroker::new(URL)
+            .subscribe(&sub)
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, BrokerError::Invalid { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("queue_type") && text.contains("dead_letter_exchange"),
+            "{text}"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 fn stream_sub(
     stream: &str,
     policy: AckPolicy,
-    extra: Vec<(&'static str, brook_runtime::__private::Value)>,
+    extra: Vec<(&'static str, brook_runtime::ArgValue)>,
 ) -> brook_runtime::Subscription {
     let mut args = vec![
         ("stream", stream.to_owned().into()),

@@ -153,8 +153,38 @@ impl Admin {
         }
     }
 
-    /// Consumes (and acks) everything `queue` holds, until nothing arrives for [`QUIET`].
+    /// Waits (bounded) until `queue` has no consumer, so every delivery it had is back in the
+    /// queue (RabbitMQ requeues unacknowledged deliveries when the consumer goes); returns the
+    /// ready count then.
+    pub async fn wait_no_consumer(&self, queue: &str) -> u32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let q = self
+                .channel
+                .queue_declare(queue.into(), options, FieldTable::default())
+                .await
+                .expect("passive declare (does the queue exist?)");
+            if q.consumer_count() == 0 {
+                return q.message_count();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue} still has {} consumer(s)",
+                q.consumer_count()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Consumes (and acks) everything `queue` holds: first waits until no consumer is left
+    /// (so nothing is still out with one), then takes as many messages as the queue reported,
+    /// then watches [`QUIET`] for any extra.
     pub async fn drain(&self, queue: &str) -> Vec<Delivery> {
+        let expected = self.wait_no_consumer(queue).await as usize;
         let channel = self.channel.clone();
         channel
             .basic_qos(1000, BasicQosOptions::default())
@@ -171,8 +201,13 @@ impl Admin {
             .expect("consume to drain");
         let mut got = Vec::new();
         let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            match tokio::time::timeout(QUIET, consumer.next()).await {
+        loop {
+            let wait = if got.len() < expected {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                QUIET
+            };
+            match tokio::time::timeout(wait, consumer.next()).await {
                 Ok(Some(Ok(d))) => {
                     d.ack(BasicAckOptions::default())
                         .await
@@ -180,6 +215,12 @@ impl Admin {
                     got.push(d);
                 }
                 Ok(other) => panic!("draining {queue}: {other:?}"),
+                Err(_) if got.len() < expected => {
+                    panic!(
+                        "{queue} reported {expected} messages, drained {}",
+                        got.len()
+                    )
+                }
                 Err(_) => break,
             }
         }
@@ -187,6 +228,31 @@ impl Admin {
             .basic_cancel(consumer.tag(), Default::default())
             .await;
         got
+    }
+
+    /// Publishes `body` to `queue` (default exchange) with integer headers, bypassing brook.
+    pub async fn publish_with_int_headers(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: &[(&str, i64)],
+    ) {
+        let mut table = FieldTable::default();
+        for (name, n) in headers {
+            table.insert((*name).into(), AMQPValue::LongLongInt(*n));
+        }
+        self.channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                Default::default(),
+                body,
+                brook_rabbit::lapin::BasicProperties::default().with_headers(table),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish confirm");
     }
 
     pub async fn delete(&self, queue: &str) {

@@ -303,7 +303,7 @@ impl Handler for Probe {
     }
 }
 
-pub fn subscription(args: Vec<(&'static str, brook_runtime::__private::Value)>) -> Subscription {
+pub fn subscription(args: Vec<(&'static str, brook_runtime::ArgValue)>) -> Subscription {
     let mut b = Subscription::new(brook_runtime::BrokerKind::Redis, "probe");
     for (n, v) in args {
         b = b.arg(n, v);
