@@ -33,6 +33,25 @@ use crate::{KafkaBroker, KIND};
 
 type Stream = StreamConsumer<Context>;
 
+/// Consumer settings brook derives from the subscription and its ack policy, refused as
+/// passthrough (`with_consumer_config`), with what to do instead.
+const OWNED_BY_BROOK: &[(&str, &str)] = &[
+    (
+        "enable.auto.offset.store",
+        "it follows the ack policy (true only under AckFirst)",
+    ),
+    ("group.id", "use the subscriber's `group_id` argument"),
+];
+
+/// Why a consumer without a group could not take its partitions.
+#[derive(Debug, thiserror::Error)]
+enum AssignError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("topic `{0}` has no partitions (does it exist?)")]
+    NoPartitions(String),
+}
+
 /// Offsets of one partition handed out and not yet committable.
 struct Partition {
     /// Unique per assignment of the partition to this consumer (a partition assigned back
@@ -146,10 +165,26 @@ impl ConsumerContext for Context {
         let tpl = tracker.to_commit(Some(revoked));
         // Forget the revoked partitions while still holding the lock: a settlement that comes
         // after this finds nothing to store.
+        let mut paused = TopicPartitionList::new();
+        tracker.partitions.retain(|p| {
+            let keep = revoked.find_partition(&p.topic, p.partition).is_none();
+            if !keep && p.paused {
+                paused.add_partition(&p.topic, p.partition);
+            }
+            keep
+        });
+        // Delivery counts of partitions we no longer own would only accumulate.
         tracker
-            .partitions
-            .retain(|p| revoked.find_partition(&p.topic, p.partition).is_none());
+            .deliveries
+            .retain(|(t, p, _), _| revoked.find_partition(t, *p).is_none());
         drop(tracker);
+        // librdkafka keeps an application pause across revocation and re-assignment: a
+        // partition paused now and assigned back later would never be fetched again.
+        if paused.count() > 0 {
+            if let Err(e) = consumer.resume(&paused) {
+                tracing::warn!(error = %e, "could not resume revoked partitions");
+            }
+        }
         if tpl.count() > 0 {
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => tracing::debug!(offsets = ?tpl, "committed before revocation"),
@@ -176,7 +211,18 @@ pub struct KafkaConsumer {
     topics: Vec<Arc<str>>,
     /// Messages read from a partition that already had [`MAX_HELD`] messages out; the
     /// partition is paused until one of them is settled or dropped.
-    parked: VecDeque<Message>,
+    parked: VecDeque<Parked>,
+}
+
+/// A parked message and the delivery it belongs to: a parked message is handed out only if
+/// that very delivery (same assignment, same sequence number) is still current.
+struct Parked {
+    msg: Message,
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    part_id: u64,
+    seq: u64,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -204,6 +250,23 @@ pub(crate) async fn subscribe(
             broker: KIND,
             message: format!("subscriber `{}` names no topic", sub.name()),
         });
+    }
+    // Settings the ack policy depends on: a passthrough value would silently change what is
+    // committed (`enable.auto.offset.store = true` commits messages before they are handled).
+    for (key, _) in &broker.inner.consumer_config {
+        if let Some(instead) = OWNED_BY_BROOK
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, i)| i)
+        {
+            return Err(BrokerError::Invalid {
+                broker: KIND,
+                message: format!(
+                    "subscriber `{}`: the consumer setting `{key}` is brook's to set; {instead}",
+                    sub.name()
+                ),
+            });
+        }
     }
     let group = sub.str("group_id").map(str::to_owned);
     let auto_commit_native = sub.policy() == AckPolicy::AckFirst;
@@ -260,22 +323,31 @@ pub(crate) async fn subscribe(
         // Without a group there is no coordinator to assign partitions: take them all.
         let c = consumer.clone();
         let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
-        let start = if reset == "earliest" {
+        // librdkafka's synonyms for the start of the log.
+        let start = if matches!(reset, "earliest" | "smallest" | "beginning") {
             Offset::Beginning
         } else {
             Offset::End
         };
-        tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
+        tokio::task::spawn_blocking(move || -> Result<(), AssignError> {
             let mut tpl = TopicPartitionList::new();
             for name in &names {
                 let md = c.fetch_metadata(Some(name), Timeout::After(Duration::from_secs(10)))?;
-                for t in md.topics() {
-                    for p in t.partitions() {
-                        tpl.add_partition_offset(name, p.id(), start)?;
-                    }
+                let partitions = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .flat_map(|t| t.partitions());
+                let before = tpl.count();
+                for p in partitions {
+                    tpl.add_partition_offset(name, p.id(), start)?;
+                }
+                // Assigning nothing would leave the consumer waiting forever, silently.
+                if tpl.count() == before {
+                    return Err(AssignError::NoPartitions(name.clone()));
                 }
             }
-            c.assign(&tpl)
+            Ok(c.assign(&tpl)?)
         })
         .await
         .map_err(|e| BrokerError::operation(KIND, "assign", e))?
@@ -296,28 +368,26 @@ impl KafkaConsumer {
     fn unpark(&mut self) -> Option<Message> {
         let mut i = 0;
         while i < self.parked.len() {
-            let Some(raw) = self.parked[i].raw::<KafkaMessage>() else {
-                i += 1;
-                continue;
-            };
-            let (topic, partition, offset) = (raw.topic.clone(), raw.partition, raw.offset);
-            let mut tracker = self.shared.lock();
-            let state = tracker.find(&topic, partition).map(|p| {
-                let current = p.pending.iter().any(|(o, _, _)| *o == offset);
-                (current, p.held <= MAX_HELD)
+            let p = &self.parked[i];
+            let (topic, partition, offset, seq) = (p.topic.clone(), p.partition, p.offset, p.seq);
+            let state = self.shared.lock().by_id(p.part_id).map(|part| {
+                let current = part
+                    .pending
+                    .iter()
+                    .any(|(o, s, _)| *o == offset && *s == seq);
+                (current, part.held <= MAX_HELD)
             });
             match state {
-                // Revoked, or superseded by a seek: drop it (its Drop releases the slot).
+                // Revoked (maybe assigned back since), or superseded by a seek: drop it (its
+                // Drop releases the slot).
                 None | Some((false, _)) => {
-                    drop(tracker);
                     self.parked.remove(i);
                     self.resume_if_unparked(&topic, partition);
                 }
                 Some((true, true)) => {
-                    drop(tracker);
-                    let msg = self.parked.remove(i);
+                    let parked = self.parked.remove(i);
                     self.resume_if_unparked(&topic, partition);
-                    return msg;
+                    return parked.map(|p| p.msg);
                 }
                 Some((true, false)) => i += 1,
             }
@@ -327,10 +397,10 @@ impl KafkaConsumer {
 
     /// Resumes `partition` once no parked message of it is left.
     fn resume_if_unparked(&mut self, topic: &str, partition: i32) {
-        let still_parked = self.parked.iter().any(|m| {
-            m.raw::<KafkaMessage>()
-                .is_some_and(|k| k.partition == partition && &*k.topic == topic)
-        });
+        let still_parked = self
+            .parked
+            .iter()
+            .any(|p| p.partition == partition && &*p.topic == topic);
         if still_parked {
             return;
         }
@@ -465,13 +535,20 @@ impl brook_runtime::Consumer for KafkaConsumer {
                 part_id,
                 deliveries,
             };
-            let msg = Message::new(KIND, topic, body, settler)
+            let msg = Message::new(KIND, topic.clone(), body, settler)
                 .with_headers(headers)
                 .with_id(MessageId::Number(offset as u64))
                 .with_delivery_count(deliveries)
                 .with_ordering_key(partition as u64);
             if park {
-                self.parked.push_back(msg);
+                self.parked.push_back(Parked {
+                    msg,
+                    topic,
+                    partition,
+                    offset,
+                    part_id,
+                    seq,
+                });
                 continue;
             }
             return Some(Ok(msg));
@@ -482,8 +559,15 @@ impl brook_runtime::Consumer for KafkaConsumer {
     /// librdkafka's close waits for the final rebalance).
     async fn close(self) -> Result<(), BrokerError> {
         let KafkaConsumer {
-            consumer, shared, ..
+            consumer,
+            shared,
+            parked,
+            ..
         } = self;
+        // Parked messages hold the consumer too: dropped here, so the last reference (and
+        // with it librdkafka's blocking close) goes in the blocking task, not at the end of
+        // this future on a runtime thread.
+        drop(parked);
         tokio::task::spawn_blocking(move || {
             let result = commit_now(&consumer, &shared);
             consumer.unsubscribe();

@@ -14,7 +14,8 @@
 //! - **AckFirst** is librdkafka's own auto-commit with automatic offset store (FastStream's
 //!   default): the offset is stored when the message is handed out; the settler's ack is a no-op.
 //! - **concurrency**: each message's ordering key is its partition; a partition with two
-//!   messages out is paused until one is done, so a slow partition never stalls the others.
+//!   messages out is paused until one is done, so a slow partition does not stall the others
+//!   as long as no two partitions share a worker (partition number modulo `concurrency`).
 //!
 //! Kafka keeps no delivery count: the consumer counts redeliveries caused by its own nacks per
 //! (topic, partition, offset), so `max_deliveries` works within one consumer process.
@@ -111,9 +112,29 @@ impl fmt::Debug for KafkaBroker {
     }
 }
 
-/// Configuration keys whose values never appear in `Debug` output or logs.
+/// Configuration keys whose values never appear in `Debug` output or logs
+/// (`sasl.oauthbearer.config` may carry a client secret).
 fn is_secret(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+    key.contains("password")
+        || key.contains("secret")
+        || key.ends_with(".key.pem")
+        || key.contains("oauthbearer.config")
+}
+
+/// Why [`Broker::connect`] failed: the source of [`BrokerError::Connect`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The cluster sent no metadata within the connect timeout (unreachable address, refused
+    /// credentials, TLS failure).
+    #[error("no metadata from the cluster within {timeout:?}: {source}")]
+    NoMetadata {
+        /// The connect timeout.
+        timeout: Duration,
+        /// What librdkafka said.
+        #[source]
+        source: KafkaError,
+    },
 }
 
 impl KafkaBroker {
@@ -383,8 +404,8 @@ fn parse_url(url: &str) -> (String, Vec<(String, String)>) {
     };
     if let Some(creds) = creds {
         let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
-        config.push(("sasl.username".into(), user.into()));
-        config.push(("sasl.password".into(), password.into()));
+        config.push(("sasl.username".into(), percent_decode(user)));
+        config.push(("sasl.password".into(), percent_decode(password)));
         config.push(("sasl.mechanism".into(), "PLAIN".into()));
     }
     let protocol = match (tls, creds.is_some()) {
@@ -395,6 +416,27 @@ fn parse_url(url: &str) -> (String, Vec<(String, String)>) {
     };
     config.push(("security.protocol".into(), protocol.into()));
     (hosts.to_owned(), config)
+}
+
+/// URL userinfo decoding: `%XX` becomes the byte it encodes (so a password may contain `@`,
+/// `:` or `/`); anything else, including a malformed escape, stays as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Accepts<Kafka> for KafkaBroker {}
@@ -420,11 +462,8 @@ impl Broker for KafkaBroker {
         })
         .await
         .map_err(|e| self.connect_error(e))?;
-        result.map_err(|e| {
-            self.connect_error(format!(
-                "no metadata from the cluster within {timeout:?}: {e}"
-            ))
-        })?;
+        result
+            .map_err(|source| self.connect_error(ConnectError::NoMetadata { timeout, source }))?;
         tracing::debug!(address = %self.inner.address, "connected to Kafka");
         Ok(())
     }
@@ -470,6 +509,17 @@ mod tests {
         assert!(config.contains(&("security.protocol".into(), "sasl_ssl".into())));
         assert!(config.contains(&("sasl.password".into(), "s3cret".into())));
         assert!(is_secret("sasl.password"));
+        assert!(is_secret("sasl.oauthbearer.config"));
+        let b = KafkaBroker::new("h:9092").with_config(
+            "sasl.oauthbearer.config",
+            "principal=svc clientSecret=t0psecret",
+        );
+        assert!(!format!("{b:?}").contains("t0psecret"), "{b:?}");
         assert_eq!(parse_url("127.0.0.1:9092").0, "127.0.0.1:9092");
+        // Userinfo is percent-decoded, as in any URL.
+        let (address, config) = parse_url("kafka://svc%40corp:p%3Aw%2Fd%40x%zz%@h1:9092");
+        assert_eq!(address, "h1:9092");
+        assert!(config.contains(&("sasl.username".into(), "svc@corp".into())));
+        assert!(config.contains(&("sasl.password".into(), "p:w/d@x%zz%".into())));
     }
 }

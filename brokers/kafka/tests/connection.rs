@@ -29,6 +29,15 @@ async fn a_wrong_address_fails_connect_in_bounded_time_naming_kafka_and_the_addr
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");
+    // A typed source, not a formatted string.
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(
+        matches!(
+            source.downcast_ref::<brook_kafka::ConnectError>(),
+            Some(brook_kafka::ConnectError::NoMetadata { .. })
+        ),
+        "{source:?}"
+    );
     assert!(!format!("{err:?}").contains("hunter2"));
     assert!(!format!("{broker:?}").contains("hunter2"), "{broker:?}");
 }
