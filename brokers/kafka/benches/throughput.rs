@@ -131,7 +131,7 @@ async fn flavour(flavour: &str, n: u64, rounds: u32) {
                 ("group_id", format!("{topic}-brook{round}").into()),
                 (
                     "auto_offset_reset",
-                    brook_runtime::__private::Value::Ident("earliest".into()),
+                    brook_runtime::ArgValue::Ident("earliest".into()),
                 ),
             ],
             n,
