@@ -77,7 +77,10 @@ async fn a_macro_declared_mqtt_subscriber_redelivers_through_the_session() {
         "redelivered with DUP after the nack"
     );
     assert_eq!(broker.connection_count().await, 2);
-    app.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), app.stop())
+        .await
+        .expect("the App stops in time")
+        .unwrap();
 
     // The broker's state: the resumed session holds nothing more.
     let check = session_broker();

@@ -45,24 +45,37 @@ impl Mosquitto {
             ),
         )
         .expect("config");
-        let child = Command::new("mosquitto")
+        // Under a shell watchdog that stops mosquitto when our stdin pipe closes: on drop, and
+        // when the bench dies without unwinding (Ctrl-C, SIGKILL), so no broker outlives it.
+        let child = Command::new("sh")
             .arg("-c")
+            .arg(r#"mosquitto -c "$0" & m=$!; read _ || true; kill $m; wait $m"#)
             .arg(&conf)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto");
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut m = Mosquitto { child, port, dir };
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
+            assert!(
+                Instant::now() < deadline && matches!(m.child.try_wait(), Ok(None)),
+                "mosquitto did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto { child, port, dir }
+        m
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        drop(self.child.stdin.take()); // the watchdog stops mosquitto
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

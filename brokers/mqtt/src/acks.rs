@@ -10,9 +10,15 @@
 //! connection, because sending them would acknowledge out of order. That is harmless: a nack
 //! makes the connection resume its session (see `connection`), the broker then redelivers every
 //! message that was not acknowledged, and the queue starts over for the new connection
-//! (a new *generation*). Acks that belong to an older generation are dropped: their packet ids
-//! mean nothing (or something else) on the new connection, and the broker redelivers those
-//! messages anyway (at-least-once).
+//! (a new *generation*). Settlements that belong to an older generation send nothing: the
+//! broker redelivers those messages anyway (at-least-once). (Acks released *before* the
+//! connection dropped but not yet written are kept by rumqttc and sent after a session
+//! resumes, where their packet ids still name the same unacknowledged messages; after a new
+//! session rumqttc discards them.)
+//!
+//! A message nobody will handle on this connection (no subscriber claims it, or its consumer
+//! closed before handing it out) is *abandoned*: never acked, but skipped, so it does not hold
+//! back later acks. The acks that go out are still in arrival order.
 
 use std::collections::VecDeque;
 
@@ -37,6 +43,10 @@ enum Slot {
     Pending,
     Ready,
     Withheld,
+    /// Given up without an ack and without blocking later acks: a message nobody will ever
+    /// handle on this connection (no subscriber for it, or its consumer closed before handing
+    /// it out). The broker redelivers it when the session resumes.
+    Abandoned,
 }
 
 /// What a settlement did.
@@ -109,15 +119,40 @@ impl AckQueue {
             return Settled::Withheld;
         }
         entry.1 = Slot::Ready;
-        while let Some((target, Slot::Ready)) = self.entries.front().copied() {
-            self.entries.pop_front();
-            self.front += 1;
-            send(target);
-        }
+        self.release(&mut send);
         if ticket.seq < self.front {
             Settled::Released
         } else {
             Settled::Held
+        }
+    }
+
+    /// Gives `ticket` up: never acked on this connection, and (unlike a withheld message) not
+    /// blocking the acks of later messages. Sending the later acks keeps the PUBACKs that do go
+    /// out in arrival order, which is all MQTT asks; the abandoned message is not acked, so the
+    /// broker still owns it. Returns whether the ticket was pending here.
+    pub fn abandon(&mut self, ticket: Ticket, mut send: impl FnMut(AckTarget)) -> bool {
+        if ticket.generation != self.generation || ticket.seq < self.front {
+            return false;
+        }
+        match self.entries.get_mut((ticket.seq - self.front) as usize) {
+            Some(entry) if entry.1 == Slot::Pending => entry.1 = Slot::Abandoned,
+            _ => return false,
+        }
+        self.release(&mut send);
+        true
+    }
+
+    /// Sends every ready ack at the front of the line, skipping abandoned messages.
+    fn release(&mut self, send: &mut impl FnMut(AckTarget)) {
+        while let Some((target, slot)) = self.entries.front().copied() {
+            match slot {
+                Slot::Ready => send(target),
+                Slot::Abandoned => {}
+                Slot::Pending | Slot::Withheld => break,
+            }
+            self.entries.pop_front();
+            self.front += 1;
         }
     }
 
@@ -178,6 +213,26 @@ mod tests {
         assert_eq!(settle(&mut q, c, true), (Settled::Stale, vec![]));
         let d = q.arrive(t(2));
         assert_eq!(settle(&mut q, d, true), (Settled::Released, vec![2]));
+    }
+
+    #[test]
+    fn an_abandoned_message_lets_later_acks_out_without_its_own() {
+        let mut q = AckQueue::new();
+        let [a, b, c] = [1, 2, 3].map(|p| q.arrive(t(p)));
+        assert_eq!(settle(&mut q, b, true), (Settled::Held, vec![]));
+        let mut sent = Vec::new();
+        assert!(q.abandon(a, |x| sent.push(x.pkid)));
+        assert_eq!(sent, vec![2], "b's ack goes out, a's never does");
+        // Abandoned: a late settlement sends nothing, abandoning twice is a no-op.
+        assert_eq!(settle(&mut q, a, true), (Settled::Stale, vec![]));
+        assert!(!q.abandon(a, |_| panic!("nothing to send")));
+        assert_eq!(settle(&mut q, c, true), (Settled::Released, vec![3]));
+        // An abandoned message in the middle is skipped when the line reaches it.
+        let [d, e, f] = [4, 5, 6].map(|p| q.arrive(t(p)));
+        assert!(q.abandon(e, |_| panic!("d is still pending")));
+        assert_eq!(settle(&mut q, f, true), (Settled::Held, vec![]));
+        assert_eq!(settle(&mut q, d, true), (Settled::Released, vec![4, 6]));
+        assert_eq!(q.len(), 0);
     }
 
     #[test]

@@ -38,6 +38,12 @@ const WAKE_FILTER: &str = "brook/internal/wake";
 /// Most QoS 0 messages kept for a subscription that is not registered yet.
 const MAX_PARKED: usize = 10_000;
 
+/// How long a QoS 1/2 message may wait for a subscriber to register. Until then its slot in
+/// the ack line blocks every later ack; a message no subscriber of this App wants (a
+/// subscription left in the persistent session by an earlier run, say) would otherwise hold
+/// every ack back for good, and Mosquitto stops sending after 20 unacknowledged messages.
+const PARK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A PUBLISH received, on its way to a consumer.
 pub(crate) struct Delivery {
     pub publish: Incoming,
@@ -78,7 +84,8 @@ pub(crate) struct Shared {
     ack_backlog: AtomicUsize,
     ack_backlog_tx: mpsc::UnboundedSender<(u64, AckTarget)>,
     routes: Mutex<Vec<Route>>,
-    parked: Mutex<Vec<Delivery>>,
+    /// Deliveries no route wants (yet), with when they arrived.
+    parked: Mutex<Vec<(std::time::Instant, Delivery)>>,
     next_route: AtomicU64,
     waiters: Mutex<Waiters>,
     /// Keeps publish requests and their waiters in the same order.
@@ -152,6 +159,7 @@ pub(crate) async fn connect(config: Config) -> Result<Arc<Shared>, BrokerError> 
         connections: AtomicU64::new(1),
     });
     tokio::spawn(send_backlog(shared.clone(), backlog_rx));
+    tokio::spawn(expire_parked(Arc::downgrade(&shared)));
     tokio::spawn(drive(shared.clone(), eventloop));
     Ok(shared)
 }
@@ -175,9 +183,12 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
             } else {
                 resume_since = None;
                 tracing::debug!(client_id = %shared.config.client_id, "reconnecting so the broker redelivers withheld messages");
+                // New generation first: a settlement racing with the drop then sends nothing,
+                // instead of slipping an old connection's ack into the request queue after
+                // `clean()` drained it.
+                shared.on_disconnected();
                 // Drops the socket without DISCONNECT; the session stays on the broker.
                 eventloop.clean();
-                shared.on_disconnected();
             }
         }
         let event = match disconnect_sent {
@@ -240,6 +251,18 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
     shared.stopped.notify_waiters();
 }
 
+/// Periodically gives up parked messages nobody claimed (see [`PARK_TIMEOUT`]). A task of its
+/// own because the driver may sit in `poll()` for a whole keep-alive interval.
+async fn expire_parked(shared: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(PARK_TIMEOUT / 4).await;
+        match shared.upgrade() {
+            Some(shared) if !shared.driver_done.load(Ordering::Acquire) => shared.expire_parked(),
+            _ => return,
+        }
+    }
+}
+
 /// Sends acks that did not fit rumqttc's request queue, in order.
 async fn send_backlog(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64, AckTarget)>) {
     while let Some((generation, target)) = rx.recv().await {
@@ -285,7 +308,51 @@ impl Shared {
         self.generation.store(generation, Ordering::Release);
         self.qos2_open.store(0, Ordering::Release);
         drop(acks);
-        lock(&self.parked).retain(|d| d.ticket.is_none());
+        if !self.config.clean_session {
+            // The resumed session sends them again. A clean session will not: keep them.
+            lock(&self.parked).retain(|(_, d)| d.ticket.is_none());
+        }
+    }
+
+    /// Whether a delivery's ticket belongs to a connection that is gone *and* the broker will
+    /// send the message again (a persistent session). On a clean session the broker forgets
+    /// it, so it must still be handled (its ack is then a no-op).
+    pub fn redelivered_later(&self, ticket: Ticket) -> bool {
+        !self.config.clean_session && ticket.generation != self.generation()
+    }
+
+    /// Gives up parked QoS 1/2 messages that no subscriber claimed within [`PARK_TIMEOUT`]:
+    /// unacknowledged (the broker keeps them), and no longer holding later acks back.
+    fn expire_parked(&self) {
+        let mut parked = lock(&self.parked);
+        if parked.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut expired = Vec::new();
+        parked.retain_mut(|(at, d)| match d.ticket {
+            Some(ticket) if now.duration_since(*at) >= PARK_TIMEOUT => {
+                expired.push((ticket, d.publish.topic.clone()));
+                false
+            }
+            _ => true,
+        });
+        drop(parked);
+        for (ticket, topic) in expired {
+            tracing::warn!(%topic, "no subscriber takes this MQTT message; leaving it unacknowledged (the broker keeps it for the session)");
+            self.abandon(ticket);
+        }
+    }
+
+    /// Abandons every parked QoS 1/2 message (the connection is closing).
+    fn abandon_parked(&self) {
+        let tickets: Vec<Ticket> = lock(&self.parked)
+            .drain(..)
+            .filter_map(|(_, d)| d.ticket)
+            .collect();
+        for ticket in tickets {
+            self.abandon(ticket);
+        }
     }
 
     fn route(&self, publish: Incoming) {
@@ -320,7 +387,7 @@ impl Shared {
             tracing::warn!(topic = %delivery.publish.topic, "dropping a QoS 0 message no subscription wants");
             return;
         }
-        parked.push(delivery);
+        parked.push((std::time::Instant::now(), delivery));
     }
 
     /// Registers a consumer's route; returns its id and hands it any parked messages it matches.
@@ -331,9 +398,9 @@ impl Shared {
         let mut parked = lock(&self.parked);
         let (mine, rest): (Vec<_>, Vec<_>) = parked
             .drain(..)
-            .partition(|d| filter_matches(filter, &d.publish.topic));
+            .partition(|(_, d)| filter_matches(filter, &d.publish.topic));
         *parked = rest;
-        for d in mine {
+        for (_, d) in mine {
             let _ = tx.send(d);
         }
         routes.push(Route {
@@ -349,22 +416,24 @@ impl Shared {
         lock(&self.routes).retain(|r| r.id != id);
     }
 
+    /// Sends one released PUBACK/PUBREC. Called under the ack queue's lock, which keeps the
+    /// order; the backlog (if any) is drained before anything is sent directly again.
+    fn send_ack(&self, generation: u64, target: AckTarget) {
+        if target.qos == QoS::ExactlyOnce {
+            self.qos2_open.fetch_add(1, Ordering::AcqRel);
+        }
+        if self.ack_backlog.load(Ordering::Acquire) == 0 && self.client.try_ack(target) {
+            return;
+        }
+        self.ack_backlog.fetch_add(1, Ordering::AcqRel);
+        let _ = self.ack_backlog_tx.send((generation, target));
+    }
+
     /// Acks (in order) or withholds one delivery.
     pub fn settle(&self, ticket: Ticket, ack: bool) -> Settled {
         let mut acks = lock(&self.acks);
         let generation = acks.generation();
-        let outcome = acks.settle(ticket, ack, |target| {
-            if target.qos == QoS::ExactlyOnce {
-                self.qos2_open.fetch_add(1, Ordering::AcqRel);
-            }
-            // Order is kept because this runs under the queue's lock, and the backlog (if
-            // any) is drained before anything is sent directly again.
-            if self.ack_backlog.load(Ordering::Acquire) == 0 && self.client.try_ack(target) {
-                return;
-            }
-            self.ack_backlog.fetch_add(1, Ordering::AcqRel);
-            let _ = self.ack_backlog_tx.send((generation, target));
-        });
+        let outcome = acks.settle(ticket, ack, |target| self.send_ack(generation, target));
         drop(acks);
         if outcome == Settled::Withheld {
             self.request_resume();
@@ -372,9 +441,13 @@ impl Shared {
         outcome
     }
 
-    /// Withholds a delivery without asking for redelivery now (a consumer closing).
-    pub fn withhold_quietly(&self, ticket: Ticket) {
-        lock(&self.acks).settle(ticket, false, |_| {});
+    /// Leaves a delivery unacknowledged without blocking later acks and without asking for
+    /// redelivery now (nobody will handle it on this connection: its consumer closed, or no
+    /// consumer wants it).
+    pub fn abandon(&self, ticket: Ticket) {
+        let mut acks = lock(&self.acks);
+        let generation = acks.generation();
+        acks.abandon(ticket, |target| self.send_ack(generation, target));
     }
 
     /// Asks the driver to resume the session (reconnect) so the broker redelivers.
@@ -498,6 +571,9 @@ impl Shared {
         }
         self.stopped.notify_waiters(); // cuts a reconnect backoff short
         let deadline = tokio::time::Instant::now() + timeout;
+        // Nobody will claim parked messages now; they must not hold back the acks of messages
+        // that were handled, which are flushed below.
+        self.abandon_parked();
         // Acks first, and QoS 2 handshakes completed (PUBREL answered with PUBCOMP), so the
         // session is left with nothing half-done.
         while (self.ack_backlog.load(Ordering::Acquire) > 0

@@ -114,8 +114,9 @@ impl Consumer for MqttConsumer {
         loop {
             let delivery = self.rx.recv().await?;
             if let Some(ticket) = delivery.ticket {
-                if ticket.generation != self.shared.generation() {
-                    // Received on a connection that is gone: the broker sends it again.
+                if self.shared.redelivered_later(ticket) {
+                    // Received on a connection that is gone, and the resumed session sends it
+                    // again. (On a clean session it is handed out: nothing would resend it.)
                     continue;
                 }
             }
@@ -123,16 +124,9 @@ impl Consumer for MqttConsumer {
         }
     }
 
-    async fn close(mut self) -> Result<(), BrokerError> {
-        self.shared.remove_route(self.route);
-        // Messages received but never handed out stay unacknowledged (the broker redelivers
-        // them when the session resumes); mark them so they do not look pending forever.
-        self.rx.close();
-        while let Ok(delivery) = self.rx.try_recv() {
-            if let Some(ticket) = delivery.ticket {
-                self.shared.withhold_quietly(ticket);
-            }
-        }
+    async fn close(self) -> Result<(), BrokerError> {
+        // Dropping does the work (also for a consumer dropped without `close`).
+        drop(self);
         Ok(())
     }
 }
@@ -140,6 +134,15 @@ impl Consumer for MqttConsumer {
 impl Drop for MqttConsumer {
     fn drop(&mut self) {
         self.shared.remove_route(self.route);
+        // Messages received but never handed out stay unacknowledged (the broker redelivers
+        // them when the session resumes). Abandon them, so they neither look pending forever
+        // nor hold back the acks of other consumers on this connection still finishing.
+        self.rx.close();
+        while let Ok(delivery) = self.rx.try_recv() {
+            if let Some(ticket) = delivery.ticket {
+                self.shared.abandon(ticket);
+            }
+        }
     }
 }
 
@@ -159,6 +162,9 @@ impl Settler for MqttSettler {
         let result = match self.shared.settle(ticket, ack) {
             // A nack of a message whose connection is gone: it comes back anyway.
             Settled::Stale if !ack => Ok(()),
+            // Its clean session is gone: there is nothing left to acknowledge, and nothing
+            // will send it again.
+            Settled::Stale if self.shared.config.clean_session => Ok(()),
             Settled::Stale => Err(BrokerError::operation(
                 BrokerKind::Mqtt,
                 "PUBACK",

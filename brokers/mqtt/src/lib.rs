@@ -283,12 +283,12 @@ impl Broker for MqttBroker {
         let shared = self.shared().await?;
         let qos = qos_from(qos);
         let (route, rx) = shared.add_route(filter, qos);
+        // A consumer from here on: if subscribing fails, dropping it gives up the parked
+        // messages it may have taken, which would otherwise hold later acks back for good.
+        let consumer = MqttConsumer { shared, route, rx };
         let timeout = config.connect_timeout.max(Duration::from_secs(10));
-        if let Err(e) = shared.subscribe(filter, qos, timeout).await {
-            shared.remove_route(route);
-            return Err(e);
-        }
-        Ok(MqttConsumer { shared, route, rx })
+        consumer.shared.subscribe(filter, qos, timeout).await?;
+        Ok(consumer)
     }
 
     async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {

@@ -99,8 +99,28 @@ async fn start(
     script: impl Fn(&Message, usize) -> Step + Send + Sync + 'static,
 ) -> Run {
     let name = unique("policy");
-    let topic = format!("brook-test/{name}");
-    let client_id = format!("brook-test-{name}");
+    start_as(
+        &format!("brook-test-{name}"),
+        url,
+        policy,
+        qos,
+        concurrency,
+        script,
+    )
+    .await
+}
+
+/// [`start`] with a given client id (whose persistent session may exist already).
+async fn start_as(
+    client_id: &str,
+    url: &str,
+    policy: AckPolicy,
+    qos: u64,
+    concurrency: u32,
+    script: impl Fn(&Message, usize) -> Step + Send + Sync + 'static,
+) -> Run {
+    let topic = format!("brook-test/{}", unique("policy"));
+    let client_id = client_id.to_owned();
     let sub = Subscription::new(brook_runtime::BrokerKind::Mqtt, "policy-test")
         .arg("topic", topic.clone())
         .arg("qos", qos)
@@ -185,11 +205,30 @@ async fn ack_sends_puback_even_when_the_handler_fails() {
     assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
 }
 
+/// The PUBACK is on the wire while the handler is still running (under `Ack` it would wait
+/// for the handler), and nothing comes back although the handler then fails.
 #[tokio::test]
 async fn ack_first_acks_before_the_handler() {
-    let mut run = start(&url(), AckPolicy::AckFirst, 1, 1, |_, _| Step::Fail).await;
+    let sniffer = common::Sniffer::start(SHARED.parse().unwrap()).await;
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let mut run = start(
+        &format!("mqtt://{}", sniffer.addr),
+        AckPolicy::AckFirst,
+        1,
+        1,
+        move |_, _| Step::Wait(r.clone()),
+    )
+    .await;
     run.publish("a").await;
-    run.next().await;
+    run.next().await; // the handler runs, and waits
+    let acks = sniffer.pubacks.clone();
+    assert!(
+        common::eventually(WAIT, || acks.lock().unwrap().len() == 1).await,
+        "the PUBACK left while the handler was still running"
+    );
+    assert_eq!(*acks.lock().unwrap(), *sniffer.publishes.lock().unwrap());
+    release.notify_one();
     assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
 }
 
@@ -358,4 +397,63 @@ async fn an_unsettled_message_holds_back_later_acks() {
     run.next().await;
     run.next().await;
     assert_eq!(run.remaining(SHARED).await, bodies(&["unsettled", "acked"]));
+}
+
+/// The persistent session holds a subscription no subscriber of this App declares (left by an
+/// earlier run). Its message is parked, unacknowledged; it must not hold back the PUBACK of a
+/// message that was handled: at shutdown that PUBACK is sent, and only the orphan stays in the
+/// session.
+#[tokio::test]
+async fn an_unclaimed_message_does_not_hold_back_acks_at_shutdown() {
+    let client_id = unique("brook-test-orphan");
+    let orphan = format!("brook-test/{}", unique("orphan"));
+    common::prepare_session(SHARED, &client_id, &orphan).await;
+    let mut run = start_as(&client_id, &url(), AckPolicy::Ack, 1, 1, |_, _| Step::Ok).await;
+    run.broker
+        .publish_message(Outgoing::new(orphan.clone(), Bytes::from_static(b"orphan")))
+        .await
+        .expect("publish");
+    run.publish("handled").await;
+    assert_eq!(run.next().await.body, "handled");
+    assert_eq!(run.remaining(SHARED).await, bodies(&["orphan"]));
+}
+
+/// The same while running: after the parking timeout (10 s) the unclaimed message stops
+/// holding back later acks, so the handled message's PUBACK reaches the broker (observed on
+/// the wire) without a shutdown; otherwise Mosquitto would stop sending after 20 messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclaimed_message_stops_holding_back_acks_after_a_timeout() {
+    let sniffer = common::Sniffer::start(SHARED.parse().unwrap()).await;
+    let client_id = unique("brook-test-orphan");
+    let orphan = format!("brook-test/{}", unique("orphan"));
+    common::prepare_session(SHARED, &client_id, &orphan).await;
+    let mut run = start_as(
+        &client_id,
+        &format!("mqtt://{}", sniffer.addr),
+        AckPolicy::Ack,
+        1,
+        1,
+        |_, _| Step::Ok,
+    )
+    .await;
+    run.broker
+        .publish_message(Outgoing::new(orphan.clone(), Bytes::from_static(b"orphan")))
+        .await
+        .expect("publish");
+    run.publish("handled").await;
+    assert_eq!(run.next().await.body, "handled");
+    let published = sniffer.publishes.clone();
+    assert!(common::eventually(WAIT, || published.lock().unwrap().len() == 2).await);
+    let handled_pkid = published.lock().unwrap()[1];
+    let acks = sniffer.pubacks.clone();
+    assert!(
+        common::eventually(Duration::from_secs(20), || acks
+            .lock()
+            .unwrap()
+            .contains(&handled_pkid))
+        .await,
+        "the handled message's PUBACK went out while the App runs"
+    );
+    assert_eq!(acks.lock().unwrap().len(), 1, "the orphan is not acked");
+    assert_eq!(run.remaining(SHARED).await, bodies(&["orphan"]));
 }

@@ -33,8 +33,12 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A private Mosquitto on a free loopback port, killed on drop. Its queue limit is raised so a
+/// A private Mosquitto on a free loopback port, stopped on drop. Its queue limit is raised so a
 /// persistent session can hold a large backlog (the shared one drops past 1000).
+///
+/// Mosquitto runs under a small shell watchdog that stops it when its stdin (a pipe from this
+/// process) closes: on drop, and also when the test process dies without unwinding (a nextest
+/// timeout, SIGKILL), so no broker outlives its test.
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
@@ -62,19 +66,25 @@ impl Mosquitto {
             ),
         )
         .expect("write config");
-        let child = Command::new("mosquitto")
+        let child = Command::new("sh")
             .arg("-c")
+            .arg(r#"mosquitto -c "$0" & m=$!; read _ || true; kill $m; wait $m"#)
             .arg(&conf)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto");
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut m = Mosquitto { child, port, dir };
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private mosquitto did not start");
+            assert!(
+                Instant::now() < deadline && matches!(m.child.try_wait(), Ok(None)),
+                "private mosquitto did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto { child, port, dir }
+        m
     }
 
     pub fn url(&self) -> String {
@@ -92,6 +102,12 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        // Closing the watchdog's stdin stops mosquitto; kill the shell only if that hangs.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
