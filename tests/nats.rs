@@ -27,8 +27,8 @@ fn report(what: String, seq: Option<u64>, count: Option<u32>) {
     }
 }
 
-/// Fails every time: NackOnError redelivers, max_deliveries = 2 turns the third delivery into
-/// a +TERM without running the handler.
+/// Fails every time: NackOnError redelivers once; the second delivery is the last one
+/// max_deliveries = 2 allows, so its failure is turned into a +TERM instead of a -NAK.
 #[subscriber(
     broker = nats,
     subject = "brook.facade.poison",
@@ -88,7 +88,7 @@ async fn a_macro_declared_jetstream_subscriber_settles_on_the_server() {
             ("bad".to_owned(), Some(1), Some(2))
         ]
     );
-    // No third call: the third delivery is rejected (+TERM) without running the handler.
+    // No third call: the second failure was settled with +TERM, not -NAK.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), rx.recv())
             .await

@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use brook_runtime::headers::REPLY_TO;
 use brook_runtime::{
-    BrokerError, Consumer, Message, MessageId, SettleFuture, Settlement, Settler, Subscription,
+    AckPolicy, BrokerError, Consumer, Message, MessageId, SettleFuture, Settlement, Settler,
+    Subscription,
 };
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -24,7 +25,7 @@ use crate::setup::Target;
 use crate::Conn;
 
 /// How long a pull request waits on the server for messages before it expires.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
+pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// The server sends a heartbeat this often while a pull request waits without messages.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// With neither a message nor a heartbeat for this long, the pull request is taken as lost (a
@@ -32,6 +33,34 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 const PULL_SILENCE: Duration = Duration::from_secs(3);
 /// Default number of messages per pull request.
 const DEFAULT_BATCH: usize = 64;
+/// While closing, this long without a delivery means the server has nothing more to send.
+const CLOSE_QUIET: Duration = Duration::from_millis(250);
+/// How long `close` waits for the server to confirm the pull inbox's unsubscription.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long to wait before pulling again after the server refused a pull request.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether a 409 status means the server refuses this kind of pull request (as opposed to
+/// ending one for a passing reason: expiry, leadership change, shutdown).
+fn refused(description: &str) -> bool {
+    description.starts_with("Exceeded MaxRequest")
+        || description.contains("push based")
+        || description.contains("Exceeds MaxBytes")
+}
+
+/// Messages per pull request: `batch` (default 64), at most `max_ack_pending`.
+pub(crate) fn batch_size(sub: &Subscription) -> usize {
+    let mut batch = sub
+        .int("batch")
+        .map_or(DEFAULT_BATCH, |b| usize::try_from(b).unwrap_or(usize::MAX))
+        .max(1);
+    if let Some(max) = sub.int("max_ack_pending").filter(|m| *m > 0) {
+        // The server never has more than max_ack_pending out at once; asking for more only
+        // leaves requests waiting.
+        batch = batch.min(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    batch
+}
 
 /// A consumer of one NATS subscriber: core or JetStream.
 pub struct NatsConsumer(Inner);
@@ -61,18 +90,8 @@ impl Consumer for NatsConsumer {
 // Core NATS
 
 pub(crate) async fn core(conn: &Conn, sub: &Subscription) -> Result<NatsConsumer, BrokerError> {
-    if let Some(arg) = ["ack_wait_ms", "create"]
-        .into_iter()
-        .find(|a| sub.bool(a).is_some() || sub.int(a).is_some())
-    {
-        return Err(BrokerError::Invalid {
-            broker: KIND,
-            message: format!(
-                "`{arg}` configures JetStream; add stream = \"...\" to consume `{}` through JetStream",
-                sub.source_name()
-            ),
-        });
-    }
+    // JetStream-only arguments on a core subject are refused when the subscription is built
+    // (the capability table): nothing to check again here.
     let subject = sub.source_name().to_owned();
     let subscriber = match sub.str("queue_group") {
         Some(group) => conn.client.queue_subscribe(subject, group.to_owned()).await,
@@ -135,6 +154,9 @@ impl Settler for CoreSettler {
 /// yet (consumer sequence → ack subject), which `close` hands back.
 struct Shared {
     client: Client,
+    /// `AckFirst`: the engine runs the handler only once the ack succeeded, so the ack must be
+    /// confirmed by the server (a "double ack"), not merely buffered in the client.
+    confirm_ack: bool,
     unsettled: Mutex<HashMap<u64, Subject>>,
 }
 
@@ -152,15 +174,7 @@ pub(crate) async fn jetstream(
     sub: &Subscription,
     target: Target,
 ) -> Result<NatsConsumer, BrokerError> {
-    let mut batch = sub
-        .int("batch")
-        .map_or(DEFAULT_BATCH, |b| usize::try_from(b).unwrap_or(usize::MAX))
-        .max(1);
-    if let Some(max) = sub.int("max_ack_pending").filter(|m| *m > 0) {
-        // The server never has more than max_ack_pending out at once; asking for more only
-        // leaves requests waiting.
-        batch = batch.min(usize::try_from(max).unwrap_or(usize::MAX));
-    }
+    let batch = batch_size(sub);
     let inbox = conn.client.new_inbox();
     let subscriber = conn
         .client
@@ -176,6 +190,7 @@ pub(crate) async fn jetstream(
     Ok(NatsConsumer(Inner::JetStream(JetStreamConsumer {
         shared: Arc::new(Shared {
             client: conn.client.clone(),
+            confirm_ack: sub.policy() == AckPolicy::AckFirst,
             unsettled: Mutex::new(HashMap::new()),
         }),
         subscriber,
@@ -256,13 +271,7 @@ impl JetStreamConsumer {
                 Some(StatusCode::IDLE_HEARTBEAT) => continue,
                 Some(StatusCode::TIMEOUT) | Some(StatusCode::REQUEST_TERMINATED) => {
                     // A request expired or was cut short: forget what it still owed us.
-                    let left = msg
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok())
-                        .unwrap_or(self.outstanding);
-                    self.outstanding = self.outstanding.saturating_sub(left);
+                    self.request_ended(&msg);
                     let description = msg.description.unwrap_or_default();
                     if description.contains("Consumer Deleted") {
                         self.ended = true;
@@ -273,6 +282,21 @@ impl JetStreamConsumer {
                                 self.next_subject
                             ),
                         }));
+                    }
+                    if refused(&description) {
+                        // The server refuses the request itself (the consumer's limits, or a
+                        // push consumer): pulling again at once would only repeat the refusal
+                        // in a tight loop. Report it, slowly, until someone fixes the consumer.
+                        self.outstanding = 0;
+                        tokio::time::sleep(REFUSED_BACKOFF).await;
+                        return Some(Err(BrokerError::operation(
+                            KIND,
+                            "pull request",
+                            format!(
+                                "the server refuses pull requests on {}: {description}",
+                                self.next_subject
+                            ),
+                        )));
                     }
                     if msg.status == Some(StatusCode::REQUEST_TERMINATED) {
                         tracing::debug!(broker = "nats", %description, "pull request terminated");
@@ -326,20 +350,73 @@ impl JetStreamConsumer {
         out
     }
 
+    /// A pull request expired or was cut short: forget what it still owed us.
+    fn request_ended(&mut self, msg: &async_nats::Message) {
+        let left = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Pending-Messages"))
+            .and_then(|v| v.as_str().parse::<usize>().ok())
+            .unwrap_or(self.outstanding);
+        self.outstanding = self.outstanding.saturating_sub(left);
+    }
+
     async fn close(mut self) -> Result<(), BrokerError> {
-        // 1. No new deliveries: the server skips pull requests whose inbox has no interest.
-        let unsubscribed = self.subscriber.unsubscribe().await;
-        // 2. Deliveries that reached us but were never handed out, and
-        // 3. those handed out but left unsettled (Manual, cancelled by the graceful timeout):
-        //    give them back now rather than after ack_wait.
         let mut give_back: Vec<Subject> = Vec::new();
-        // Only what is already buffered: never wait here (the inbox is closed or dead).
-        while let Some(Some(msg)) = self.subscriber.next().now_or_never() {
+        let mut keep = |msg: async_nats::Message| {
             if matches!(msg.status, None | Some(StatusCode::OK)) {
                 if let Some(reply) = msg.reply {
                     give_back.push(reply);
                 }
             }
+        };
+        // 1. Let what the server is sending arrive. A delivery the server sends after it has
+        //    handled our UNSUB goes nowhere, yet counts as delivered: it would come back only
+        //    after ack_wait. So wait (bounded) until the outstanding pull requests are filled,
+        //    end, or are idle: an idle heartbeat, or a short silence (the server sends what it
+        //    has for a request back to back; waiting for the heartbeat would add up to a second
+        //    to every shutdown).
+        let deadline = tokio::time::Instant::now() + PULL_SILENCE;
+        while self.outstanding > 0 {
+            let quiet = (tokio::time::Instant::now() + CLOSE_QUIET).min(deadline);
+            let Ok(Some(msg)) = tokio::time::timeout_at(quiet, self.subscriber.next()).await else {
+                break;
+            };
+            match msg.status {
+                None | Some(StatusCode::OK) => {
+                    self.outstanding -= 1;
+                    keep(msg);
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => break,
+                Some(_) => self.request_ended(&msg),
+            }
+        }
+        // 2. No new deliveries, and none lost on the way: draining sends UNSUB then PING. The
+        //    server sends nothing to the inbox after handling the UNSUB, and everything it sent
+        //    before arrives ahead of the PONG, after which the subscription ends. (A plain
+        //    unsubscribe closes the receiver at once, dropping what is still on the wire.)
+        // 3. Hand back, with -NAK, the deliveries received but never handed out and those
+        //    handed out but left unsettled (Manual, cancelled by the graceful timeout), so
+        //    another consumer gets them now rather than after ack_wait.
+        let drained = self.subscriber.drain().await;
+        if drained.is_ok() {
+            let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+            loop {
+                match tokio::time::timeout_at(deadline, self.subscriber.next()).await {
+                    Ok(Some(msg)) => keep(msg),
+                    Ok(None) => break,
+                    Err(_) => {
+                        // No PONG (connection lost?): what is still on its way comes back
+                        // after ack_wait.
+                        tracing::warn!(broker = "nats", subject = %self.next_subject, "pull inbox not drained in time");
+                        break;
+                    }
+                }
+            }
+        }
+        // Whatever is buffered already (all of it, if draining could not even start).
+        while let Some(Some(msg)) = self.subscriber.next().now_or_never() {
+            keep(msg);
         }
         give_back.extend(self.shared.unsettled().drain().map(|(_, reply)| reply));
         if !give_back.is_empty() {
@@ -361,7 +438,7 @@ impl JetStreamConsumer {
             .flush()
             .await
             .map_err(|e| BrokerError::operation(KIND, "flush", e))?;
-        unsubscribed.map_err(|e| BrokerError::operation(KIND, "unsubscribe", e))
+        drained.map_err(|e| BrokerError::operation(KIND, "unsubscribe", e))
     }
 }
 
@@ -388,23 +465,56 @@ impl JetStreamSettler {
                 .map_err(|e| BrokerError::operation(KIND, operation, e))
         })
     }
+
+    /// `+ACK` as a request: the server answers once it has recorded the ack (bounded by the
+    /// client's request timeout). An error means the handler must not run.
+    fn confirmed_ack(&self) -> SettleFuture<'_> {
+        let Some(reply) = self.msg.message().reply.clone() else {
+            return SettleFuture::ready(Err(BrokerError::Invalid {
+                broker: KIND,
+                message: "a JetStream delivery without an ack subject cannot be settled".into(),
+            }));
+        };
+        SettleFuture::new(async move {
+            self.shared
+                .client
+                .request(reply, Bytes::from_static(b"+ACK"))
+                .await
+                .map_err(|e| BrokerError::operation(KIND, "+ACK (confirmed)", e))?;
+            if let Some(key) = self.key {
+                self.shared.unsettled().remove(&key);
+            }
+            Ok(())
+        })
+    }
+
+    /// Sends a settlement, and only once it is on its way stops tracking the delivery: one
+    /// whose settlement was never sent (the future dropped by the graceful timeout, or the
+    /// publish failing) stays in the list that `close` hands back with `-NAK`.
+    fn settle_with(&self, payload: Bytes, operation: &'static str) -> SettleFuture<'_> {
+        SettleFuture::new(async move {
+            self.send(payload, operation).await?;
+            if let Some(key) = self.key {
+                self.shared.unsettled().remove(&key);
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Settler for JetStreamSettler {
     fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
-        if let Some(key) = self.key {
-            self.shared.unsettled().remove(&key);
-        }
         match settlement {
-            Settlement::Ack => self.send(Bytes::from_static(b"+ACK"), "+ACK"),
+            Settlement::Ack if self.shared.confirm_ack => self.confirmed_ack(),
+            Settlement::Ack => self.settle_with(Bytes::from_static(b"+ACK"), "+ACK"),
             Settlement::Nack { delay } => match delay.filter(|d| !d.is_zero()) {
-                None => self.send(Bytes::from_static(b"-NAK"), "-NAK"),
-                Some(d) => self.send(
+                None => self.settle_with(Bytes::from_static(b"-NAK"), "-NAK"),
+                Some(d) => self.settle_with(
                     Bytes::from(format!("-NAK {{\"delay\":{}}}", d.as_nanos())),
                     "-NAK",
                 ),
             },
-            Settlement::Reject => self.send(Bytes::from_static(b"+TERM"), "+TERM"),
+            Settlement::Reject => self.settle_with(Bytes::from_static(b"+TERM"), "+TERM"),
         }
     }
 

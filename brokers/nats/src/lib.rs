@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use brook_runtime::headers::{MESSAGE_ID, REPLY_TO};
-use brook_runtime::{kind, Accepts, Broker, BrokerError, Outgoing, Source, Subscription};
+use brook_runtime::{kind, Accepts, BoxError, Broker, BrokerError, Outgoing, Source, Subscription};
 
 /// The client crate, re-exported for what brook does not wrap (stream admin, KV, ...).
 pub use async_nats;
@@ -50,7 +50,8 @@ use message::KIND;
 pub enum PublishMode {
     /// JetStream publish (awaiting the stream's ack) when a stream captures the subject, core
     /// publish otherwise. Which streams capture a subject is looked up once and cached for a
-    /// few seconds.
+    /// few seconds; a lookup that gets no answer fails the publish (never an unconfirmed
+    /// core publish in its place).
     #[default]
     Auto,
     /// Always core `PUB`: no confirmation (a stream capturing the subject still stores it).
@@ -166,22 +167,43 @@ impl fmt::Debug for NatsConfig {
 }
 
 /// The server list without credentials: `nats://user:pw@host:4222` → `nats://host:4222`.
+///
+/// Everything up to the *last* `@` of each server is user information: a password written
+/// without percent-encoding may hold `/`, `?`, `#` or `@`, and must not survive as a "path".
 fn redact(url: &str) -> String {
     url.split(',')
         .map(|one| {
-            let one = one.trim();
-            let (scheme, rest) = match one.find("://") {
-                Some(at) => one.split_at(at + 3),
-                None => ("", one),
-            };
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
-                Some(at) => format!("{scheme}{}", &rest[at + 1..]),
-                None => one.to_owned(),
-            }
+            let (scheme, rest, _) = split_server(one);
+            let host = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+            format!("{scheme}{host}")
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// One server of the list: (scheme with `://`, the rest, the user information if any).
+fn split_server(one: &str) -> (&str, &str, Option<&str>) {
+    let one = one.trim();
+    let (scheme, rest) = match one.find("://") {
+        Some(at) => one.split_at(at + 3),
+        None => ("", one),
+    };
+    let userinfo = rest.rfind('@').map(|at| &rest[..at]);
+    (scheme, rest, userinfo)
+}
+
+/// The credentials of the first server that has some: (user, password) or (token, None).
+/// Read here rather than by a URL parser, so that an unencoded password cannot end up in a
+/// parse error or be taken for a path.
+fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
+    url.split(',').find_map(|one| {
+        let (_, _, userinfo) = split_server(one);
+        let userinfo = userinfo?;
+        Some(match userinfo.split_once(':') {
+            Some((user, password)) => (percent_decode(user), Some(percent_decode(password))),
+            None => (percent_decode(userinfo), None),
+        })
+    })
 }
 
 /// Undoes URL percent-encoding (`p%40ss` → `p@ss`) in user names and passwords.
@@ -310,19 +332,9 @@ impl NatsBroker {
 
     async fn dial(&self) -> Result<Client, BrokerError> {
         let config = &self.inner.config;
-        let with_credentials = config
-            .url
-            .split(',')
-            .map(|s| s.trim().parse::<ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            // The parse error may quote the URL, credentials included: do not pass it on.
-            .map_err(|_| self.connect_error("invalid server URL"))?;
         // async-nats does not read credentials from the URL: take them out and pass them as
         // options (the first server that has some wins), and hand it addresses without them.
-        let url_auth = with_credentials.iter().find_map(|a| {
-            a.username()
-                .map(|u| (percent_decode(u), a.password().map(percent_decode)))
-        });
+        let url_auth = url_credentials(&config.url);
         let servers = self
             .inner
             .address
@@ -452,16 +464,41 @@ impl NatsBroker {
     }
 
     /// Whether a stream captures `subject` (cached for a few seconds).
-    async fn captured(&self, conn: &Conn, subject: &str) -> bool {
+    ///
+    /// Only a definite answer is cached and acted on: "no stream" (or no JetStream on the
+    /// server at all) means core publishing. A lookup that fails (timeout, connection lost)
+    /// is an error: silently falling back to an unconfirmed core publish would turn "publish
+    /// awaits the stream's ack" into "publish may lose the message".
+    async fn captured(&self, conn: &Conn, subject: &str) -> Result<bool, BrokerError> {
         if let Some((yes, at)) = lock(&self.inner.captured).get(subject) {
             if at.elapsed() < CAPTURE_TTL {
-                return *yes;
+                return Ok(*yes);
             }
         }
-        // An error (JetStream disabled, no stream) means core publishing.
-        let yes = conn.js.stream_by_subject(subject).await.is_ok();
+        let lookup_error = |e: BoxError| BrokerError::operation(KIND, "JetStream stream lookup", e);
+        let request = serde_json::json!({ "subject": subject }).to_string();
+        let yes = match conn
+            .client
+            .request("$JS.API.STREAM.NAMES", request.into())
+            .await
+        {
+            Ok(reply) => {
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&reply.payload).map_err(|e| lookup_error(e.into()))?;
+                if let Some(error) = answer.get("error") {
+                    return Err(lookup_error(error.to_string().into()));
+                }
+                answer
+                    .get("streams")
+                    .and_then(|s| s.as_array())
+                    .is_some_and(|s| !s.is_empty())
+            }
+            // Nobody serves the JetStream API: a server without JetStream.
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => false,
+            Err(e) => return Err(lookup_error(e.into())),
+        };
         lock(&self.inner.captured).insert(subject.to_owned(), (yes, Instant::now()));
-        yes
+        Ok(yes)
     }
 }
 
@@ -499,7 +536,7 @@ impl Broker for NatsBroker {
             PublishMode::JetStream => true,
             PublishMode::Auto => {
                 let conn = self.conn().await?;
-                self.captured(&conn, &message.destination).await
+                self.captured(&conn, &message.destination).await?
             }
         };
         if jetstream {
@@ -536,6 +573,22 @@ mod tests {
         assert_eq!(redact("tok@h:1, nats://h2:2"), "h:1,nats://h2:2");
         assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
         assert_eq!(percent_decode("p%40ss%2Fx"), "p@ss/x");
+        // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never kept.
+        for raw in ["pa/ss", "pa?ss", "pa#ss", "p@ss", "p/a@s?s#"] {
+            let url = format!("nats://app:{raw}@127.0.0.1:4222");
+            assert_eq!(redact(&url), "nats://127.0.0.1:4222", "{raw}");
+            assert_eq!(
+                url_credentials(&url),
+                Some(("app".to_owned(), Some(raw.to_owned())))
+            );
+            let b = NatsBroker::new(url);
+            assert!(!format!("{b:?}").contains(raw), "{raw}");
+        }
+        assert_eq!(
+            url_credentials("nats://h:1,tok%2F1@h2:2"),
+            Some(("tok/1".to_owned(), None))
+        );
+        assert_eq!(url_credentials("nats://h:1"), None);
         let b = NatsBroker::new("nats://u:secret@127.0.0.1:4222");
         assert!(!format!("{b:?}").contains("secret"));
         let c = NatsConfig::new("nats://h:1").token("tkn-secret");

@@ -2,8 +2,9 @@
 //!
 //! Missing ones are created (unless `create = false`). Existing ones are used as they are, but
 //! only if they match what the subscriber wrote: an existing durable whose filter, deliver
-//! policy, `max_ack_pending`, `max_deliver` or `ack_wait` differ is refused with an error that
-//! says what differs. brook never updates a consumer, because an update changes delivery for
+//! policy, `max_ack_pending`, `max_deliver` or `ack_wait` differ, or whose pull-request limits
+//! (`max_batch`, `max_expires`) brook's requests exceed, is refused with an error that says
+//! what differs. brook never updates a consumer, because an update changes delivery for
 //! every other application sharing it.
 
 use std::time::Duration;
@@ -198,6 +199,21 @@ fn check(
         diffs.push(format!(
             "ack_wait is {:?}, the subscriber asks for {:?}",
             existing.ack_wait, wanted.ack_wait
+        ));
+    }
+    // Limits on pull requests: brook's requests must fit, or the server refuses every one.
+    let batch = crate::consumer::batch_size(sub);
+    if existing.max_batch > 0 && i64::try_from(batch).map_or(true, |b| b > existing.max_batch) {
+        diffs.push(format!(
+            "max_batch is {}, the subscriber pulls {batch} at a time (set batch = {} or less)",
+            existing.max_batch, existing.max_batch
+        ));
+    }
+    if !existing.max_expires.is_zero() && existing.max_expires < crate::consumer::PULL_EXPIRES {
+        diffs.push(format!(
+            "max_expires is {:?}, brook's pull requests wait up to {:?}",
+            existing.max_expires,
+            crate::consumer::PULL_EXPIRES
         ));
     }
     if diffs.is_empty() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use brook_nats::{NatsBroker, NatsMessage};
-use brook_runtime::__private::Value;
+use brook_runtime::ArgValue;
 use brook_runtime::{AckPolicy, App, Broker, BrokerError, Outgoing};
 use common::{
     assert_quiet, consumer_info, drain_durable, js_sub, names, next_seen, scripted, Act, URL,
@@ -16,6 +16,7 @@ use common::{
 #[tokio::test]
 async fn publish_waits_for_the_stream_and_headers_reach_the_handler() {
     let n = names("js_publish");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let sub = js_sub(&n, &[("ack_policy", AckPolicy::Ack.into())]);
     let (handler, mut seen) = scripted(sub, |_| Act::Succeed);
@@ -84,6 +85,7 @@ async fn publish_waits_for_the_stream_and_headers_reach_the_handler() {
 #[tokio::test]
 async fn in_progress_keeps_a_long_handler_from_being_redelivered() {
     let n = names("js_wpi");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let sub = js_sub(
         &n,
@@ -122,6 +124,7 @@ async fn in_progress_keeps_a_long_handler_from_being_redelivered() {
 #[tokio::test]
 async fn jetstream_max_deliver_stops_redelivery_on_the_server() {
     let n = names("js_maxdeliver");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let sub = js_sub(
         &n,
@@ -145,12 +148,15 @@ async fn jetstream_max_deliver_stops_redelivery_on_the_server() {
     let c = consumer_info(&js, &n.stream, &n.durable).await;
     assert_eq!(c.config.max_deliver, 2);
     assert_eq!(c.delivered.stream_sequence, 1);
-    assert_eq!(c.num_pending, 0, "the server gave up on it");
+    // Two deliveries in all, and none since the quiet window began: the server gave up.
+    // (num_pending would be 0 either way: it counts messages never delivered.)
+    assert_eq!(c.delivered.consumer_sequence, 2, "{c:?}");
 }
 
 #[tokio::test]
 async fn a_terminated_message_is_not_redelivered_and_the_ack_floor_moves() {
     let n = names("js_term");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let sub = js_sub(&n, &[]); // default policy: RejectOnError
     let (handler, mut seen) = scripted(sub, |m| {
@@ -189,6 +195,7 @@ async fn a_terminated_message_is_not_redelivered_and_the_ack_floor_moves() {
 #[tokio::test]
 async fn the_nats_message_argument_carries_jetstream_metadata() {
     let n = names("js_raw");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let sub = js_sub(&n, &[("ack_policy", AckPolicy::Manual.into())]);
     let consumer_name = n.durable.clone();
@@ -246,6 +253,7 @@ async fn existing_consumer(n: &common::Names, max_ack_pending: i64) -> jetstream
 #[tokio::test]
 async fn an_existing_consumer_that_differs_is_refused_not_reconfigured() {
     let n = names("js_mismatch");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let js = existing_consumer(&n, 10).await;
     let broker = NatsBroker::new(URL);
     let err = broker
@@ -290,6 +298,7 @@ async fn an_existing_consumer_that_differs_is_refused_not_reconfigured() {
 #[tokio::test]
 async fn create_false_refuses_missing_streams_and_consumers() {
     let n = names("js_nocreate");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let err = broker
         .subscribe(&js_sub(&n, &[("create", false.into())]))
@@ -328,6 +337,7 @@ async fn create_false_refuses_missing_streams_and_consumers() {
 #[tokio::test]
 async fn an_ephemeral_consumer_is_used_without_a_durable() {
     let n = names("js_ephemeral");
+    let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
     let sub = brook_runtime::Subscription::new(brook_runtime::BrokerKind::Nats, "eph")
         .arg("subject", n.subject.clone())
@@ -344,4 +354,145 @@ async fn an_ephemeral_consumer_is_used_without_a_durable() {
     broker.publish("e", &n.subject).await.unwrap();
     assert_eq!(&next_seen(&mut seen).await.body[..], b"e");
     running.stop().await.unwrap();
+    // One consumer on the stream, without a durable name, and it acked the message.
+    use futures_util::StreamExt as _;
+    let js = jetstream::new(common::client().await);
+    let mut consumers = js.get_stream(&n.stream).await.unwrap().consumers();
+    let mut all = Vec::new();
+    while let Some(info) = consumers.next().await {
+        all.push(info.unwrap());
+    }
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].config.durable_name, None);
+    assert_eq!(all[0].ack_floor.stream_sequence, 1);
+    assert_eq!(all[0].num_ack_pending, 0);
+}
+
+#[tokio::test]
+async fn pull_request_limits_are_checked_at_subscribe_and_refusals_surface_as_errors() {
+    use brook_runtime::Consumer as _;
+    let n = names("js_maxbatch");
+    let _cleanup = common::cleanup(&[&n.stream]);
+    let js = existing_consumer(&n, 0).await;
+    let stream = js.get_stream(&n.stream).await.unwrap();
+    let broker = NatsBroker::new(URL);
+    let mut consumer = broker
+        .subscribe(&js_sub(&n, &[("batch", 10u64.into())]))
+        .await
+        .expect("no limits yet");
+
+    // Someone lowers the consumer's max_batch under the running subscriber: the server now
+    // refuses every pull request. That must reach the App as an error (bounded), not spin.
+    // (Without a create action, the JetStream API's create request updates an existing one.)
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(n.durable.clone()),
+            name: Some(n.durable.clone()),
+            filter_subject: n.subject.clone(),
+            max_batch: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer_info(&js, &n.stream, &n.durable)
+            .await
+            .config
+            .max_batch,
+        1
+    );
+    let next = tokio::time::timeout(common::WAIT, consumer.next())
+        .await
+        .expect("an answer within the bound");
+    let err = match next {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("expected a refusal, got {:?}", other.map(|r| r.map(|_| ()))),
+    };
+    assert!(err.contains("MaxRequestBatch"), "{err}");
+    consumer.close().await.unwrap();
+
+    // A new subscriber asking for more than the consumer allows is refused at subscribe.
+    let err = broker
+        .subscribe(&js_sub(&n, &[("batch", 10u64.into())]))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("max_batch is 1"), "{err}");
+    broker
+        .subscribe(&js_sub(&n, &[("batch", 1u64.into())]))
+        .await
+        .expect("batch = 1 fits");
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ack_first_is_recorded_by_the_server_before_the_handler_runs() {
+    let n = names("js_ackfirst");
+    let _cleanup = common::cleanup(&[&n.stream]);
+    let broker = NatsBroker::new(URL);
+    let sub = js_sub(&n, &[("ack_policy", AckPolicy::AckFirst.into())]);
+    // The handler works for a while (and then fails: AckFirst does not care).
+    let (handler, mut seen) = scripted(sub, |_| Act::WorkLong {
+        total: Duration::from_millis(1500),
+        every: Duration::from_millis(500),
+    });
+    let running = App::new(broker.clone())
+        .subscribe(handler)
+        .start()
+        .await
+        .unwrap();
+    broker.publish("m", &n.subject).await.unwrap();
+    assert_eq!(next_seen(&mut seen).await.delivery_count, Some(1));
+    // The handler is still running, and the server has the ack already: the engine only
+    // started the handler once the server confirmed the +ACK.
+    let js = jetstream::new(common::client().await);
+    let c = consumer_info(&js, &n.stream, &n.durable).await;
+    assert_eq!(
+        (c.ack_floor.stream_sequence, c.num_ack_pending),
+        (1, 0),
+        "{c:?}"
+    );
+    running.stop().await.unwrap();
+    assert_eq!(
+        consumer_info(&js, &n.stream, &n.durable)
+            .await
+            .num_redelivered,
+        0
+    );
+}
+
+#[tokio::test]
+async fn close_hands_back_deliveries_still_on_their_way() {
+    use brook_runtime::Consumer as _;
+    let n = names("js_close_inflight");
+    let _cleanup = common::cleanup(&[&n.stream]);
+    let broker = NatsBroker::new(URL);
+    // Default ack_wait (30 s): whatever close does not hand back stays pending far longer
+    // than this test looks.
+    let mut consumer = broker
+        .subscribe(&js_sub(&n, &[("batch", 500u64.into())]))
+        .await
+        .unwrap();
+    let body = vec![b'x'; 2000];
+    for _ in 0..500 {
+        broker
+            .publish_message(Outgoing::new(n.subject.clone(), body.clone()))
+            .await
+            .unwrap();
+    }
+    // Take one delivery and close while the server is still sending the rest of the batch.
+    let first = tokio::time::timeout(common::WAIT, consumer.next())
+        .await
+        .expect("a delivery")
+        .expect("open")
+        .expect("no error");
+    first.ack().await.unwrap();
+    consumer.close().await.unwrap();
+
+    // Everything but the acked one is available to a new reader at once (drain_durable gives
+    // up after 10 s, long before ack_wait would bring anything back).
+    let js = jetstream::new(common::client().await);
+    let rest = drain_durable(&js, &n.stream, &n.durable).await.unwrap();
+    assert_eq!(rest.len(), 499);
+    broker.close().await.unwrap();
 }

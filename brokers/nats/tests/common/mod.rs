@@ -252,6 +252,18 @@ impl Adapter for NatsAdapter {
     }
 }
 
+impl Drop for NatsAdapter {
+    /// The suite creates one adapter per test: its streams go with it.
+    fn drop(&mut self) {
+        let streams = self
+            .terminated
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        delete_streams(streams);
+    }
+}
+
 /// What a scripted handler does with one delivery.
 #[derive(Clone, Debug)]
 pub enum Act {
@@ -346,7 +358,7 @@ pub async fn assert_quiet(rx: &mut mpsc::UnboundedReceiver<Seen>, window: Durati
 /// A JetStream subscription for `n` with extra arguments.
 pub fn js_sub(
     n: &Names,
-    extra: &[(&'static str, brook_runtime::__private::Value)],
+    extra: &[(&'static str, brook_runtime::ArgValue)],
 ) -> Subscription {
     let mut b = Subscription::new(BrokerKind::Nats, "test")
         .arg("subject", n.subject.clone())
@@ -356,4 +368,44 @@ pub fn js_sub(
         b = b.arg(*k, v.clone());
     }
     b.build().expect("valid subscription")
+}
+
+/// Deletes the named streams from the shared server when dropped, so tests leave nothing
+/// behind, whether they pass or panic. Runs on its own thread and runtime, because `Drop`
+/// cannot await and may run inside the test's runtime.
+pub struct StreamCleanup(Vec<String>);
+
+pub fn cleanup(streams: &[&str]) -> StreamCleanup {
+    StreamCleanup(streams.iter().map(|s| (*s).to_owned()).collect())
+}
+
+fn delete_streams(streams: Vec<String>) {
+    if streams.is_empty() {
+        return;
+    }
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let client = tokio::time::timeout(WAIT, async_nats::connect(URL))
+                .await
+                .ok()?
+                .ok()?;
+            let js = jetstream::new(client);
+            for stream in streams {
+                // Missing (never created) is fine; anything else is left for the next run.
+                let _ = tokio::time::timeout(WAIT, js.delete_stream(&stream)).await;
+            }
+            Some(())
+        })
+    })
+    .join();
+}
+
+impl Drop for StreamCleanup {
+    fn drop(&mut self) {
+        delete_streams(std::mem::take(&mut self.0));
+    }
 }
