@@ -65,10 +65,7 @@ impl<H: Handler> Handler for PerRun<H> {
             .arg("queue", self.queue.clone())
             // A name, as the macro passes `quorum` (its value type is not re-exported
             // elsewhere).
-            .arg(
-                "queue_type",
-                brook::ArgValue::Ident("quorum".into()),
-            )
+            .arg("queue_type", brook::ArgValue::Ident("quorum".into()))
             .arg("dead_letter_exchange", self.dlx.clone())
             .arg("ack_policy", sub.policy())
             .arg("max_deliveries", 2u32)

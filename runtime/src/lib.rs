@@ -38,11 +38,11 @@ pub mod testing;
 
 pub use app::{App, RunningApp, ShutdownHandle, DEFAULT_GRACEFUL_TIMEOUT};
 pub use broker::{Accepts, Broker, Consumer, Outgoing};
-pub use brook_caps::{AckPolicy, BrokerKind, Source};
 /// A subscriber argument's value, for [`Subscription::new`]`(...).arg(name, value)`: strings,
 /// integers and booleans convert with `.into()`; names from a fixed set (`on_decode_error =
 /// Nack`, `auto_offset_reset = earliest`) are `ArgValue::Ident("earliest".into())`.
 pub use brook_caps::Value as ArgValue;
+pub use brook_caps::{AckPolicy, BrokerKind, Source};
 pub use error::{AppError, BoxError, BrokerError, ExtractError, SubscriptionError};
 pub use extract::{Context, FromMessage, State};
 pub use handler::{kind, Handler, HandlerError, IntoHandlerResult};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use brook_kafka::KafkaBroker;
-use brook_runtime::ArgValue;
 use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::ArgValue;
 use brook_runtime::{
     kind, AckPolicy, BrokerError, BrokerKind, Context, Handler, HandlerError, Message,
     Subscription, SubscriptionError,

@@ -356,10 +356,7 @@ pub async fn assert_quiet(rx: &mut mpsc::UnboundedReceiver<Seen>, window: Durati
 }
 
 /// A JetStream subscription for `n` with extra arguments.
-pub fn js_sub(
-    n: &Names,
-    extra: &[(&'static str, brook_runtime::ArgValue)],
-) -> Subscription {
+pub fn js_sub(n: &Names, extra: &[(&'static str, brook_runtime::ArgValue)]) -> Subscription {
     let mut b = Subscription::new(BrokerKind::Nats, "test")
         .arg("subject", n.subject.clone())
         .arg("stream", n.stream.clone())
