@@ -261,7 +261,7 @@ async fn an_existing_consumer_that_differs_is_refused_not_reconfigured() {
             &n,
             &[
                 ("max_ack_pending", 20u64.into()),
-                ("deliver_policy", Value::Ident("new".into())),
+                ("deliver_policy", ArgValue::Ident("new".into())),
             ],
         ))
         .await
@@ -342,7 +342,7 @@ async fn an_ephemeral_consumer_is_used_without_a_durable() {
     let sub = brook_runtime::Subscription::new(brook_runtime::BrokerKind::Nats, "eph")
         .arg("subject", n.subject.clone())
         .arg("stream", n.stream.clone())
-        .arg("deliver_policy", Value::Ident("all".into()))
+        .arg("deliver_policy", ArgValue::Ident("all".into()))
         .build()
         .unwrap();
     let (handler, mut seen) = scripted(sub, |_| Act::Succeed);

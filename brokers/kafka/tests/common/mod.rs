@@ -258,9 +258,12 @@ impl Adapter for KafkaAdapter {
         let (topic, group) = fresh_topic(test, partitions).await;
         Ok(TestSource {
             args: vec![
-                ("topic".into(), Value::from(topic.clone())),
-                ("group_id".into(), Value::from(group)),
-                ("auto_offset_reset".into(), Value::Ident("earliest".into())),
+                ("topic".into(), ArgValue::from(topic.clone())),
+                ("group_id".into(), ArgValue::from(group)),
+                (
+                    "auto_offset_reset".into(),
+                    ArgValue::Ident("earliest".into()),
+                ),
             ],
             destination: topic,
         })
@@ -295,7 +298,7 @@ pub fn subscription(topic: &str, group: &str, policy: AckPolicy) -> Subscription
     Subscription::new(BrokerKind::Kafka, "test")
         .arg("topic", topic.to_owned())
         .arg("group_id", group.to_owned())
-        .arg("auto_offset_reset", Value::Ident("earliest".into()))
+        .arg("auto_offset_reset", ArgValue::Ident("earliest".into()))
         .arg("ack_policy", policy)
         .build()
         .expect("valid subscription")
