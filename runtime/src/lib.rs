@@ -35,6 +35,7 @@ mod message;
 pub mod proxy;
 mod subscription;
 pub mod testing;
+pub mod url;
 
 pub use app::{App, RunningApp, ShutdownHandle, DEFAULT_GRACEFUL_TIMEOUT};
 pub use broker::{Accepts, Broker, Consumer, Outgoing};

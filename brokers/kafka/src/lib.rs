@@ -33,6 +33,7 @@
 mod consumer;
 mod message;
 
+use brook_runtime::url::percent_decode;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -416,27 +417,6 @@ fn parse_url(url: &str) -> (String, Vec<(String, String)>) {
     };
     config.push(("security.protocol".into(), protocol.into()));
     (hosts.to_owned(), config)
-}
-
-/// URL userinfo decoding: `%XX` becomes the byte it encodes (so a password may contain `@`,
-/// `:` or `/`); anything else, including a malformed escape, stays as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Accepts<Kafka> for KafkaBroker {}

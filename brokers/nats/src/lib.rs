@@ -27,6 +27,7 @@ mod consumer;
 mod message;
 mod setup;
 
+use brook_runtime::url::percent_decode;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -204,31 +205,6 @@ fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
             None => (percent_decode(userinfo), None),
         })
     })
-}
-
-/// Undoes URL percent-encoding (`p%40ss` → `p@ss`) in user names and passwords.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A live connection: the client and its JetStream context.
