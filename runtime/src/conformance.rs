@@ -46,6 +46,19 @@ pub struct TestSource {
     pub destination: String,
 }
 
+/// A name no other test and no earlier run uses: `prefix`, the process id, the time in
+/// nanoseconds and a counter, joined by `separator` (brokers differ in what a name may hold).
+/// Broker crates' tests build their queue / topic / stream names with it.
+pub fn unique_name(prefix: &str, separator: char) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    format!("{prefix}{separator}{pid}{separator}{nanos}{separator}{n}")
+}
+
 /// What a broker can do beyond the common ground, so tests that need it are skipped elsewhere.
 #[derive(Clone, Copy, Debug)]
 pub struct Capabilities {

@@ -1,7 +1,5 @@
 //! The conformance suite against the in-memory broker.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
 use brook_runtime::{kind, BrokerError, MemoryBroker};
 use bytes::Bytes;
@@ -9,8 +7,6 @@ use bytes::Bytes;
 struct MemoryAdapter {
     broker: MemoryBroker,
 }
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
 
 impl Adapter for MemoryAdapter {
     type Broker = MemoryBroker;
@@ -21,7 +17,7 @@ impl Adapter for MemoryAdapter {
     }
 
     async fn fresh_source(&self, test: &str) -> Result<TestSource, BrokerError> {
-        let topic = format!("{test}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let topic = brook_runtime::conformance::unique_name(test, '-');
         Ok(TestSource {
             args: vec![("topic".into(), topic.clone().into())],
             destination: topic,

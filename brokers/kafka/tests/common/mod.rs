@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use brook_kafka::KafkaBroker;
 use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
@@ -27,16 +27,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A name no other test (or earlier run) uses: prefix + pid + nanos + counter.
 pub fn fresh(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "brook-{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    brook_runtime::conformance::unique_name(&format!("brook-{prefix}"), '-')
 }
 
 pub fn broker() -> KafkaBroker {

@@ -3,9 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use brook_nats::NatsBroker;
@@ -23,16 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A name no other test (or earlier run) uses: prefix + pid + nanos + counter.
 pub fn fresh(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}_{}_{nanos}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    brook_runtime::conformance::unique_name(prefix, '_')
 }
 
 /// A fresh stream name, subject and durable name.

@@ -4,8 +4,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use brook_caps::Value;
 use brook_rabbit::lapin::message::Delivery;
@@ -32,15 +31,7 @@ pub const EXPIRES_MS: i64 = 10 * 60 * 1000;
 
 /// A name no other test (or earlier run) uses.
 pub fn fresh(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "brook-test-{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    brook_runtime::conformance::unique_name(&format!("brook-test-{prefix}"), '-')
 }
 
 /// A plain lapin channel to look at (and set up) the broker, outside brook.

@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use brook_redis::envelope;
 use bytes::Bytes;
@@ -16,18 +15,9 @@ pub const ADDR: &str = "127.0.0.1:6379";
 /// The longest any wait in these tests takes.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "brook-test:{prefix}:{}:{nanos}:{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    brook_runtime::conformance::unique_name(&format!("brook-test:{prefix}"), ':')
 }
 
 pub async fn raw() -> Client {
