@@ -16,6 +16,10 @@
 //! resumes, where their packet ids still name the same unacknowledged messages; after a new
 //! session rumqttc discards them.)
 //!
+//! Released acks are written in batches (see [`Outbox`]): rumqttc writes every request it
+//! takes from its queue with a flush of its own, one system call per PUBACK, which on loopback
+//! costs more than everything else brook does per message.
+//!
 //! A message nobody will handle on this connection (no subscriber claims it, or its consumer
 //! closed before handing it out) is *abandoned*: never acked, but skipped, so it does not hold
 //! back later acks. The acks that go out are still in arrival order.
@@ -73,11 +77,6 @@ pub(crate) struct AckQueue {
 impl AckQueue {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The current connection's generation.
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Messages received and not acked yet.
@@ -172,9 +171,173 @@ impl AckQueue {
     }
 }
 
+/// Released acks on their way to the socket, so that a burst of them is written at once.
+///
+/// MQTT 5 connections cannot write to rumqttc's socket directly (its v5 event loop hides it);
+/// there every ack goes through rumqttc's queue, and the outbox only holds those that did not
+/// fit it (see [`Outbox::enqueue_waiting`]).
+///
+/// The connection's driver sits in rumqttc's `poll()` and only a request on rumqttc's queue
+/// wakes it (cancelling `poll()` could lose a packet half-handled). So the first ack of a burst
+/// goes through that queue as the *wake-up*; acks released while it is queued wait here, and
+/// the driver writes them all with one flush once rumqttc reports the wake-up ack written.
+/// Until then nothing is taken from here, so acks leave in the order they were released.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    /// Whether the driver writes waiting acks itself (MQTT 3.1.1), rather than moving them
+    /// onto rumqttc's queue.
+    direct: bool,
+    waiting: VecDeque<AckTarget>,
+    /// The ack sent through rumqttc's queue and not yet reported written.
+    wake: Option<u16>,
+    /// Acks written from here whose "sent" events rumqttc has not reported yet; they are
+    /// reported, in order, before the wake-up ack queued after them.
+    unreported: usize,
+}
+
+impl Outbox {
+    pub fn new(direct: bool) -> Self {
+        Outbox {
+            direct,
+            ..Outbox::default()
+        }
+    }
+
+    /// Queues a released ack. `enqueue` puts it on rumqttc's request queue (returning `false`
+    /// if that is full); it is only called when nothing is waiting ahead of this ack.
+    pub fn push(&mut self, target: AckTarget, enqueue: impl FnOnce(AckTarget) -> bool) {
+        if self.waiting.is_empty() && self.wake.is_none() && enqueue(target) {
+            if self.direct {
+                self.wake = Some(target.pkid);
+            }
+        } else {
+            // A full request queue means the driver is busy and drains us after its next event.
+            self.waiting.push_back(target);
+        }
+    }
+
+    /// rumqttc reports a PUBACK/PUBREC written.
+    pub fn sent(&mut self, pkid: u16) {
+        if self.unreported > 0 {
+            self.unreported -= 1;
+        } else if self.wake == Some(pkid) {
+            self.wake = None;
+        }
+    }
+
+    /// The acks the driver may write now, in order (none while the wake-up ack is queued).
+    pub fn take(&mut self) -> VecDeque<AckTarget> {
+        if self.wake.is_some() || self.waiting.is_empty() {
+            return VecDeque::new();
+        }
+        self.unreported += self.waiting.len();
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Moves waiting acks onto rumqttc's queue, oldest first, while they fit (for connections
+    /// that cannot write acks themselves).
+    pub fn enqueue_waiting(&mut self, mut enqueue: impl FnMut(AckTarget) -> bool) {
+        while let Some(target) = self.waiting.front().copied() {
+            if !enqueue(target) {
+                return;
+            }
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Whether every released ack has been handed to rumqttc or written.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.wake.is_none()
+    }
+
+    /// The connection is gone: its acks can never be sent.
+    pub fn reset(&mut self) {
+        *self = Outbox::new(self.direct);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_ack_of_a_burst_wakes_the_driver_and_the_rest_are_written_together() {
+        let mut o = Outbox::new(true);
+        let mut queued = Vec::new();
+        for pkid in 1..=4 {
+            o.push(t(pkid), |a| {
+                queued.push(a.pkid);
+                true
+            });
+        }
+        assert_eq!(
+            queued,
+            vec![1],
+            "only the first goes through rumqttc's queue"
+        );
+        assert!(o.take().is_empty(), "nothing overtakes the queued ack");
+        o.sent(1);
+        let batch: Vec<u16> = o.take().iter().map(|a| a.pkid).collect();
+        assert_eq!(batch, vec![2, 3, 4]);
+        // A new burst while the batch's "sent" events are still being reported.
+        o.push(t(5), |a| {
+            queued.push(a.pkid);
+            true
+        });
+        o.push(t(6), |_| panic!("5 is queued ahead"));
+        for pkid in [2, 3, 4] {
+            o.sent(pkid);
+            assert!(o.take().is_empty(), "5 is not written yet");
+        }
+        o.sent(5);
+        assert_eq!(o.take().iter().map(|a| a.pkid).collect::<Vec<_>>(), vec![6]);
+        o.sent(6);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn a_full_request_queue_leaves_the_ack_for_the_driver() {
+        let mut o = Outbox::new(true);
+        o.push(t(1), |_| false);
+        assert!(!o.is_empty());
+        o.push(t(2), |_| panic!("1 waits ahead"));
+        assert_eq!(
+            o.take().iter().map(|a| a.pkid).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        o.sent(1);
+        o.sent(2);
+        assert!(o.is_empty());
+        o.push(t(3), |_| true);
+        o.reset();
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn waiting_acks_move_to_the_request_queue_in_order_as_it_frees_up() {
+        let mut o = Outbox::new(false);
+        o.push(t(7), |_| true);
+        assert!(
+            o.is_empty(),
+            "queued on rumqttc's queue: nothing to wait for"
+        );
+        o.push(t(1), |_| false);
+        o.push(t(2), |_| panic!("1 waits ahead"));
+        o.push(t(3), |_| panic!("1 waits ahead"));
+        let mut queued = Vec::new();
+        o.enqueue_waiting(|a| {
+            queued.push(a.pkid);
+            queued.len() < 2 // room for one
+        });
+        assert_eq!(queued, vec![1, 2], "2 did not fit and stays");
+        queued.clear();
+        o.enqueue_waiting(|a| {
+            queued.push(a.pkid);
+            true
+        });
+        assert_eq!(queued, vec![2, 3]);
+        assert!(o.is_empty());
+    }
 
     fn t(pkid: u16) -> AckTarget {
         AckTarget {

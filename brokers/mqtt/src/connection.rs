@@ -4,8 +4,9 @@
 //! `EventLoop` that must be polled for anything to happen. A *driver* task owns the event loop:
 //! it routes incoming PUBLISH packets to consumers (by topic filter), records their arrival
 //! order for the PUBACK ordering rule (see [`crate::acks`]), matches PUBACK/PUBCOMP to waiting
-//! publishers and SUBACK to waiting subscribers, and reconnects after an error (rumqttc
-//! reconnects when polled again).
+//! publishers and SUBACK to waiting subscribers, writes released acks in batches (see
+//! [`crate::acks::Outbox`]), and reconnects after an error (rumqttc reconnects when polled
+//! again).
 //!
 //! A nack cannot be expressed in MQTT; the broker redelivers an unacknowledged message only when
 //! the client's session resumes. So a nack asks the driver to drop the network connection and
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::acks::{AckQueue, AckTarget, Settled, Ticket};
+use crate::acks::{AckQueue, AckTarget, Outbox, Settled, Ticket};
 use crate::options::Config;
 use crate::proto::{self, Client, Ev, Incoming, Loop};
 
@@ -61,6 +62,12 @@ struct Route {
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// The acks of the current connection: the ordering line and what it released.
+struct Acks {
+    queue: AckQueue,
+    outbox: Outbox,
+}
+
 #[derive(Default)]
 struct Waiters {
     /// Publish requests queued in rumqttc, in order; they get their packet id when sent.
@@ -77,12 +84,9 @@ struct Waiters {
 pub(crate) struct Shared {
     pub config: Config,
     pub client: Client,
-    acks: Mutex<AckQueue>,
+    acks: Mutex<Acks>,
     /// Mirrors the ack queue's generation, for lock-free staleness checks.
     generation: AtomicU64,
-    /// Acks that did not fit rumqttc's request queue, sent in order by a task.
-    ack_backlog: AtomicUsize,
-    ack_backlog_tx: mpsc::UnboundedSender<(u64, AckTarget)>,
     routes: Mutex<Vec<Route>>,
     /// Deliveries no route wants (yet), with when they arrived.
     parked: Mutex<Vec<(std::time::Instant, Delivery)>>,
@@ -138,14 +142,14 @@ pub(crate) async fn connect(config: Config) -> Result<Arc<Shared>, BrokerError> 
         Ok(_) => return Err(connect_error("expected CONNACK".into())),
         Err(e) => return Err(connect_error(e)),
     }
-    let (backlog_tx, backlog_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         config,
         client,
-        acks: Mutex::new(AckQueue::new()),
+        acks: Mutex::new(Acks {
+            queue: AckQueue::new(),
+            outbox: Outbox::new(eventloop.writes_acks()),
+        }),
         generation: AtomicU64::new(0),
-        ack_backlog: AtomicUsize::new(0),
-        ack_backlog_tx: backlog_tx,
         routes: Mutex::new(Vec::new()),
         parked: Mutex::new(Vec::new()),
         next_route: AtomicU64::new(0),
@@ -158,7 +162,6 @@ pub(crate) async fn connect(config: Config) -> Result<Arc<Shared>, BrokerError> 
         stopped: Notify::new(),
         connections: AtomicU64::new(1),
     });
-    tokio::spawn(send_backlog(shared.clone(), backlog_rx));
     tokio::spawn(expire_parked(Arc::downgrade(&shared)));
     tokio::spawn(drive(shared.clone(), eventloop));
     Ok(shared)
@@ -212,6 +215,7 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
             }
             Ok(Ev::SentPublish(pkid)) => shared.publish_sent(pkid),
             Ok(Ev::SentSubscribe(pkid)) => shared.subscribe_sent(pkid),
+            Ok(Ev::SentAck(pkid)) => lock(&shared.acks).outbox.sent(pkid),
             Ok(Ev::SentPubComp) => {
                 let _ = shared
                     .qos2_open
@@ -234,6 +238,16 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
                     _ = shared.stopped.notified() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        // After DISCONNECT nothing more may be written.
+        if disconnect_sent.is_none() {
+            if let Err(error) = shared.write_released_acks(&mut eventloop).await {
+                // As for any write error: drop the connection and resume the session.
+                tracing::warn!(broker = "mqtt", address = %shared.config.address(), %error, "could not write MQTT acknowledgements; reconnecting");
+                shared.on_disconnected();
+                eventloop.clean();
             }
         }
     }
@@ -260,18 +274,6 @@ async fn expire_parked(shared: std::sync::Weak<Shared>) {
             Some(shared) if !shared.driver_done.load(Ordering::Acquire) => shared.expire_parked(),
             _ => return,
         }
-    }
-}
-
-/// Sends acks that did not fit rumqttc's request queue, in order.
-async fn send_backlog(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(u64, AckTarget)>) {
-    while let Some((generation, target)) = rx.recv().await {
-        if generation == shared.generation.load(Ordering::Acquire) {
-            if let Err(error) = shared.client.ack(target).await {
-                tracing::warn!(%error, "could not queue an MQTT acknowledgement");
-            }
-        }
-        shared.ack_backlog.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -304,7 +306,8 @@ impl Shared {
     /// The connection is gone: acks of its messages can never be sent.
     fn on_disconnected(&self) {
         let mut acks = lock(&self.acks);
-        let generation = acks.reset();
+        acks.outbox.reset();
+        let generation = acks.queue.reset();
         self.generation.store(generation, Ordering::Release);
         self.qos2_open.store(0, Ordering::Release);
         drop(acks);
@@ -358,7 +361,7 @@ impl Shared {
     fn route(&self, publish: Incoming) {
         let ticket = match publish.qos {
             QoS::AtMostOnce => None,
-            qos => Some(lock(&self.acks).arrive(AckTarget {
+            qos => Some(lock(&self.acks).queue.arrive(AckTarget {
                 pkid: publish.pkid,
                 qos,
             })),
@@ -416,24 +419,38 @@ impl Shared {
         lock(&self.routes).retain(|r| r.id != id);
     }
 
-    /// Sends one released PUBACK/PUBREC. Called under the ack queue's lock, which keeps the
-    /// order; the backlog (if any) is drained before anything is sent directly again.
-    fn send_ack(&self, generation: u64, target: AckTarget) {
+    /// Hands one released PUBACK/PUBREC to the outbox. Called under the acks' lock, which
+    /// keeps the order.
+    fn send_ack(&self, outbox: &mut Outbox, target: AckTarget) {
         if target.qos == QoS::ExactlyOnce {
             self.qos2_open.fetch_add(1, Ordering::AcqRel);
         }
-        if self.ack_backlog.load(Ordering::Acquire) == 0 && self.client.try_ack(target) {
-            return;
+        outbox.push(target, |t| self.client.try_ack(t));
+    }
+
+    /// The driver, between events: writes the acks waiting in the outbox (one flush for all),
+    /// or on MQTT 5 moves them onto rumqttc's queue as it frees up.
+    async fn write_released_acks(&self, eventloop: &mut Loop) -> Result<(), String> {
+        if !eventloop.writes_acks() {
+            lock(&self.acks)
+                .outbox
+                .enqueue_waiting(|t| self.client.try_ack(t));
+            return Ok(());
         }
-        self.ack_backlog.fetch_add(1, Ordering::AcqRel);
-        let _ = self.ack_backlog_tx.send((generation, target));
+        let batch = lock(&self.acks).outbox.take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        eventloop
+            .write_acks(batch, self.config.connect_timeout)
+            .await
     }
 
     /// Acks (in order) or withholds one delivery.
     pub fn settle(&self, ticket: Ticket, ack: bool) -> Settled {
         let mut acks = lock(&self.acks);
-        let generation = acks.generation();
-        let outcome = acks.settle(ticket, ack, |target| self.send_ack(generation, target));
+        let Acks { queue, outbox } = &mut *acks;
+        let outcome = queue.settle(ticket, ack, |target| self.send_ack(outbox, target));
         drop(acks);
         if outcome == Settled::Withheld {
             self.request_resume();
@@ -446,8 +463,8 @@ impl Shared {
     /// consumer wants it).
     pub fn abandon(&self, ticket: Ticket) {
         let mut acks = lock(&self.acks);
-        let generation = acks.generation();
-        acks.abandon(ticket, |target| self.send_ack(generation, target));
+        let Acks { queue, outbox } = &mut *acks;
+        queue.abandon(ticket, |target| self.send_ack(outbox, target));
     }
 
     /// Asks the driver to resume the session (reconnect) so the broker redelivers.
@@ -576,8 +593,7 @@ impl Shared {
         self.abandon_parked();
         // Acks first, and QoS 2 handshakes completed (PUBREL answered with PUBCOMP), so the
         // session is left with nothing half-done.
-        while (self.ack_backlog.load(Ordering::Acquire) > 0
-            || self.qos2_open.load(Ordering::Acquire) > 0)
+        while (!lock(&self.acks).outbox.is_empty() || self.qos2_open.load(Ordering::Acquire) > 0)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -44,6 +44,8 @@ pub(crate) enum Ev {
     },
     SentPublish(u16),
     SentSubscribe(u16),
+    /// A PUBACK / PUBREC of ours was written.
+    SentAck(u16),
     SentPubComp,
     SentDisconnect,
     Other,
@@ -90,13 +92,6 @@ impl Client {
         match self {
             Client::V4(c) => c.try_ack(&Self::ack4(target)).is_ok(),
             Client::V5(c) => c.try_ack(&Self::ack5(target)).is_ok(),
-        }
-    }
-
-    pub async fn ack(&self, target: AckTarget) -> Result<(), String> {
-        match self {
-            Client::V4(c) => c.ack(&Self::ack4(target)).await.map_err(|e| e.to_string()),
-            Client::V5(c) => c.ack(&Self::ack5(target)).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -184,6 +179,49 @@ impl Loop {
         }
     }
 
+    /// Whether [`Loop::write_acks`] can write to the socket (MQTT 3.1.1 only: rumqttc's v5
+    /// event loop keeps its socket private).
+    pub fn writes_acks(&self) -> bool {
+        matches!(self, Loop::V4(_))
+    }
+
+    /// Writes PUBACKs/PUBRECs straight to the socket, with one flush for all of them. They go
+    /// through rumqttc's session state as if taken from its request queue (which also reports
+    /// each as sent); only the per-request flush is saved. Not connected: nothing is written
+    /// (the broker redelivers those messages).
+    pub async fn write_acks(
+        &mut self,
+        acks: impl IntoIterator<Item = AckTarget>,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        match self {
+            Loop::V4(el) => {
+                let Some(network) = el.network.as_mut() else {
+                    return Ok(());
+                };
+                for a in acks {
+                    let request = match a.qos {
+                        QoS::ExactlyOnce => rumqttc::Request::PubRec(rumqttc::PubRec::new(a.pkid)),
+                        _ => rumqttc::Request::PubAck(rumqttc::PubAck::new(a.pkid)),
+                    };
+                    if let Some(packet) = el
+                        .state
+                        .handle_outgoing_packet(request)
+                        .map_err(|e| e.to_string())?
+                    {
+                        network.write(packet).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                tokio::time::timeout(timeout, network.flush())
+                    .await
+                    .map_err(|_| format!("writing acknowledgements took over {timeout:?}"))?
+                    .map_err(|e| e.to_string())
+            }
+            // rumqttc's v5 event loop does not expose its socket; see `writes_acks`.
+            Loop::V5(..) => Err("an MQTT 5 connection queues its acks through rumqttc".into()),
+        }
+    }
+
     pub async fn poll(&mut self) -> Result<Ev, String> {
         match self {
             Loop::V4(el) => match el.poll().await {
@@ -219,6 +257,7 @@ fn outgoing(o: Outgoing) -> Ev {
     match o {
         Outgoing::Publish(pkid) => Ev::SentPublish(pkid),
         Outgoing::Subscribe(pkid) => Ev::SentSubscribe(pkid),
+        Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid) => Ev::SentAck(pkid),
         Outgoing::PubComp(_) => Ev::SentPubComp,
         Outgoing::Disconnect => Ev::SentDisconnect,
         _ => Ev::Other,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brook_mqtt::{MqttBroker, MqttMessage};
+use brook_mqtt::{MqttBroker, MqttMessage, ProtocolVersion};
 use brook_runtime::{
     kind, AckPolicy, App, Broker, Context, FromMessage, Handler, HandlerError, Message, Outgoing,
     Subscription, SubscriptionError,
@@ -35,6 +35,8 @@ enum Step {
     Nack,
     Nothing,
     Wait(Arc<Notify>),
+    /// Finishes after this long (so later messages finish first).
+    Sleep(Duration),
 }
 
 struct TestHandler {
@@ -79,6 +81,10 @@ impl Handler for TestHandler {
                 n.notified().await;
                 Ok(())
             }
+            Step::Sleep(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
         }
     }
 }
@@ -119,6 +125,21 @@ async fn start_as(
     concurrency: u32,
     script: impl Fn(&Message, usize) -> Step + Send + Sync + 'static,
 ) -> Run {
+    let broker = MqttBroker::new(url)
+        .client_id(client_id)
+        .persistent_session(true);
+    start_with(broker, client_id, policy, qos, concurrency, script).await
+}
+
+/// [`start_as`] on a broker configured by the caller (with a persistent session).
+async fn start_with(
+    broker: MqttBroker,
+    client_id: &str,
+    policy: AckPolicy,
+    qos: u64,
+    concurrency: u32,
+    script: impl Fn(&Message, usize) -> Step + Send + Sync + 'static,
+) -> Run {
     let topic = format!("brook-test/{}", unique("policy"));
     let client_id = client_id.to_owned();
     let sub = Subscription::new(brook_runtime::BrokerKind::Mqtt, "policy-test")
@@ -129,9 +150,6 @@ async fn start_as(
         .build()
         .expect("valid subscription");
     let (tx, rx) = mpsc::unbounded_channel();
-    let broker = MqttBroker::new(url)
-        .client_id(client_id.clone())
-        .persistent_session(true);
     let handler = TestHandler {
         sub,
         script: Arc::new(script),
@@ -155,11 +173,13 @@ async fn start_as(
 
 impl Run {
     async fn publish(&self, body: &'static str) {
+        self.publish_bytes(Bytes::from_static(body.as_bytes()))
+            .await;
+    }
+
+    async fn publish_bytes(&self, body: Bytes) {
         self.broker
-            .publish_message(Outgoing::new(
-                self.topic.clone(),
-                Bytes::from_static(body.as_bytes()),
-            ))
+            .publish_message(Outgoing::new(self.topic.clone(), body))
             .await
             .expect("publish");
     }
@@ -378,6 +398,77 @@ async fn pubacks_leave_in_arrival_order() {
         *sniffer.publishes.lock().unwrap()
     );
     assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+/// A burst handled by 32 concurrent handlers that finish out of order: brook writes the
+/// PUBACKs in batches, and on the wire each message is acknowledged exactly once, in arrival
+/// order, and the session keeps nothing. With a tiny request queue, acks that do not fit wait
+/// in order (MQTT 5 has only that path: rumqttc gives it no direct writes).
+async fn burst_acked_in_arrival_order_once_each(version: ProtocolVersion, request_capacity: usize) {
+    const N: usize = 1000;
+    let sniffer = common::Sniffer::start(SHARED.parse().unwrap()).await;
+    let client_id = format!("brook-test-{}", unique("burst"));
+    let broker = MqttBroker::new(&format!("mqtt://{}", sniffer.addr))
+        .client_id(client_id.clone())
+        .persistent_session(true)
+        .protocol(version)
+        .request_capacity(request_capacity);
+    // Every 25th message is slow: the ones after it finish first, and their acks are all
+    // released at once when it completes (more than rumqttc's smallest request queue holds).
+    let mut run = start_with(broker, &client_id, AckPolicy::Ack, 1, 32, |m, _| {
+        let n: u64 = std::str::from_utf8(m.body()).unwrap().parse().unwrap();
+        Step::Sleep(if n.is_multiple_of(25) {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_micros(n * 37 % 500)
+        })
+    })
+    .await;
+    // From a connection of its own, so deliveries keep arriving while acks are released.
+    let publishing = {
+        let broker = MqttBroker::new(&url());
+        let topic = run.topic.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                broker
+                    .publish_message(Outgoing::new(topic.clone(), Bytes::from(i.to_string())))
+                    .await
+                    .expect("publish");
+            }
+        })
+    };
+    let mut handled = std::collections::HashSet::new();
+    while handled.len() < N {
+        handled.insert(run.next().await.body);
+    }
+    publishing.await.expect("publisher");
+    let acks = sniffer.pubacks.clone();
+    assert!(
+        common::eventually(WAIT, || acks.lock().unwrap().len() >= N).await,
+        "every message acknowledged"
+    );
+    run.stop().await;
+    assert_eq!(
+        *sniffer.pubacks.lock().unwrap(),
+        *sniffer.publishes.lock().unwrap(),
+        "one PUBACK per delivery, in arrival order"
+    );
+    assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_acked_in_arrival_order_once_each() {
+    burst_acked_in_arrival_order_once_each(ProtocolVersion::V311, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_acked_in_arrival_order_once_each_with_a_full_request_queue() {
+    burst_acked_in_arrival_order_once_each(ProtocolVersion::V311, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_acked_in_arrival_order_once_each_on_v5_with_a_full_request_queue() {
+    burst_acked_in_arrival_order_once_each(ProtocolVersion::V5, 2).await;
 }
 
 /// Manual: an unsettled message blocks the PUBACKs of later ones (MQTT orders acks), so after
