@@ -102,6 +102,13 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// What the broker supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// How long the client library's own tasks may outlive a closed connection before they
+    /// notice and end (lapin's heartbeat task sleeps up to half the heartbeat interval).
+    /// [`stopping_leaves_no_task_behind`] waits this much longer.
+    fn tasks_outlive_close(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What a scripted handler does on one delivery.
@@ -287,6 +294,17 @@ impl<A: Adapter> Run<A> {
             .fresh_source(test)
             .await
             .expect("create a fresh test source");
+        Run::start_on(adapter, source, test, setup, script).await
+    }
+
+    /// [`Run::start`] on a source the test created.
+    pub async fn start_on(
+        adapter: Arc<A>,
+        source: TestSource,
+        test: &str,
+        setup: Setup,
+        script: impl Fn(&Message, usize) -> Step + Send + Sync + 'static,
+    ) -> Run<A> {
         let mut builder = Subscription::new(A::Kind::KIND, format!("conformance::{test}"));
         for (n, v) in &source.args {
             builder = builder.arg(n.clone(), v.clone());
@@ -938,6 +956,42 @@ pub async fn every_policy_and_handler_outcome<A: Adapter>(a: Arc<A>) {
     }
 }
 
+/// A stopped App and a dropped broker leave no task of theirs running: a service that starts
+/// and stops Apps (or reconnects) must not accumulate connection tasks.
+pub async fn stopping_leaves_no_task_behind<A: Adapter>(a: Arc<A>) {
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let test = "stopping_leaves_no_task_behind";
+    // Whatever the adapter itself runs for its sources exists from here on.
+    let source = a
+        .fresh_source(test)
+        .await
+        .expect("create a fresh test source");
+    let linger = a.tasks_outlive_close();
+    let before = alive();
+    let mut run = Run::start_on(a, source, test, Setup::new(AckPolicy::Ack), |_, _| {
+        Step::Succeed
+    })
+    .await;
+    run.publish(b"one").await;
+    run.next_call().await;
+    run.stop().await;
+    drop(run);
+    // Tasks notice a closed connection on their next wake-up; a bounded wait for that.
+    let deadline = tokio::time::Instant::now() + WAIT + linger;
+    while alive() > before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        alive() <= before,
+        "{} task(s) still running after the App stopped and its broker was dropped",
+        alive() - before
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance test, against `$adapter` (an expression
 /// evaluated once per test).
 #[macro_export]
@@ -951,7 +1005,8 @@ macro_rules! conformance_tests {
             the_first_settlement_wins, max_deliveries_stops_redelivery_loops,
             undecodable_payloads_are_rejected, shutdown_lets_in_flight_handlers_finish,
             graceful_timeout_leaves_the_message_for_redelivery, concurrency_runs_handlers_in_parallel,
-            messages_are_handled_in_order, nack_delay_is_honoured, every_policy_and_handler_outcome
+            messages_are_handled_in_order, nack_delay_is_honoured, every_policy_and_handler_outcome,
+            stopping_leaves_no_task_behind
         );
     };
     (@each $adapter:expr; $($test:ident),* $(,)?) => {

@@ -328,6 +328,12 @@ impl Adapter for RabbitAdapter {
             dead_letters: true,
         }
     }
+
+    /// lapin's heartbeat task notices a closed connection when its sleep ends: half of the
+    /// 60 s heartbeat RabbitMQ proposes.
+    fn tasks_outlive_close(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(31)
+    }
 }
 
 /// Keeps `BrokerKind` in use for files that only need the helpers.
