@@ -33,7 +33,7 @@
 mod consumer;
 mod message;
 
-use brook_runtime::url::percent_decode;
+use brook_runtime::url::UrlParts;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -391,25 +391,16 @@ impl KafkaBroker {
 /// Splits a URL into the credential-free address and the client properties it implies.
 fn parse_url(url: &str) -> (String, Vec<(String, String)>) {
     let mut config = Vec::new();
-    let (tls, rest) = if let Some(r) = url.strip_prefix("kafkas://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("kafka://") {
-        (false, r)
-    } else {
-        (false, url)
-    };
-    let rest = rest.trim_end_matches('/');
-    let (creds, hosts) = match rest.rsplit_once('@') {
-        Some((c, h)) => (Some(c), h),
-        None => (None, rest),
-    };
-    if let Some(creds) = creds {
-        let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
-        config.push(("sasl.username".into(), percent_decode(user)));
-        config.push(("sasl.password".into(), percent_decode(password)));
+    let parts = UrlParts::split(url);
+    let tls = parts.scheme == Some("kafkas");
+    let hosts = parts.rest.trim_end_matches('/');
+    let user = parts.user();
+    if let Some(user) = &user {
+        config.push(("sasl.username".into(), user.clone()));
+        config.push(("sasl.password".into(), parts.password().unwrap_or_default()));
         config.push(("sasl.mechanism".into(), "PLAIN".into()));
     }
-    let protocol = match (tls, creds.is_some()) {
+    let protocol = match (tls, user.is_some()) {
         (false, false) => "plaintext",
         (true, false) => "ssl",
         (false, true) => "sasl_plaintext",

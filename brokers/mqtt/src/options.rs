@@ -11,7 +11,7 @@
 //! [`MqttBroker::client_id`]: crate::MqttBroker::client_id
 //! [`MqttBroker::persistent_session`]: crate::MqttBroker::persistent_session
 
-use brook_runtime::url::percent_decode;
+use brook_runtime::url::{percent_decode, redact, UrlParts};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -64,44 +64,33 @@ impl Config {
         };
         #[allow(unused_mut)]
         let mut tls = false;
-        let rest = match url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
+        // The user information first (it ends at the last `@`): an unencoded password may
+        // hold `?`, `/` or `:`, which must not be taken for the query, a path or a port.
+        let parts = UrlParts::split(url);
+        match parts.scheme {
+            Some("mqtt" | "tcp") | None => {}
             #[cfg(feature = "tls")]
-            Some(("mqtts" | "ssl" | "tls", rest)) => {
-                tls = true;
-                rest
-            }
+            Some("mqtts" | "ssl" | "tls") => tls = true,
             #[cfg(not(feature = "tls"))]
-            Some(("mqtts" | "ssl" | "tls", _)) => {
+            Some("mqtts" | "ssl" | "tls") => {
                 return Err(invalid(format!(
                     "TLS (`{}`) needs brook-mqtt's `tls` feature; use mqtt:// or enable it",
                     redact(url)
                 )))
             }
-            Some((scheme, _)) => {
+            Some(scheme) => {
                 return Err(invalid(format!(
                     "unsupported URL scheme `{scheme}` in `{}`: use mqtt://host:port",
                     redact(url)
                 )))
             }
-            None => url,
-        };
-        let (rest, query) = match rest.split_once('?') {
+        }
+        let (hostport, query) = match parts.rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
+            None => (parts.rest, None),
         };
-        let rest = rest.trim_end_matches('/');
-        let (userinfo, hostport) = match rest.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, rest),
-        };
-        let (username, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((user, pass)) => (Some(percent_decode(user)), Some(percent_decode(pass))),
-                None => (Some(percent_decode(u)), None),
-            },
-            None => (None, None),
-        };
+        let hostport = hostport.trim_end_matches('/');
+        let (username, password) = (parts.user(), parts.password());
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || p.parse::<u16>().is_ok() => {
                 let port = p.parse::<u16>().map_err(|_| {
@@ -229,36 +218,12 @@ pub(crate) fn generated_client_id() -> String {
     )
 }
 
-/// The URL with any password replaced, for error messages.
-///
-/// Conservative on purpose: everything between the scheme and the *last* `@` of the whole URL
-/// is treated as user info, so a password holding an unencoded `/`, `?` or `#` (which confuses
-/// the parser) is still hidden; a client id with an `@` in the query is over-redacted, which is
-/// harmless.
-pub(crate) fn redact(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let rest = match rest.rsplit_once('@') {
-        Some((userinfo, tail)) => {
-            let user = userinfo.split([':', '/', '?', '#']).next().unwrap_or("");
-            format!("{user}:***@{tail}")
-        }
-        None => rest.to_owned(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{rest}"),
-        None => rest,
-    }
-}
-
 /// `fragment` (a piece of the URL an error wants to quote) unless it could be part of the user
 /// info, in which case a placeholder: the parser may have misread a password as a port, an
 /// option or a value.
 fn quote(url: &str, fragment: &str) -> String {
-    match url.rsplit_once('@') {
-        Some((userinfo, _)) if !fragment.is_empty() && userinfo.contains(fragment) => {
+    match UrlParts::split(url).userinfo {
+        Some(userinfo) if !fragment.is_empty() && userinfo.contains(fragment) => {
             "<redacted>".to_owned()
         }
         _ => fragment.to_owned(),
@@ -327,7 +292,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("secret"), "{e}");
-        assert!(e.contains("u:***@h"), "{e}");
+        assert!(e.contains("mqtt://h:notaport"), "{e}");
         #[cfg(not(feature = "tls"))]
         assert!(Config::parse("mqtts://u:secret@h")
             .unwrap_err()

@@ -27,7 +27,7 @@ mod consumer;
 mod message;
 mod setup;
 
-use brook_runtime::url::percent_decode;
+use brook_runtime::url::{redact, UrlParts};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -167,43 +167,13 @@ impl fmt::Debug for NatsConfig {
     }
 }
 
-/// The server list without credentials: `nats://user:pw@host:4222` → `nats://host:4222`.
-///
-/// Everything up to the *last* `@` of each server is user information: a password written
-/// without percent-encoding may hold `/`, `?`, `#` or `@`, and must not survive as a "path".
-fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let (scheme, rest, _) = split_server(one);
-            let host = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
-            format!("{scheme}{host}")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// One server of the list: (scheme with `://`, the rest, the user information if any).
-fn split_server(one: &str) -> (&str, &str, Option<&str>) {
-    let one = one.trim();
-    let (scheme, rest) = match one.find("://") {
-        Some(at) => one.split_at(at + 3),
-        None => ("", one),
-    };
-    let userinfo = rest.rfind('@').map(|at| &rest[..at]);
-    (scheme, rest, userinfo)
-}
-
 /// The credentials of the first server that has some: (user, password) or (token, None).
 /// Read here rather than by a URL parser, so that an unencoded password cannot end up in a
 /// parse error or be taken for a path.
 fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
     url.split(',').find_map(|one| {
-        let (_, _, userinfo) = split_server(one);
-        let userinfo = userinfo?;
-        Some(match userinfo.split_once(':') {
-            Some((user, password)) => (percent_decode(user), Some(percent_decode(password))),
-            None => (percent_decode(userinfo), None),
-        })
+        let parts = UrlParts::split(one);
+        Some((parts.user()?, parts.password()))
     })
 }
 
@@ -548,7 +518,6 @@ mod tests {
         assert_eq!(redact("nats://u:p@127.0.0.1:4222"), "nats://127.0.0.1:4222");
         assert_eq!(redact("tok@h:1, nats://h2:2"), "h:1,nats://h2:2");
         assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
-        assert_eq!(percent_decode("p%40ss%2Fx"), "p@ss/x");
         // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never kept.
         for raw in ["pa/ss", "pa?ss", "pa#ss", "p@ss", "p/a@s?s#"] {
             let url = format!("nats://app:{raw}@127.0.0.1:4222");
