@@ -161,6 +161,13 @@ async fn fill_only(port: u16, client_id: &str, topic: &str, n: u64) {
     disconnect(client, el).await;
 }
 
+/// What the raw loops do per message: decode, as brook's bench handler does.
+fn handle(payload: &[u8]) {
+    let order = decode(payload);
+    assert!(order.is_some(), "bench payloads decode");
+    std::hint::black_box(order);
+}
+
 /// The hand-written loop: resume the session, decode and PUBACK every message (in arrival
 /// order, as brook does), until `n`. Timed from before connecting, like `run_brook`.
 async fn raw(port: u16, client_id: &str, n: u64) -> Duration {
@@ -173,9 +180,7 @@ async fn raw(port: u16, client_id: &str, n: u64) -> Duration {
     let mut seen = 0;
     while seen < n {
         if let Event::Incoming(Packet::Publish(p)) = el.poll().await.expect("raw loop") {
-            let order = decode(&p.payload);
-            assert!(order.is_some(), "bench payloads decode");
-            std::hint::black_box(order);
+            handle(&p.payload);
             client.try_ack(&p).expect("queue PUBACK");
             seen += 1;
         }
@@ -235,9 +240,7 @@ async fn raw5(port: u16, client_id: &str, n: u64) -> Duration {
     let mut seen = 0;
     while seen < n {
         if let Event::Incoming(Packet5::Publish(p)) = el.poll().await.expect("raw loop") {
-            let order = decode(&p.payload);
-            assert!(order.is_some(), "bench payloads decode");
-            std::hint::black_box(order);
+            handle(&p.payload);
             client.try_ack(&p).expect("queue PUBACK");
             seen += 1;
         }
