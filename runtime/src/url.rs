@@ -72,19 +72,16 @@ impl<'a> UrlParts<'a> {
 }
 
 /// `url` without credentials, for logs, errors and `Debug` ([`UrlParts::redacted`]).
-/// A comma-separated server list (`nats://a:1,nats://b:2`, `kafka://h1:9092,h2:9092`) is
-/// redacted server by server.
+///
+/// One URL: a comma is not a separator here (it may be part of a password or a query value).
+/// A server list is redacted server by server by whoever knows it is one.
 ///
 /// ```
 /// use brook_runtime::url::redact;
-/// assert_eq!(redact("redis://u:s3cret@h:6379/0?sentinelPassword=x"), "redis://h:6379/0");
-/// assert_eq!(redact("nats://tok@a:4222, nats://b:4222"), "nats://a:4222,nats://b:4222");
+/// assert_eq!(redact("redis://u:s3,cret@h:6379/0?sentinelPassword=a,b"), "redis://h:6379/0");
 /// ```
 pub fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|one| UrlParts::split(one).redacted())
-        .collect::<Vec<_>>()
-        .join(",")
+    UrlParts::split(url).redacted()
 }
 
 /// Undoes URL percent-encoding (`p%40ss` → `p@ss`), as used in user names and passwords.
@@ -172,7 +169,8 @@ mod tests {
         );
         assert_eq!(redact("amqp://u:p@h"), "amqp://h");
         assert_eq!(redact("h:1"), "h:1");
-        assert_eq!(redact("tok@h:1, nats://u:p@h2:2"), "h:1,nats://h2:2");
+        assert_eq!(redact("redis://u:pa,ss@h:6379"), "redis://h:6379");
+        assert_eq!(redact("redis://h/0?sentinelPassword=a,b"), "redis://h/0");
     }
 
     #[test]

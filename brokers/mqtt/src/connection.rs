@@ -180,7 +180,10 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
             // connection: let both settle first, for a bounded time.
             // Likewise an open QoS 2 handshake: the broker would resend its PUBREL, which
             // rumqttc (0.25) rejects on a new connection as unsolicited.
-            let busy = eventloop.busy() || shared.qos2_open.load(Ordering::Acquire) > 0;
+            // Released acks not written yet are worth sending first, too (fewer redeliveries).
+            let busy = eventloop.busy()
+                || shared.qos2_open.load(Ordering::Acquire) > 0
+                || !lock(&shared.acks).outbox.is_empty();
             if busy && since.elapsed() < RESUME_GRACE {
                 shared.resume_requested.store(true, Ordering::Release);
             } else {
@@ -244,10 +247,13 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
         // After DISCONNECT nothing more may be written.
         if disconnect_sent.is_none() {
             if let Err(error) = shared.write_released_acks(&mut eventloop).await {
-                // As for any write error: drop the connection and resume the session.
+                if shared.closing.load(Ordering::Acquire) {
+                    break;
+                }
+                // The connection cannot be trusted any more: resume the session on a new one
+                // (through the resume path, which first lets buffered events drain).
                 tracing::warn!(broker = "mqtt", address = %shared.config.address(), %error, "could not write MQTT acknowledgements; reconnecting");
-                shared.on_disconnected();
-                eventloop.clean();
+                shared.resume_requested.store(true, Ordering::Release);
             }
         }
     }
@@ -435,6 +441,10 @@ impl Shared {
             lock(&self.acks)
                 .outbox
                 .enqueue_waiting(|t| self.client.try_ack(t));
+            return Ok(());
+        }
+        if !eventloop.is_connected() {
+            // Nothing can be written; the disconnect emptied the outbox for the next connection.
             return Ok(());
         }
         let batch = lock(&self.acks).outbox.take();

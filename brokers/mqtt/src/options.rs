@@ -64,9 +64,14 @@ impl Config {
         };
         #[allow(unused_mut)]
         let mut tls = false;
-        // The user information first (it ends at the last `@`): an unencoded password may
-        // hold `?`, `/` or `:`, which must not be taken for the query, a path or a port.
-        let parts = UrlParts::split(url);
+        // The query starts at the first `?` (an `@` may appear unencoded in it, e.g. in a
+        // client id); before it, the user information ends at the last `@`, so an unencoded
+        // `/`, `:` or `@` in a password is not taken for a path, a port or a host.
+        let (before_query, query) = match url.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (url, None),
+        };
+        let parts = UrlParts::split(before_query);
         match parts.scheme {
             Some("mqtt" | "tcp") | None => {}
             #[cfg(feature = "tls")]
@@ -85,11 +90,7 @@ impl Config {
                 )))
             }
         }
-        let (hostport, query) = match parts.rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (parts.rest, None),
-        };
-        let hostport = hostport.trim_end_matches('/');
+        let hostport = parts.rest.trim_end_matches('/');
         let (username, password) = (parts.user(), parts.password());
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || p.parse::<u16>().is_ok() => {
@@ -284,6 +285,15 @@ mod tests {
             let r = redact(url);
             assert!(!r.contains(secret), "{url}: {r}");
         }
+    }
+
+    #[test]
+    fn an_at_sign_in_the_query_is_not_user_information() {
+        let c = Config::parse("mqtt://u:p/w@broker:1884?client_id=dev@site").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("broker", 1884));
+        assert_eq!(c.client_id, "dev@site");
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert_eq!(c.password.as_deref(), Some("p/w"));
     }
 
     #[test]

@@ -185,10 +185,10 @@ impl Loop {
         matches!(self, Loop::V4(_))
     }
 
-    /// Writes PUBACKs/PUBRECs straight to the socket, with one flush for all of them. They go
-    /// through rumqttc's session state as if taken from its request queue (which also reports
-    /// each as sent); only the per-request flush is saved. Not connected: nothing is written
-    /// (the broker redelivers those messages).
+    /// Writes PUBACKs/PUBRECs straight to the socket, with one flush for all of them, within
+    /// `timeout`. They go through rumqttc's session state as if taken from its request queue
+    /// (which also reports each as sent); only the per-request flush is saved. An error (also
+    /// when not connected) means the connection is no longer usable for acks.
     pub async fn write_acks(
         &mut self,
         acks: impl IntoIterator<Item = AckTarget>,
@@ -196,26 +196,32 @@ impl Loop {
     ) -> Result<(), String> {
         match self {
             Loop::V4(el) => {
+                let el = &mut **el;
                 let Some(network) = el.network.as_mut() else {
-                    return Ok(());
+                    return Err("not connected".into());
                 };
-                for a in acks {
-                    let request = match a.qos {
-                        QoS::ExactlyOnce => rumqttc::Request::PubRec(rumqttc::PubRec::new(a.pkid)),
-                        _ => rumqttc::Request::PubAck(rumqttc::PubAck::new(a.pkid)),
-                    };
-                    if let Some(packet) = el
-                        .state
-                        .handle_outgoing_packet(request)
-                        .map_err(|e| e.to_string())?
-                    {
-                        network.write(packet).await.map_err(|e| e.to_string())?;
+                let state = &mut el.state;
+                let write = async {
+                    for a in acks {
+                        let request = match a.qos {
+                            QoS::ExactlyOnce => {
+                                rumqttc::Request::PubRec(rumqttc::PubRec::new(a.pkid))
+                            }
+                            _ => rumqttc::Request::PubAck(rumqttc::PubAck::new(a.pkid)),
+                        };
+                        if let Some(packet) = state
+                            .handle_outgoing_packet(request)
+                            .map_err(|e| e.to_string())?
+                        {
+                            // Buffered; `feed` only writes once the buffer is full.
+                            network.write(packet).await.map_err(|e| e.to_string())?;
+                        }
                     }
-                }
-                tokio::time::timeout(timeout, network.flush())
+                    network.flush().await.map_err(|e| e.to_string())
+                };
+                tokio::time::timeout(timeout, write)
                     .await
                     .map_err(|_| format!("writing acknowledgements took over {timeout:?}"))?
-                    .map_err(|e| e.to_string())
             }
             // rumqttc's v5 event loop does not expose its socket; see `writes_acks`.
             Loop::V5(..) => Err("an MQTT 5 connection queues its acks through rumqttc".into()),

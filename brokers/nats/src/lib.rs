@@ -27,7 +27,7 @@ mod consumer;
 mod message;
 mod setup;
 
-use brook_runtime::url::{redact, UrlParts};
+use brook_runtime::url::UrlParts;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -165,6 +165,15 @@ impl fmt::Debug for NatsConfig {
             .field("publish_mode", &self.publish_mode)
             .finish()
     }
+}
+
+/// The server list without credentials: `nats://user:pw@host:4222` → `nats://host:4222`, each
+/// server by the rule of [`UrlParts`] (user information ends at its last `@`).
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(brook_runtime::url::redact)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The credentials of the first server that has some: (user, password) or (token, None).
