@@ -527,6 +527,10 @@ mod tests {
         assert_eq!(redact("nats://u:p@127.0.0.1:4222"), "nats://127.0.0.1:4222");
         assert_eq!(redact("tok@h:1, nats://h2:2"), "h:1,nats://h2:2");
         assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(
+            url_credentials("nats://u:p%40ss%2Fx@h:1"),
+            Some(("u".to_owned(), Some("p@ss/x".to_owned())))
+        );
         // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never kept.
         for raw in ["pa/ss", "pa?ss", "pa#ss", "p@ss", "p/a@s?s#"] {
             let url = format!("nats://app:{raw}@127.0.0.1:4222");

@@ -470,9 +470,20 @@ mod tests {
     fn redacts_credentials() {
         // The rule itself is tested in brook_runtime::url; here: Redis URLs use it.
         assert_eq!(redact("redis://user:pw@host:1/2"), "redis://host:1/2");
+        assert_eq!(redact("redis://:pw@host:1"), "redis://host:1");
         assert_eq!(redact("rediss://host"), "rediss://host");
         assert_eq!(redact("redis://h:1/0?sentinelPassword=x"), "redis://h:1/0");
-        assert!(!redact("redis://:se@cret@host:1").contains("cret"));
+        // Unencoded `/`, `?`, `#`, `@` in a password never show.
+        for url in [
+            "redis://:se/cret@host:1/2",
+            "redis://u:se?cret@host:1",
+            "redis://u:se#cret@host:1",
+            "redis://:se@cret@host:1",
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains("cret"), "{url} -> {shown}");
+        }
+        assert_eq!(redact("redis://:a/b@host:1/2"), "redis://host:1/2");
     }
 
     #[test]
