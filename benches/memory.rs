@@ -97,7 +97,7 @@ fn run<H: Handler>(handler: H, n: u64, path: Path) -> Figures {
         .build()
         .unwrap();
     let broker = MemoryBroker::new();
-    let sub = handler.subscription().unwrap();
+    let sub = handler.subscription().build().unwrap();
     let ctx = Context::default();
     let mut consumer = rt.block_on(broker.subscribe(&sub)).unwrap();
     for i in 0..n {

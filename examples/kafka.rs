@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use brook::kafka::subscriber;
 use brook::kafka::{KafkaBroker, KafkaMessage};
 use brook::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,6 @@ fn handled() {
 /// The first delivery of order 2 fails: NackOnError seeks the partition back to it, so it is
 /// read again (the delivery count is kept by this consumer), then the later orders, in order.
 #[subscriber(
-    broker = kafka,
     topic = "brook-example-orders",
     group_id = "billing",
     auto_offset_reset = earliest,
@@ -57,7 +57,6 @@ async fn bill(order: Order, msg: &Message, kafka: &KafkaMessage) -> anyhow::Resu
 
 /// AckFirst: the offset is stored when the message is read and committed in the background.
 #[subscriber(
-    broker = kafka,
     topic = "brook-example-audit",
     group_id = "audit",
     auto_offset_reset = earliest,

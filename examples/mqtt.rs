@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use brook::mqtt::subscriber;
 use brook::mqtt::{MqttBroker, MqttMessage};
 use brook::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -35,7 +36,7 @@ fn handled() {
 
 /// Order 2 fails on its first delivery: NackOnError withholds the PUBACK, brook resumes the
 /// session, and Mosquitto redelivers it with the DUP flag set.
-#[subscriber(broker = mqtt, topic = "brook/example/orders", qos = 1, ack_policy = NackOnError)]
+#[subscriber(topic = "brook/example/orders", qos = 1, ack_policy = NackOnError)]
 async fn bill(order: Order, mqtt: &MqttMessage) -> anyhow::Result<()> {
     if order.id == 2 && !mqtt.dup() {
         anyhow::bail!("payment backend timed out on order {}", order.id);
@@ -46,7 +47,7 @@ async fn bill(order: Order, mqtt: &MqttMessage) -> anyhow::Result<()> {
 }
 
 /// QoS 0: nothing to acknowledge.
-#[subscriber(broker = mqtt, topic = "brook/example/sensors/+", qos = 0)]
+#[subscriber(topic = "brook/example/sensors/+", qos = 0)]
 async fn sensor(reading: f64, msg: &Message) {
     println!("{} = {reading}", msg.topic());
     handled();
@@ -54,7 +55,7 @@ async fn sensor(reading: f64, msg: &Message) {
 
 /// Manual, QoS 2: the handler's ack sends PUBREC (the handshake then completes with
 /// PUBREL/PUBCOMP).
-#[subscriber(broker = mqtt, topic = "brook/example/audit/#", qos = 2, ack_policy = Manual)]
+#[subscriber(topic = "brook/example/audit/#", qos = 2, ack_policy = Manual)]
 async fn audit(text: String, msg: &Message) -> anyhow::Result<()> {
     println!("audit on {}: {text}", msg.topic());
     msg.ack().await?;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use brook::nats::subscriber;
 use brook::nats::NatsBroker;
 use brook::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,6 @@ fn handled() {
 /// JetStream: the stream and the durable pull consumer are created if missing. The first
 /// delivery of order 2 fails, so NackOnError sends -NAK and JetStream redelivers it.
 #[subscriber(
-    broker = nats,
     subject = "brook.example.orders",
     stream = "BROOK_EXAMPLE_ORDERS",
     durable = "billing",
@@ -56,7 +56,7 @@ async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
 
 /// Core NATS: no acknowledgement exists, so only AckFirst / Ack / RejectOnError are allowed
 /// (they all mean "nothing to do" here).
-#[subscriber(broker = nats, subject = "brook.example.audit.*", ack_policy = AckFirst)]
+#[subscriber(subject = "brook.example.audit.*", ack_policy = AckFirst)]
 async fn audit(text: String, msg: &Message) {
     println!("audit on {}: {text}", msg.topic());
     handled();

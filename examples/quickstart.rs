@@ -14,8 +14,14 @@ struct Order {
     amount: f64,
 }
 
-/// Always succeeds: acked.
-#[subscriber(broker = memory, topic = "orders.created", ack_policy = NackOnError)]
+/// The topic the confirmations come from: its name from the environment, as a deployment
+/// would set it (`ORDERS_TOPIC=orders.created.staging cargo run --example quickstart`).
+fn orders_topic() -> String {
+    std::env::var("ORDERS_TOPIC").unwrap_or_else(|_| "orders.created".into())
+}
+
+/// Always succeeds: acked. The topic name is an expression, evaluated when the App is built.
+#[subscriber(topic = orders_topic(), ack_policy = NackOnError)]
 async fn confirm(order: Order) -> anyhow::Result<()> {
     tracing::info!(id = order.id, "order confirmed");
     Ok(())
@@ -23,7 +29,7 @@ async fn confirm(order: Order) -> anyhow::Result<()> {
 
 /// The payment backend fails on the first attempt: NackOnError redelivers, and the second
 /// delivery succeeds.
-#[subscriber(broker = memory, topic = "orders.charge", ack_policy = NackOnError, max_deliveries = 5)]
+#[subscriber(topic = "orders.charge", ack_policy = NackOnError, max_deliveries = 5)]
 async fn charge(order: Order, msg: &Message) -> anyhow::Result<()> {
     if msg.delivery_count() == Some(1) {
         anyhow::bail!("payment backend timed out charging order {}", order.id);
@@ -34,7 +40,7 @@ async fn charge(order: Order, msg: &Message) -> anyhow::Result<()> {
 
 /// Bad input is rejected: a negative amount with the `Reject` interrupt, a payload that is
 /// not an `Order` by the decoder (rejected, not redelivered: retrying cannot fix it).
-#[subscriber(broker = memory, topic = "orders.ship", ack_policy = RejectOnError)]
+#[subscriber(topic = "orders.ship", ack_policy = RejectOnError)]
 async fn ship(order: Order) -> anyhow::Result<()> {
     if order.amount < 0.0 {
         return Err(brook::Reject.into());
@@ -62,8 +68,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     let order = |id, amount| Outgoing::encode(&Order { id, amount }, "");
+    let created = orders_topic();
     let sends = [
-        ("orders.created", order(1, 10.0)?, "valid order"),
+        (created.as_str(), order(1, 10.0)?, "valid order"),
         ("orders.charge", order(2, 25.0)?, "backend fails once"),
         ("orders.ship", order(3, -5.0)?, "negative amount"),
         (

@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use brook::prelude::*;
+use brook::rabbit::subscriber;
 use brook::rabbit::{RabbitBroker, RabbitMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -32,7 +33,6 @@ fn handled() {
 /// A quorum queue counts deliveries (`x-delivery-count`), so `max_deliveries` works. The first
 /// delivery of order 2 fails: NackOnError sends basic.nack(requeue) and RabbitMQ redelivers.
 #[subscriber(
-    broker = rabbit,
     queue = "brook.example.orders",
     queue_type = quorum,
     ack_policy = NackOnError,
@@ -56,7 +56,6 @@ async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
 /// default in FastStream and brook): an error rejects the message (requeue = false), which a
 /// dead-letter exchange would receive if the queue had one.
 #[subscriber(
-    broker = rabbit,
     queue = "brook.example.ship",
     exchange = "brook.example",
     exchange_type = topic,

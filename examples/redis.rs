@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use brook::prelude::*;
 use brook::redis::fred::prelude::*;
+use brook::redis::subscriber;
 use brook::redis::{RedisBroker, RedisMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -35,7 +36,6 @@ fn handled() {
 /// entry pending and brook claims it again, with Redis's delivery count. Negative amounts are
 /// rejected: XACK plus XADD to the dead-letter stream.
 #[subscriber(
-    broker = redis,
     stream = "brook.example.orders",
     group = "billing",
     dead_letter_stream = "brook.example.orders.dead",
@@ -66,7 +66,7 @@ async fn bill(order: Order, msg: &Message, redis: &RedisMessage) -> anyhow::Resu
 }
 
 /// Pub/sub: no acknowledgement exists, so the policy is AckFirst (the only honest one).
-#[subscriber(broker = redis, channel = "brook.example.*", ack_policy = AckFirst)]
+#[subscriber(channel = "brook.example.*", ack_policy = AckFirst)]
 async fn audit(text: String, msg: &Message, redis: &RedisMessage) {
     println!(
         "event on {} (pattern {:?}, correlation_id {:?}): {text}",

@@ -48,8 +48,16 @@ pub use brook_runtime::*;
 /// The function becomes a unit struct `bill` implementing [`Handler`], registered with
 /// `App::subscribe(bill)`; the function itself stays callable as `bill::handle(...)`.
 ///
-/// **Arguments of the attribute.** Every broker: `broker` (optional when exactly one broker is
-/// compiled in; the in-memory broker counts only when no other is), `ack_policy` (`AckFirst`,
+/// **Which broker.** `brook::subscriber` takes `broker = kafka` / `rabbit` / `nats` / `redis` /
+/// `mqtt` / `memory`, and is the in-memory broker without it; `brook::kafka::subscriber` (and
+/// the other brokers' paths) fix the broker. Which cargo features are on never matters.
+///
+/// **Names** (topic, queue, group_id, ...) are string literals, any expression that yields a
+/// string (evaluated when the App is built: `topic = std::env::var("T").unwrap_or_default()`),
+/// or `_`, given where the subscriber is mounted (`App::subscribe(bill.topic(&cfg.orders))`,
+/// see [`Mount`]). Literal names are checked at compile time, the others by `App::start`.
+///
+/// **Arguments of the attribute.** Every broker: `broker`, `ack_policy` (`AckFirst`,
 /// `Ack`, `RejectOnError`, `NackOnError`, `Manual`; default: FastStream's for the broker),
 /// `concurrency`, `max_deliveries`, `on_decode_error` (`Reject` or `Nack`). The source:
 /// `topic` (memory, Kafka, MQTT), `queue` (RabbitMQ), `subject`/`stream` (NATS),
@@ -60,34 +68,59 @@ pub use brook_runtime::*;
 ///
 /// **Arguments of the function**: any `serde::Deserialize` type (the decoded payload),
 /// `String`/`&str`, `Vec<u8>`/`Bytes`/`&[u8]` (raw), `&Message`, `&Headers`, `State<T>`,
-/// `&Context`, or anything implementing [`FromMessage`]. It returns `()` or
-/// `Result<(), E>` with `E: Into<anyhow::Error>`.
+/// `&Context`, a broker's own message type (`&brook::kafka::KafkaMessage`, ...), or anything
+/// implementing [`FromMessage`]. It returns `()` or `Result<(), E>` with
+/// `E: Into<anyhow::Error>`. Arguments the App can never produce (a `State<T>` it has no `T`
+/// for) stop `App::start`.
 pub use brook_macros::subscriber;
 
-/// Kafka (`kafka` feature).
+/// The in-memory broker (always compiled in), with its `#[subscriber]`:
+/// `use brook::memory::subscriber;`.
+pub mod memory {
+    pub use brook_macros::memory_subscriber as subscriber;
+    pub use brook_runtime::memory::*;
+}
+
+/// Kafka (`kafka` feature): `use brook::kafka::subscriber;` declares Kafka subscribers.
 #[cfg(feature = "kafka")]
-pub use brook_kafka as kafka;
+pub mod kafka {
+    pub use brook_kafka::*;
+    pub use brook_macros::kafka_subscriber as subscriber;
+}
 
-/// RabbitMQ (`rabbit` feature).
+/// RabbitMQ (`rabbit` feature): `use brook::rabbit::subscriber;` declares RabbitMQ subscribers.
 #[cfg(feature = "rabbit")]
-pub use brook_rabbit as rabbit;
+pub mod rabbit {
+    pub use brook_macros::rabbit_subscriber as subscriber;
+    pub use brook_rabbit::*;
+}
 
-/// NATS core and JetStream (`nats` feature).
+/// NATS core and JetStream (`nats` feature): `use brook::nats::subscriber;`.
 #[cfg(feature = "nats")]
-pub use brook_nats as nats;
+pub mod nats {
+    pub use brook_macros::nats_subscriber as subscriber;
+    pub use brook_nats::*;
+}
 
-/// Redis pub/sub, lists and streams (`redis` feature).
+/// Redis pub/sub, lists and streams (`redis` feature): `use brook::redis::subscriber;`.
 #[cfg(feature = "redis")]
-pub use brook_redis as redis;
+pub mod redis {
+    pub use brook_macros::redis_subscriber as subscriber;
+    pub use brook_redis::*;
+}
 
-/// MQTT (`mqtt` feature).
+/// MQTT (`mqtt` feature): `use brook::mqtt::subscriber;`.
 #[cfg(feature = "mqtt")]
-pub use brook_mqtt as mqtt;
+pub mod mqtt {
+    pub use brook_macros::mqtt_subscriber as subscriber;
+    pub use brook_mqtt::*;
+}
 
 /// Everything a handler module usually needs.
 pub mod prelude {
     pub use crate::subscriber;
     pub use brook_runtime::{
-        AckPolicy, App, Broker, Context, Headers, MemoryBroker, Message, Outgoing, Settled, State,
+        AckPolicy, App, Broker, Context, Headers, MemoryBroker, Message, Mount, MountNames,
+        Outgoing, Settled, State,
     };
 }

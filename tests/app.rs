@@ -68,29 +68,33 @@ async fn hooks_run_around_consumption_and_run_returns_on_the_shutdown_handle() {
 #[tokio::test]
 async fn a_failing_startup_hook_stops_the_start_with_its_error() {
     let app = App::new(MemoryBroker::new())
+        .state(Log::default())
         .subscribe(record)
         .on_startup(|| async { anyhow::bail!("database unreachable") });
-    let err = app
-        .start()
-        .await
-        .err()
-        .expect("start must fail")
-        .to_string();
+    let err = start_error(app).await;
     assert!(
         err.contains("startup hook failed: database unreachable"),
         "{err}"
     );
 }
 
+/// What `start` refused with (it must refuse).
+async fn start_error(app: App<MemoryBroker>) -> String {
+    app.start()
+        .await
+        .err()
+        .expect("start must fail")
+        .to_string()
+}
+
 struct Invalid;
 
 impl brook::Handler for Invalid {
     type Broker = brook::kind::Memory;
-    fn subscription(&self) -> Result<brook::Subscription, brook::SubscriptionError> {
+    fn subscription(&self) -> brook::SubscriptionBuilder {
         brook::Subscription::new(brook::BrokerKind::Memory, "invalid")
             .arg("topic", "t")
             .arg("concurrency", 0u32)
-            .build()
     }
     async fn call(&self, _: &Message, _: &Context) -> Result<(), brook::HandlerError> {
         Ok(())
@@ -99,17 +103,89 @@ impl brook::Handler for Invalid {
 
 #[tokio::test]
 async fn an_invalid_hand_built_subscriber_is_reported_at_start() {
-    let err = App::new(MemoryBroker::new())
-        .subscribe(Invalid)
-        .start()
-        .await
-        .err()
-        .expect("start must fail")
-        .to_string();
+    let err = start_error(App::new(MemoryBroker::new()).subscribe(Invalid)).await;
     assert_eq!(
         err,
-        "subscriber `invalid` on the in-memory broker: `concurrency` must be at least 1"
+        "the App cannot start: subscriber `invalid` on the in-memory broker: `concurrency` must be at least 1"
     );
+}
+
+struct Db;
+
+#[subscriber(topic = "app.needs_db", ack_policy = NackOnError)]
+async fn needs_db(_body: String, _db: State<Db>) {}
+
+#[subscriber(topic = _, group_id = _)]
+async fn open_names(_body: String) {}
+
+#[subscriber(topic = std::env::var("BROOK_TEST_NO_SUCH_VAR").unwrap_or_default())]
+async fn from_env(_body: String) {}
+
+#[tokio::test]
+async fn start_reports_every_misconfigured_subscriber_and_consumes_nothing() {
+    let broker = MemoryBroker::new();
+    broker.record();
+    let id = broker.publish_traced(Outgoing::encode("x", "app.needs_db").unwrap());
+    let err = start_error(
+        App::new(broker.clone())
+            .subscribe(needs_db)
+            .subscribe(open_names.topic("app.open")) // group_id = _ left without a value
+            .subscribe(Invalid),
+    )
+    .await;
+    assert!(err.starts_with("the App cannot start: 3 problems"), "{err}");
+    assert!(
+        err.contains("subscriber `needs_db`: argument `_db` can never be produced on this App: no state of type")
+            && err.contains("Db` was registered"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`group_id = _` is left to the mount site")
+            && err.contains("open_names.group_id(...)"),
+        "{err}"
+    );
+    assert!(err.contains("`concurrency` must be at least 1"), "{err}");
+    // Nothing was consumed, so nothing was rejected or dead-lettered: the message waits.
+    assert_eq!(broker.trace(id).deliveries, 0);
+    assert!(broker.dead_letters("app.needs_db").is_empty());
+    assert_eq!(broker.snapshot("app.needs_db").groups[0].waiting.len(), 1);
+}
+
+#[tokio::test]
+async fn a_name_from_an_expression_is_checked_when_the_app_starts() {
+    let err = start_error(App::new(MemoryBroker::new()).subscribe(from_env)).await;
+    assert_eq!(
+        err,
+        "the App cannot start: subscriber `from_env` on the in-memory broker: `topic = \"\"`: a name cannot be empty"
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_name_cannot_be_changed_at_the_mount_site_without_saying_so() {
+    let err = start_error(App::new(MemoryBroker::new()).subscribe(record.topic("elsewhere"))).await;
+    assert!(
+        err.contains("`topic` is fixed by the attribute (topic = \"app.events\")"),
+        "{err}"
+    );
+    let app = App::new(MemoryBroker::new())
+        .state(Log::default())
+        .subscribe(record.override_name("topic", "elsewhere"))
+        .start()
+        .await
+        .expect("an explicit override starts");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_given_at_the_mount_site_are_consumed() {
+    let harness = TestApp::start(
+        App::new(MemoryBroker::new()).subscribe(open_names.topic("app.mounted").group_id("g")),
+    )
+    .await
+    .unwrap();
+    let published = harness.publish("hi", "app.mounted").await.unwrap();
+    let trace = published.settled().await.unwrap();
+    assert_eq!(trace.last(), Some(Settled::Acked));
 }
 
 #[tokio::test]

@@ -3,27 +3,27 @@
 //! macro's arguments reach the queue declaration and the consumer, `&RabbitMessage` is
 //! extracted, and RabbitMQ's state afterwards shows what the policy did.
 //!
-//! Macro arguments are literals, so a wrapper checks the arguments the macro produced and runs
-//! the same subscription on per-run queue names (parallel runs and reruns never share a queue);
-//! every queue the test declares has `x-expires`, so a failed run leaves nothing behind.
+//! The queue's name comes from the environment (`BROOK_FACADE_RABBIT_QUEUE`, as a deployment
+//! would set it) and the dead-letter exchange from the mount site, so each run uses fresh names
+//! (parallel runs and reruns never share a queue); every queue the test declares has
+//! `x-expires`, so a failed run leaves nothing behind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use brook::prelude::*;
+use brook::prelude::{App, Broker, Message, MountNames};
 use brook::rabbit::lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use brook::rabbit::lapin::types::{AMQPValue, FieldTable};
 use brook::rabbit::lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use brook::rabbit::{RabbitBroker, RabbitMessage};
-use brook::{Handler, HandlerError, Subscription, SubscriptionError};
+use brook::rabbit::{subscriber, RabbitBroker, RabbitMessage};
 use tokio::sync::mpsc;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// The names the macro below is written with; the test runs on per-run variants.
+/// The prefixes of the per-run names.
 const QUEUE: &str = "brook.facade.rabbit.poison";
 const DLX: &str = "brook.facade.rabbit.dlx";
 /// Test queues disappear this long after their last use.
@@ -42,42 +42,6 @@ fn per_run(name: &str) -> String {
     )
 }
 
-/// Runs the macro-generated handler on other queue names: checks that the macro's arguments
-/// arrived, then builds the same subscription with `queue` and `dlx` renamed.
-struct PerRun<H> {
-    inner: H,
-    queue: String,
-    dlx: String,
-}
-
-impl<H: Handler> Handler for PerRun<H> {
-    type Broker = H::Broker;
-
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        let sub = self.inner.subscription()?;
-        assert_eq!(sub.source_name(), QUEUE);
-        assert_eq!(sub.str("queue_type"), Some("quorum"));
-        assert_eq!(sub.str("dead_letter_exchange"), Some(DLX));
-        assert_eq!(sub.policy(), AckPolicy::NackOnError);
-        assert_eq!(sub.max_deliveries(), Some(2));
-        assert_eq!(sub.int("prefetch"), Some(4));
-        Subscription::new(sub.broker(), sub.name().to_owned())
-            .arg("queue", self.queue.clone())
-            // A name, as the macro passes `quorum` (its value type is not re-exported
-            // elsewhere).
-            .arg("queue_type", brook::ArgValue::Ident("quorum".into()))
-            .arg("dead_letter_exchange", self.dlx.clone())
-            .arg("ack_policy", sub.policy())
-            .arg("max_deliveries", 2u32)
-            .arg("prefetch", 4u32)
-            .build()
-    }
-
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        self.inner.call(msg, ctx).await
-    }
-}
-
 /// Body, delivery count, redelivered flag of each delivery.
 type Seen = (String, Option<u32>, bool);
 
@@ -86,10 +50,9 @@ static SEEN: Mutex<Option<mpsc::UnboundedSender<Seen>>> = Mutex::new(None);
 /// Fails every time on a quorum queue: NackOnError requeues, and the second failure becomes a
 /// basic.reject (max_deliveries = 2), which the queue dead-letters to `DLX`.
 #[subscriber(
-    broker = rabbit,
-    queue = "brook.facade.rabbit.poison",
+    queue = std::env::var("BROOK_FACADE_RABBIT_QUEUE").unwrap_or_else(|_| "orders".into()),
     queue_type = quorum,
-    dead_letter_exchange = "brook.facade.rabbit.dlx",
+    dead_letter_exchange = _,
     ack_policy = NackOnError,
     max_deliveries = 2,
     prefetch = 4
@@ -107,6 +70,15 @@ async fn admin() -> (Connection, Channel) {
         .expect("RabbitMQ on 127.0.0.1:5672");
     let ch = conn.create_channel().await.expect("channel");
     (conn, ch)
+}
+
+/// Declares `queue` with `x-expires`, so a failed run leaves nothing behind.
+async fn declare_expiring(ch: &Channel, queue: &str) {
+    let mut expiring = FieldTable::default();
+    expiring.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), expiring)
+        .await
+        .expect("declare a test queue");
 }
 
 async fn depth(ch: &Channel, queue: &str) -> u32 {
@@ -137,15 +109,7 @@ async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() 
     )
     .await
     .expect("dlx");
-    let mut expiring = FieldTable::default();
-    expiring.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
-    ch.queue_declare(
-        dlq.as_str().into(),
-        QueueDeclareOptions::default(),
-        expiring,
-    )
-    .await
-    .expect("dlq");
+    declare_expiring(&ch, &dlq).await;
     ch.queue_bind(
         dlq.as_str().into(),
         dlx.as_str().into(),
@@ -159,13 +123,10 @@ async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() 
     let (tx, mut rx) = mpsc::unbounded_channel();
     *SEEN.lock().unwrap() = Some(tx);
     let broker = RabbitBroker::new(URL);
-    let handler = PerRun {
-        inner: poison,
-        queue: queue.clone(),
-        dlx,
-    };
+    // What a deployment does: the environment names the queue, read when the App is built.
+    std::env::set_var("BROOK_FACADE_RABBIT_QUEUE", &queue);
     let app = App::new(broker.clone())
-        .subscribe(handler)
+        .subscribe(poison.dead_letter_exchange(dlx))
         .start()
         .await
         .unwrap();
@@ -211,4 +172,50 @@ async fn a_macro_declared_quorum_subscriber_dead_letters_after_max_deliveries() 
             .await
             .expect("delete test queue");
     }
+}
+
+struct Billing;
+
+/// Takes state the App below never registers.
+#[subscriber(queue = _, ack_policy = NackOnError)]
+async fn needs_state(_body: String, _billing: brook::State<Billing>) {}
+
+/// A configuration mistake used to start fine and reject (dead-letter) every message without
+/// running the handler; now the App refuses to start and the message stays in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_state_stops_the_start_and_no_message_is_touched() {
+    let (_conn, ch) = admin().await;
+    let queue = per_run("brook.facade.rabbit.state");
+    let mut expiring = FieldTable::default();
+    expiring.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        expiring,
+    )
+    .await
+    .expect("queue");
+    let broker = RabbitBroker::new(URL);
+    broker.connect().await.unwrap();
+    broker.publish("waiting", &queue).await.unwrap();
+    let err = App::new(broker.clone())
+        .subscribe(needs_state.queue(&queue))
+        .start()
+        .await
+        .err()
+        .expect("the App must refuse to start")
+        .to_string();
+    assert!(
+        err.contains("subscriber `needs_state`: argument `_billing` can never be produced"),
+        "{err}"
+    );
+    assert_eq!(
+        depth(&ch, &queue).await,
+        1,
+        "the message is still in the queue"
+    );
+    broker.close().await.unwrap();
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete test queue");
 }

@@ -1,7 +1,8 @@
 //! Compile-time checks of `#[subscriber]`, pinned as trybuild `.stderr` files.
 //!
 //! `tests/ui/memory` runs in the default build (only the in-memory broker compiled in);
-//! `tests/ui/full` needs every broker compiled in: `cargo test --features full --test ui`.
+//! `tests/ui/full` needs every broker compiled in: `cargo test --features full --test ui`;
+//! `tests/ui/additive` runs in both a `kafka`-only build and the full one.
 //! Warnings are pinned by fixtures that `#![deny(deprecated)]` them into errors.
 
 #[test]
@@ -29,4 +30,13 @@ fn all_brokers_build() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/full/*.rs");
     t.pass("tests/ui/pass/*.rs");
+}
+
+/// Additivity: the same fixtures compile with only `kafka` on and with every broker on
+/// (`cargo test --features kafka --test ui` and `--features full`).
+#[test]
+#[cfg(feature = "kafka")]
+fn turning_on_more_brokers_changes_nothing() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/additive/*.rs");
 }

@@ -15,6 +15,20 @@
 use std::borrow::Cow;
 use std::fmt;
 
+mod features;
+mod names;
+mod options;
+
+pub use features::{
+    arguments_table, features_table, sources, wire_table, DeadLetter, DeliveryCount, Features, Wire,
+};
+pub use names::check_name;
+pub use options::{
+    DeliverPolicy, ExchangeType, JetStreamOptions, KafkaOptions, MemoryOptions, MqttOptions,
+    NatsOptions, OffsetReset, Options, QueueType, RabbitOptions, RedisOptions, RedisSource,
+    RedisStreamOptions,
+};
+
 /// When and how a message is settled (acknowledged, negatively acknowledged or rejected).
 ///
 /// | policy | before handler | handler `Ok` | handler `Err` / panic |
@@ -135,7 +149,7 @@ impl BrokerKind {
     }
 
     /// The broker-specific message type a handler may take instead of `&Message`
-    /// (`None` for the in-memory broker, which has only `Message`).
+    /// (`None` for the in-memory broker, which has only `Message`), as the docs name it.
     pub const fn message_type(self) -> Option<&'static str> {
         match self {
             BrokerKind::Memory => None,
@@ -157,8 +171,10 @@ impl fmt::Display for BrokerKind {
 /// The kind of value an argument takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgKind {
-    /// A string literal: `topic = "orders"`.
-    Str,
+    /// A name: a string literal (`topic = "orders"`), any Rust expression that yields a
+    /// string (`topic = cfg::ORDERS`, evaluated when the App is built), or `_` (given at the
+    /// mount site: `bill.topic(&cfg.orders)`).
+    Name,
     /// A non-negative integer literal: `concurrency = 4`.
     Int,
     /// `true` or `false`.
@@ -171,7 +187,7 @@ impl ArgKind {
     /// How the docs and errors describe a value of this kind.
     pub fn describe(self) -> String {
         match self {
-            ArgKind::Str => "a string literal".to_owned(),
+            ArgKind::Name => "a name: a string literal, an expression that yields a string, or `_` to set it where the subscriber is mounted".to_owned(),
             ArgKind::Int => "a non-negative integer".to_owned(),
             ArgKind::Bool => "`true` or `false`".to_owned(),
             ArgKind::Ident(names) => format!("one of {}", names.join(", ")),
@@ -179,7 +195,8 @@ impl ArgKind {
     }
 }
 
-/// An argument a subscriber accepts.
+/// An argument a subscriber accepts: what it takes, where it applies, what it conflicts with.
+/// The macro, the runtime and the docs all read these, so a rule is written once.
 #[derive(Clone, Copy, Debug)]
 pub struct ArgSpec {
     /// The name as written in the attribute.
@@ -188,11 +205,57 @@ pub struct ArgSpec {
     pub kind: ArgKind,
     /// One line for docs and errors.
     pub doc: &'static str,
+    /// The value used when the argument is not written, as the docs show it.
+    pub default: Option<&'static str>,
+    /// The smallest and largest integer accepted (integer arguments).
+    pub range: Option<(u64, u64)>,
+    /// The argument only applies to the source chosen by this other argument (JetStream
+    /// options need `stream`, Redis group options need `stream`).
+    pub only_with: Option<&'static str>,
+    /// The argument is refused when one of these boolean arguments has this value (RabbitMQ's
+    /// declare-only options under `passive = true` or `declare = false`).
+    pub unless: &'static [(&'static str, bool)],
 }
 
 const fn arg(name: &'static str, kind: ArgKind, doc: &'static str) -> ArgSpec {
-    ArgSpec { name, kind, doc }
+    ArgSpec {
+        name,
+        kind,
+        doc,
+        default: None,
+        range: None,
+        only_with: None,
+        unless: &[],
+    }
 }
+
+impl ArgSpec {
+    const fn default(mut self, default: &'static str) -> Self {
+        self.default = Some(default);
+        self
+    }
+    const fn range(mut self, min: u64, max: u64) -> Self {
+        self.range = Some((min, max));
+        self
+    }
+    const fn only_with(mut self, source: &'static str) -> Self {
+        self.only_with = Some(source);
+        self
+    }
+    const fn unless(mut self, conflicts: &'static [(&'static str, bool)]) -> Self {
+        self.unless = conflicts;
+        self
+    }
+
+    /// Whether the argument's value is a name (topic, queue, group...), which may come from an
+    /// expression or the mount site.
+    pub const fn is_name(&self) -> bool {
+        matches!(self.kind, ArgKind::Name)
+    }
+}
+
+/// RabbitMQ arguments that only mean something when brook declares the queue.
+const DECLARE_ONLY: &[(&str, bool)] = &[("passive", true), ("declare", false)];
 
 const POLICY_NAMES: &[&str] = &["AckFirst", "Ack", "RejectOnError", "NackOnError", "Manual"];
 const BROKER_NAMES: &[&str] = &["memory", "kafka", "rabbit", "nats", "redis", "mqtt"];
@@ -202,35 +265,41 @@ pub const COMMON_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "broker",
         ArgKind::Ident(BROKER_NAMES),
-        "which broker the subscriber is for (optional when only one is compiled in)",
-    ),
+        "which broker the subscriber is for (`brook::subscriber` only; `brook::kafka::subscriber` and the other per-broker paths fix it)",
+    )
+    .default("memory"),
     arg(
         "ack_policy",
         ArgKind::Ident(POLICY_NAMES),
         "when and how the message is settled",
-    ),
+    )
+    .default("FastStream's default for the source"),
     arg(
         "concurrency",
         ArgKind::Int,
-        "how many messages of this subscriber are handled at once (default 1)",
-    ),
+        "how many messages of this subscriber are handled at once",
+    )
+    .default("1")
+    .range(1, 65_535),
     arg(
         "max_deliveries",
         ArgKind::Int,
         "reject (dead-letter) a message instead of delivering it more than this many times",
-    ),
+    )
+    .range(1, u32::MAX as u64),
     arg(
         "on_decode_error",
         ArgKind::Ident(&["Reject", "Nack"]),
-        "what to do with a payload that cannot be decoded (default Reject)",
-    ),
+        "what to do with a payload that cannot be decoded",
+    )
+    .default("Reject"),
 ];
 
 const MEMORY_ARGUMENTS: &[ArgSpec] = &[
-    arg("topic", ArgKind::Str, "the topic to consume"),
+    arg("topic", ArgKind::Name, "the topic to consume"),
     arg(
         "group_id",
-        ArgKind::Str,
+        ArgKind::Name,
         "consumers of one group compete for messages; each group gets every message",
     ),
 ];
@@ -238,140 +307,167 @@ const MEMORY_ARGUMENTS: &[ArgSpec] = &[
 const KAFKA_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "topic",
-        ArgKind::Str,
+        ArgKind::Name,
         "the topic to consume (several: comma-separated)",
     ),
     arg(
         "group_id",
-        ArgKind::Str,
+        ArgKind::Name,
         "the consumer group; needed by every policy that commits offsets",
     ),
     arg(
         "auto_offset_reset",
         ArgKind::Ident(&["earliest", "latest"]),
         "where a group with no committed offset starts",
-    ),
+    )
+    .default("latest"),
 ];
 
 const RABBIT_ARGUMENTS: &[ArgSpec] = &[
-    arg("queue", ArgKind::Str, "the queue to consume"),
-    arg("topic", ArgKind::Str, "alias of `queue`"),
-    arg("exchange", ArgKind::Str, "bind the queue to this exchange"),
-    arg(
-        "routing_key",
-        ArgKind::Str,
-        "the binding key (default: the queue name)",
-    ),
+    arg("queue", ArgKind::Name, "the queue to consume"),
+    arg("topic", ArgKind::Name, "alias of `queue`"),
+    arg("exchange", ArgKind::Name, "bind the queue to this exchange").unless(DECLARE_ONLY),
+    arg("routing_key", ArgKind::Name, "the binding key")
+        .default("the queue name")
+        .unless(DECLARE_ONLY),
     arg(
         "exchange_type",
         ArgKind::Ident(&["direct", "fanout", "topic", "headers"]),
         "the exchange's type when brook declares it",
-    ),
-    arg(
-        "durable",
-        ArgKind::Bool,
-        "declare the queue durable (default true)",
-    ),
-    arg(
-        "auto_delete",
-        ArgKind::Bool,
-        "declare the queue auto-delete",
-    ),
+    )
+    .default("direct")
+    .unless(DECLARE_ONLY),
+    arg("durable", ArgKind::Bool, "declare the queue durable")
+        .default("true")
+        .unless(DECLARE_ONLY),
+    arg("auto_delete", ArgKind::Bool, "declare the queue auto-delete")
+        .default("false")
+        .unless(DECLARE_ONLY),
     arg(
         "declare",
         ArgKind::Bool,
-        "declare the queue and exchange if missing (default true)",
-    ),
-    arg("passive", ArgKind::Bool, "only check that the queue exists"),
+        "declare the queue and exchange if missing",
+    )
+    .default("true"),
+    arg("passive", ArgKind::Bool, "only check that the queue exists").default("false"),
     arg(
         "queue_type",
         ArgKind::Ident(&["classic", "quorum", "stream"]),
-        "x-queue-type of a declared queue",
-    ),
+        "x-queue-type of a declared queue; with declare = false or passive = true, the type of the existing queue (quorum queues count deliveries, which max_deliveries needs)",
+    )
+    .default("classic"),
     arg(
         "dead_letter_exchange",
-        ArgKind::Str,
+        ArgKind::Name,
         "x-dead-letter-exchange of a declared queue",
-    ),
-    arg("prefetch", ArgKind::Int, "basic.qos prefetch count"),
+    )
+    .unless(DECLARE_ONLY),
+    arg("prefetch", ArgKind::Int, "basic.qos prefetch count (0: unlimited)")
+        .default("max(64, 2 x concurrency)")
+        .range(0, 65_535),
 ];
 
 const NATS_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "subject",
-        ArgKind::Str,
+        ArgKind::Name,
         "the subject to consume (wildcards allowed)",
     ),
-    arg("topic", ArgKind::Str, "alias of `subject`"),
-    arg("queue_group", ArgKind::Str, "core NATS queue group"),
+    arg("topic", ArgKind::Name, "alias of `subject`"),
+    arg("queue_group", ArgKind::Name, "core NATS queue group"),
     arg(
         "stream",
-        ArgKind::Str,
+        ArgKind::Name,
         "consume through this JetStream stream",
     ),
     arg(
         "durable",
-        ArgKind::Str,
+        ArgKind::Name,
         "the durable JetStream pull consumer",
-    ),
+    )
+    .only_with("stream"),
     arg(
         "deliver_policy",
         ArgKind::Ident(&["all", "new", "last"]),
         "where a new JetStream consumer starts",
-    ),
-    arg("max_ack_pending", ArgKind::Int, "JetStream max_ack_pending"),
-    arg("max_deliver", ArgKind::Int, "JetStream's own max_deliver"),
-    arg("batch", ArgKind::Int, "JetStream pull batch size"),
+    )
+    .default("all")
+    .only_with("stream"),
+    arg("max_ack_pending", ArgKind::Int, "JetStream max_ack_pending")
+        .range(1, i64::MAX as u64)
+        .only_with("stream"),
+    arg("max_deliver", ArgKind::Int, "JetStream's own max_deliver")
+        .range(1, i64::MAX as u64)
+        .only_with("stream"),
+    arg("batch", ArgKind::Int, "JetStream pull batch size")
+        .default("64")
+        .range(1, 1_000_000)
+        .only_with("stream"),
     arg(
         "create",
         ArgKind::Bool,
-        "create the stream/consumer if missing (default true)",
-    ),
+        "create the stream/consumer if missing",
+    )
+    .default("true")
+    .only_with("stream"),
     arg(
         "ack_wait_ms",
         ArgKind::Int,
-        "JetStream ack_wait in milliseconds (server default 30000)",
-    ),
+        "JetStream ack_wait in milliseconds",
+    )
+    .default("the server's (30000)")
+    .range(1, u32::MAX as u64)
+    .only_with("stream"),
 ];
 
 const REDIS_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "channel",
-        ArgKind::Str,
+        ArgKind::Name,
         "pub/sub channel (patterns allowed)",
     ),
-    arg("list", ArgKind::Str, "list to pop from"),
-    arg("stream", ArgKind::Str, "stream to read"),
+    arg("list", ArgKind::Name, "list to pop from"),
+    arg("stream", ArgKind::Name, "stream to read"),
     arg(
         "group",
-        ArgKind::Str,
+        ArgKind::Name,
         "stream consumer group; needed by every policy that acknowledges",
-    ),
-    arg(
-        "consumer",
-        ArgKind::Str,
-        "consumer name in the group (default: unique per process)",
-    ),
+    )
+    .only_with("stream"),
+    arg("consumer", ArgKind::Name, "consumer name in the group")
+        .default("unique per process")
+        .only_with("stream"),
     arg(
         "min_idle_ms",
         ArgKind::Int,
         "claim other consumers' pending entries idle this long",
-    ),
-    arg("batch", ArgKind::Int, "entries per XREADGROUP"),
+    )
+    .range(0, u32::MAX as u64)
+    .only_with("stream"),
+    arg(
+        "batch",
+        ArgKind::Int,
+        "entries per read (lists: LPOP count)",
+    )
+    .default("1 (streams: at least the concurrency)")
+    .range(1, 100_000),
     arg(
         "dead_letter_stream",
-        ArgKind::Str,
+        ArgKind::Name,
         "XADD rejected entries here",
-    ),
+    )
+    .only_with("stream"),
 ];
 
 const MQTT_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "topic",
-        ArgKind::Str,
+        ArgKind::Name,
         "topic filter (`+` and `#` allowed; `$share/group/...` for shared subscriptions)",
     ),
-    arg("qos", ArgKind::Int, "0, 1 or 2 (default 1)"),
+    arg("qos", ArgKind::Int, "the subscription's QoS")
+        .default("1")
+        .range(0, 2),
 ];
 
 /// The broker-specific arguments of `broker` (the [`COMMON_ARGUMENTS`] come on top).
@@ -399,6 +495,13 @@ pub fn argument(broker: BrokerKind, name: &str) -> Option<&'static ArgSpec> {
 pub enum Value {
     /// A string.
     Str(Cow<'static, str>),
+    /// A name computed at run time: what the macro sees of `topic = cfg::ORDERS` (the
+    /// expression's source text, for messages). The App evaluates the expression when it is
+    /// built and validates the name then.
+    Deferred(Cow<'static, str>),
+    /// A name to be given where the subscriber is mounted (`topic = _`, then
+    /// `bill.topic(&cfg.orders)`).
+    AtMount,
     /// A non-negative integer.
     Int(u64),
     /// A boolean.
@@ -434,7 +537,8 @@ impl Value {
 
     fn fits(&self, kind: ArgKind) -> bool {
         match (self, kind) {
-            (Value::Str(_), ArgKind::Str) | (Value::Int(_), ArgKind::Int) => true,
+            (Value::Str(_) | Value::Deferred(_) | Value::AtMount, ArgKind::Name) => true,
+            (Value::Int(_), ArgKind::Int) => true,
             (Value::Bool(_), ArgKind::Bool) => true,
             (Value::Ident(name), ArgKind::Ident(names)) => names.contains(&name.as_ref()),
             _ => false,
@@ -446,6 +550,8 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Str(s) => write!(f, "{s:?}"),
+            Value::Deferred(s) => f.write_str(s),
+            Value::AtMount => f.write_str("_"),
             Value::Int(i) => write!(f, "{i}"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Ident(s) => f.write_str(s),
@@ -505,8 +611,12 @@ pub enum Source {
         /// A `group_id` is set.
         grouped: bool,
     },
-    /// A RabbitMQ queue.
-    RabbitQueue,
+    /// A RabbitMQ queue; `quorum` when declared with `queue_type = quorum` (quorum queues
+    /// count deliveries).
+    RabbitQueue {
+        /// `queue_type = quorum`.
+        quorum: bool,
+    },
     /// A core NATS subject: no acknowledgement exists.
     NatsCore,
     /// A JetStream pull consumer.
@@ -533,7 +643,7 @@ impl Source {
         match self {
             Source::MemoryTopic => BrokerKind::Memory,
             Source::KafkaTopic { .. } => BrokerKind::Kafka,
-            Source::RabbitQueue => BrokerKind::Rabbit,
+            Source::RabbitQueue { .. } => BrokerKind::Rabbit,
             Source::NatsCore | Source::JetStream => BrokerKind::Nats,
             Source::RedisChannel | Source::RedisList | Source::RedisStream { .. } => {
                 BrokerKind::Redis
@@ -547,7 +657,7 @@ impl Source {
         match self {
             Source::MemoryTopic => "in-memory topic",
             Source::KafkaTopic { .. } => "Kafka topic",
-            Source::RabbitQueue => "RabbitMQ queue",
+            Source::RabbitQueue { .. } => "RabbitMQ queue",
             Source::NatsCore => "NATS core subject",
             Source::JetStream => "NATS JetStream stream",
             Source::RedisChannel => "Redis pub/sub channel",
@@ -564,7 +674,7 @@ impl Source {
             Source::NatsCore | Source::RedisChannel | Source::RedisList => false,
             Source::KafkaTopic { grouped } | Source::RedisStream { grouped } => grouped,
             Source::MqttTopic { qos } => qos > 0,
-            Source::MemoryTopic | Source::RabbitQueue | Source::JetStream => true,
+            Source::MemoryTopic | Source::RabbitQueue { .. } | Source::JetStream => true,
         }
     }
 
@@ -671,12 +781,14 @@ fn arg_error(argument: Option<&'static str>, message: String) -> ArgError {
     ArgError { argument, message }
 }
 
-/// A validated subscriber: where it reads, the name of that place, and the policy in force.
+/// A validated subscriber: where it reads, the name of that place, the policy in force and
+/// the broker's typed options.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     /// The kind of source.
     pub source: Source,
-    /// The topic / queue / subject / channel / list / stream name.
+    /// The topic / queue / subject / channel / list / stream name (at compile time, for a name
+    /// from an expression: the expression).
     pub source_name: String,
     /// The policy written, or the source's default.
     pub policy: AckPolicy,
@@ -684,11 +796,16 @@ pub struct Resolved {
     pub policy_written: bool,
     /// A degradation warning, if the policy means less than its name here.
     pub warning: Option<String>,
+    /// A warning about `max_deliveries` on a source that does not count deliveries.
+    pub max_deliveries_warning: Option<String>,
+    /// The broker's options.
+    pub options: Options,
 }
 
-/// Validates subscriber arguments for `broker`: every argument known and of the right kind,
-/// exactly one source, and a policy that can work there. The same function runs in the macro and
-/// when a subscription is built at run time.
+/// Validates subscriber arguments for `broker`: every argument known, of the right kind and in
+/// range, applicable to the source and to the other arguments, names the broker accepts,
+/// exactly one source, and a policy that can work there. The same function runs in the macro
+/// and when a subscription is built at run time.
 pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, ArgError> {
     for (i, (name, value)) in args.iter().enumerate() {
         let Some(spec) = argument(broker, name) else {
@@ -709,25 +826,46 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
             }
             return Err(arg_error(Some(spec.name), message));
         }
-    }
-    let get = |name: &str| args.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
-    let text = |name: &str| get(name).and_then(Value::as_str).map(str::to_owned);
-
-    let (source, source_name) = source_of(broker, &get, &text)?;
-    if let Some(v) = get("concurrency").and_then(Value::as_int) {
-        if v == 0 {
-            return Err(arg_error(
-                Some("concurrency"),
-                "`concurrency` must be at least 1".to_owned(),
-            ));
+        if let (Some((min, max)), Some(v)) = (spec.range, value.as_int()) {
+            if v < min || v > max {
+                return Err(arg_error(Some(spec.name), range_message(broker, spec, v)));
+            }
+        }
+        if let Value::Str(text) = value {
+            if spec.is_name() {
+                check_name(broker, name, text).map_err(|why| {
+                    arg_error(Some(spec.name), format!("`{name} = {text:?}`: {why}"))
+                })?;
+            }
         }
     }
-    if let Some(v) = get("max_deliveries").and_then(Value::as_int) {
-        if v == 0 {
-            return Err(arg_error(
-                Some("max_deliveries"),
-                "`max_deliveries` must be at least 1 (the first delivery counts)".to_owned(),
-            ));
+    let get = |name: &str| args.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+    let text = |name: &str| get(name).map(options::name_text);
+
+    let (source, source_name) = source_of(broker, &get, &text)?;
+    // Arguments that apply to one source only, or not together with others.
+    for (name, _) in args {
+        let Some(spec) = argument(broker, name) else {
+            continue;
+        };
+        if let Some(needed) = spec.only_with {
+            if get(needed).is_none() {
+                return Err(arg_error(
+                    Some(spec.name),
+                    not_applicable(broker, spec.name, needed, source, &source_name),
+                ));
+            }
+        }
+        for (flag, value) in spec.unless {
+            if get(flag).and_then(Value::as_bool) == Some(*value) {
+                return Err(arg_error(
+                    Some(spec.name),
+                    format!(
+                        "`{}` only applies when brook declares the queue, but `{flag} = {value}` declares nothing; remove `{}` or declare the queue elsewhere with it",
+                        spec.name, spec.name
+                    ),
+                ));
+            }
         }
     }
     let written = get("ack_policy")
@@ -746,13 +884,72 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
             return Err(arg_error(at, e));
         }
     };
+    let max_deliveries_warning =
+        max_deliveries_warning(source, &source_name, get("max_deliveries").is_some());
     Ok(Resolved {
         source,
         source_name,
         policy,
         policy_written: written.is_some(),
         warning: if written.is_some() { warning } else { None },
+        max_deliveries_warning,
+        options: Options::build(broker, &get),
     })
+}
+
+fn max_deliveries_warning(source: Source, source_name: &str, given: bool) -> Option<String> {
+    if !given || source.features().delivery_count != DeliveryCount::None {
+        return None;
+    }
+    let what = source.describe();
+    Some(match source {
+        Source::RabbitQueue { .. } => format!(
+            "max_deliveries needs a delivery count, which RabbitMQ keeps for quorum queues only: on classic {what} `{source_name}` it acts on first deliveries only; declare queue_type = quorum (or ignore this if the queue is a quorum queue declared elsewhere)"
+        ),
+        _ => format!(
+            "max_deliveries needs a delivery count, and {what} `{source_name}` has none, so it never applies; remove it"
+        ),
+    })
+}
+
+fn range_message(broker: BrokerKind, spec: &ArgSpec, v: u64) -> String {
+    let (min, max) = spec.range.unwrap_or((0, u64::MAX));
+    match (broker, spec.name) {
+        (BrokerKind::Mqtt, "qos") => format!("MQTT QoS is 0, 1 or 2, not {v}"),
+        _ if v < min && min == 1 => match spec.name {
+            "max_deliveries" => {
+                "`max_deliveries` must be at least 1 (the first delivery counts)".to_owned()
+            }
+            name => format!("`{name}` must be at least 1"),
+        },
+        _ if v < min => format!("`{}` must be at least {min}", spec.name),
+        _ => format!(
+            "`{} = {v}` is more than {} allows ({max})",
+            spec.name,
+            broker.display_name()
+        ),
+    }
+}
+
+fn not_applicable(
+    broker: BrokerKind,
+    arg: &str,
+    needed: &str,
+    source: Source,
+    source_name: &str,
+) -> String {
+    match (broker, source) {
+        (BrokerKind::Nats, _) => format!(
+            "`{arg}` configures a JetStream consumer; add {needed} = \"...\" to consume `{source_name}` through JetStream"
+        ),
+        (BrokerKind::Redis, Source::RedisList) => {
+            format!("`{arg}` applies to Redis streams only, not to list `{source_name}`")
+        }
+        (BrokerKind::Redis, Source::RedisChannel) => {
+            format!("`{arg}` applies to Redis streams only, not to channel `{source_name}`")
+        }
+        _ => format!("`{arg}` needs `{needed}`"),
+    }
 }
 
 /// The error for an argument `name` that `broker` does not know, with a "did you mean" or the list.
@@ -776,8 +973,9 @@ pub fn unknown_argument(broker: BrokerKind, name: &str) -> ArgError {
         .find(|b| *b != broker && arguments(*b).iter().any(|a| a.name == name))
     {
         message.push_str(&format!(
-            " (`{name}` is an argument of subscribers on {}: broker = {})",
+            " (`{name}` is an argument of subscribers on {}: use brook::{}::subscriber, or broker = {})",
             other.display_name(),
+            other.name(),
             other.name()
         ));
     }
@@ -823,7 +1021,8 @@ fn source_of<'a>(
         }
         BrokerKind::Rabbit => {
             let queue = one_of(&["queue", "topic"])?.ok_or_else(|| missing("queue = \"...\""))?;
-            (Source::RabbitQueue, queue)
+            let quorum = get("queue_type").and_then(Value::as_str) == Some("quorum");
+            (Source::RabbitQueue { quorum }, queue)
         }
         BrokerKind::Nats => {
             let subject =
@@ -831,22 +1030,6 @@ fn source_of<'a>(
             if get("stream").is_some() {
                 (Source::JetStream, subject)
             } else {
-                for js in [
-                    "durable",
-                    "deliver_policy",
-                    "max_ack_pending",
-                    "max_deliver",
-                    "batch",
-                    "ack_wait_ms",
-                    "create",
-                ] {
-                    if get(js).is_some() {
-                        return Err(arg_error(
-                            Some(js),
-                            format!("`{js}` configures a JetStream consumer; add stream = \"...\" to consume `{subject}` through JetStream"),
-                        ));
-                    }
-                }
                 (Source::NatsCore, subject)
             }
         }
@@ -877,16 +1060,6 @@ fn source_of<'a>(
                             grouped: get("group").is_some(),
                         },
                     };
-                    if !matches!(source, Source::RedisStream { .. }) {
-                        for s in ["group", "consumer", "min_idle_ms", "dead_letter_stream"] {
-                            if get(s).is_some() {
-                                return Err(arg_error(
-                                    Some(s),
-                                    format!("`{s}` applies to Redis streams only, not to {one} `{name}`"),
-                                ));
-                            }
-                        }
-                    }
                     (source, name)
                 }
             }
@@ -894,13 +1067,12 @@ fn source_of<'a>(
         BrokerKind::Mqtt => {
             let topic = one_of(&["topic"])?.ok_or_else(|| missing("topic = \"...\""))?;
             let qos = get("qos").and_then(Value::as_int).unwrap_or(1);
-            if qos > 2 {
-                return Err(arg_error(
-                    Some("qos"),
-                    format!("MQTT QoS is 0, 1 or 2, not {qos}"),
-                ));
-            }
-            (Source::MqttTopic { qos: qos as u8 }, topic)
+            (
+                Source::MqttTopic {
+                    qos: qos.min(2) as u8,
+                },
+                topic,
+            )
         }
     })
 }
@@ -948,7 +1120,7 @@ mod tests {
     fn every_policy_is_supported_where_the_broker_acknowledges() {
         for source in [
             Source::MemoryTopic,
-            Source::RabbitQueue,
+            Source::RabbitQueue { quorum: false },
             Source::JetStream,
             Source::RedisStream { grouped: true },
         ] {
@@ -1035,7 +1207,7 @@ mod tests {
             AckPolicy::AckFirst
         );
         assert_eq!(
-            Source::RabbitQueue.default_policy(),
+            Source::RabbitQueue { quorum: false }.default_policy(),
             AckPolicy::RejectOnError
         );
         assert_eq!(Source::JetStream.default_policy(), AckPolicy::RejectOnError);
@@ -1046,7 +1218,7 @@ mod tests {
         for source in [
             Source::MemoryTopic,
             Source::KafkaTopic { grouped: false },
-            Source::RabbitQueue,
+            Source::RabbitQueue { quorum: true },
             Source::NatsCore,
             Source::JetStream,
             Source::RedisChannel,

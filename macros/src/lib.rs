@@ -1,7 +1,8 @@
 //! `#[subscriber]`: parses the attribute, validates it against brook's capability table
 //! (`brook-caps`, the same table the runtime reads), checks the handler's signature, and
 //! generates a unit struct named after the function with a short `Handler` impl that calls
-//! ordinary runtime functions. Use it through the `brook` crate.
+//! ordinary runtime functions. Use it through the `brook` crate: `brook::subscriber` (with
+//! `broker = ...`, or the in-memory broker), or one broker's `brook::kafka::subscriber`, ...
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -9,19 +10,43 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, ItemFn, Lit, Meta, Token, Type};
+use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, Meta, Token, Type};
 
-use brook_caps::{AckPolicy, BrokerKind, Value};
+use brook_caps::{AckPolicy, ArgKind, BrokerKind, Value};
 
 /// Declares an async fn as a message handler. See the `brook` crate's documentation.
 #[proc_macro_attribute]
 pub fn subscriber(attr: TokenStream, item: TokenStream) -> TokenStream {
+    entry(attr, item, None)
+}
+
+macro_rules! per_broker {
+    ($($fn:ident => $kind:ident),* $(,)?) => {$(
+        /// `#[subscriber]` for one broker: `brook::<broker>::subscriber`. See the `brook` crate.
+        #[doc(hidden)]
+        #[proc_macro_attribute]
+        pub fn $fn(attr: TokenStream, item: TokenStream) -> TokenStream {
+            entry(attr, item, Some(BrokerKind::$kind))
+        }
+    )*};
+}
+
+per_broker!(
+    memory_subscriber => Memory,
+    kafka_subscriber => Kafka,
+    rabbit_subscriber => Rabbit,
+    nats_subscriber => Nats,
+    redis_subscriber => Redis,
+    mqtt_subscriber => Mqtt,
+);
+
+fn entry(attr: TokenStream, item: TokenStream, fixed: Option<BrokerKind>) -> TokenStream {
     let item2 = TokenStream2::from(item.clone());
     let func = match syn::parse::<ItemFn>(item) {
         Ok(f) => f,
         Err(e) => return with_item(e, item2),
     };
-    match expand(attr.into(), func) {
+    match expand(attr.into(), func, fixed) {
         Ok(tokens) => tokens.into(),
         Err(e) => with_item(e, item2),
     }
@@ -38,48 +63,75 @@ fn with_item(e: syn::Error, item: TokenStream2) -> TokenStream {
 struct Arg {
     name: String,
     name_span: Span,
+    expr: Expr,
     value: Value,
     value_span: Span,
 }
 
-fn parse_args(attr: TokenStream2) -> syn::Result<Vec<Arg>> {
+fn parse_metas(attr: TokenStream2) -> syn::Result<Vec<(String, Span, Expr)>> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     metas
         .into_iter()
-        .map(|meta| {
-            let nv = match meta {
-                Meta::NameValue(nv) => nv,
-                other => {
-                    return Err(syn::Error::new(
-                        other.span(),
-                        "expected `name = value`, e.g. `topic = \"orders\"` or `ack_policy = NackOnError`",
-                    ))
-                }
-            };
-            let name = nv.path.to_token_stream().to_string().replace(' ', "");
-            let value_span = nv.value.span();
-            let value = match &nv.value {
-                Expr::Lit(lit) => match &lit.lit {
-                    Lit::Str(s) => Value::Str(s.value().into()),
-                    Lit::Int(i) => Value::Int(i.base10_parse()?),
-                    Lit::Bool(b) => Value::Bool(b.value),
-                    other => return Err(syn::Error::new(other.span(), "expected a string, an integer, `true` or `false`")),
-                },
-                // `NackOnError` or `AckPolicy::NackOnError`: the last segment is the name.
-                Expr::Path(p) => match p.path.segments.last() {
-                    Some(seg) => Value::Ident(seg.ident.to_string().into()),
-                    None => return Err(syn::Error::new(value_span, "expected a name")),
-                },
-                other => return Err(syn::Error::new(other.span(), "expected a literal or a name")),
-            };
-            Ok(Arg { name, name_span: nv.path.span(), value, value_span })
+        .map(|meta| match meta {
+            Meta::NameValue(nv) => Ok((
+                nv.path.to_token_stream().to_string().replace(' ', ""),
+                nv.path.span(),
+                nv.value,
+            )),
+            other => Err(syn::Error::new(
+                other.span(),
+                "expected `name = value`, e.g. `topic = \"orders\"` or `ack_policy = NackOnError`",
+            )),
         })
         .collect()
 }
 
+/// The value of one argument, by the kind the capability table gives it: names may be any
+/// expression (or `_`, for the mount site); everything a check depends on stays literal.
+fn value_of(kind: Option<ArgKind>, name: &str, expr: &Expr) -> syn::Result<Value> {
+    let span = expr.span();
+    let unwrapped = match expr {
+        Expr::Group(g) => &*g.expr,
+        other => other,
+    };
+    if kind == Some(ArgKind::Name) {
+        return Ok(match unwrapped {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => Value::Str(s.value().into()),
+            Expr::Infer(_) => Value::AtMount,
+            other => Value::Deferred(other.to_token_stream().to_string().into()),
+        });
+    }
+    Ok(match unwrapped {
+        Expr::Lit(lit) => match &lit.lit {
+            Lit::Str(s) => Value::Str(s.value().into()),
+            Lit::Int(i) => Value::Int(i.base10_parse()?),
+            Lit::Bool(b) => Value::Bool(b.value),
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "expected a string, an integer, `true` or `false`",
+                ))
+            }
+        },
+        // `NackOnError` or `AckPolicy::NackOnError`: the last segment is the name.
+        Expr::Path(p) => match p.path.segments.last() {
+            Some(seg) => Value::Ident(seg.ident.to_string().into()),
+            None => return Err(syn::Error::new(span, "expected a name")),
+        },
+        _ => {
+            return Err(syn::Error::new(
+                span,
+                format!("`{name}` must be written as a literal or a name: the compile-time checks read it, so only names (topic, queue, group...) may be expressions"),
+            ))
+        }
+    })
+}
+
 /// The brokers whose cargo feature is on; the in-memory broker is always there.
 fn compiled_in() -> Vec<BrokerKind> {
-    let mut kinds = Vec::new();
+    let mut kinds = vec![BrokerKind::Memory];
     if cfg!(feature = "kafka") {
         kinds.push(BrokerKind::Kafka);
     }
@@ -98,30 +150,32 @@ fn compiled_in() -> Vec<BrokerKind> {
     kinds
 }
 
-fn choose_broker(args: &[Arg]) -> syn::Result<BrokerKind> {
-    let compiled = compiled_in();
-    let Some(arg) = args.iter().find(|a| a.name == "broker") else {
-        return match compiled.as_slice() {
-            [] => Ok(BrokerKind::Memory),
-            [one] => Ok(*one),
-            several => {
-                let names: Vec<_> = several.iter().map(|b| b.name()).collect();
-                Err(syn::Error::new(
-                    Span::call_site(),
-                    format!(
-                        "several brokers are compiled in ({}), so #[subscriber] needs to be told which one: add broker = {} (or another of them)",
-                        names.join(", "),
-                        names[0]
-                    ),
-                ))
-            }
-        };
+/// The broker: fixed by the path (`brook::kafka::subscriber`), named with `broker = ...`
+/// (`brook::subscriber`), or the in-memory broker. Never "whichever features are on", so that
+/// turning on a feature anywhere in the dependency graph changes nothing here.
+fn choose_broker(
+    metas: &[(String, Span, Expr)],
+    fixed: Option<BrokerKind>,
+) -> syn::Result<BrokerKind> {
+    let Some((_, name_span, expr)) = metas.iter().find(|(n, ..)| n == "broker") else {
+        return Ok(fixed.unwrap_or(BrokerKind::Memory));
     };
-    let name = match &arg.value {
+    if let Some(kind) = fixed {
+        return Err(syn::Error::new(
+            *name_span,
+            format!(
+                "brook::{0}::subscriber is for {1} already: remove `broker = ...` (brook::subscriber takes `broker` for files that mix brokers)",
+                kind.name(),
+                kind.display_name()
+            ),
+        ));
+    }
+    let value_span = expr.span();
+    let name = match value_of(None, "broker", expr)? {
         Value::Ident(n) => n.to_string(),
         other => {
             return Err(syn::Error::new(
-                arg.value_span,
+                value_span,
                 format!("`broker` takes a name such as `rabbit`, not `{other}`"),
             ))
         }
@@ -133,13 +187,13 @@ fn choose_broker(args: &[Arg]) -> syn::Result<BrokerKind> {
             None => format!("brokers: {}", names.join(", ")),
         };
         return Err(syn::Error::new(
-            arg.value_span,
+            value_span,
             format!("unknown broker `{name}`; {hint}"),
         ));
     };
-    if kind != BrokerKind::Memory && !compiled.contains(&kind) {
+    if !compiled_in().contains(&kind) {
         return Err(syn::Error::new(
-            arg.value_span,
+            value_span,
             format!(
                 "broker `{0}` is not compiled in: enable brook's `{0}` feature (in Cargo.toml: brook = {{ version = \"...\", features = [\"{0}\"] }})",
                 kind.name()
@@ -149,16 +203,30 @@ fn choose_broker(args: &[Arg]) -> syn::Result<BrokerKind> {
     Ok(kind)
 }
 
-fn expand(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
-    let args = parse_args(attr)?;
-    let broker = choose_broker(&args)?;
+fn expand(
+    attr: TokenStream2,
+    func: ItemFn,
+    fixed: Option<BrokerKind>,
+) -> syn::Result<TokenStream2> {
+    let metas = parse_metas(attr)?;
+    let broker = choose_broker(&metas, fixed)?;
 
-    // Validate with the capability table, pointing at the argument to blame.
-    for arg in &args {
-        if brook_caps::argument(broker, &arg.name).is_none() {
-            let e = brook_caps::unknown_argument(broker, &arg.name);
-            return Err(syn::Error::new(arg.name_span, e.message));
-        }
+    // Every argument must be known to the capability table; its kind decides how the value
+    // is read.
+    let mut args = Vec::new();
+    for (name, name_span, expr) in metas {
+        let Some(spec) = brook_caps::argument(broker, &name) else {
+            let e = brook_caps::unknown_argument(broker, &name);
+            return Err(syn::Error::new(name_span, e.message));
+        };
+        let value = value_of(Some(spec.kind), &name, &expr)?;
+        args.push(Arg {
+            name,
+            name_span,
+            value_span: expr.span(),
+            expr,
+            value,
+        });
     }
     let pairs: Vec<(&str, Value)> = args
         .iter()
@@ -178,7 +246,7 @@ fn expand(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
         syn::Error::new(span, e.message)
     })?;
 
-    let handler_args = check_signature(&func, broker, resolved.policy, span_of("ack_policy"))?;
+    let handler_args = check_signature(&func, resolved.policy, span_of("ack_policy"))?;
 
     // Generate.
     let ItemFn {
@@ -190,29 +258,40 @@ fn expand(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
     let name = &sig.ident;
     let name_str = name.to_string();
     let kind = format_ident!("{}", kind_type(broker));
-    let broker_variant = format_ident!("{}", kind_type(broker));
     let arg_values = args.iter().map(|a| {
         let n = &a.name;
-        let v = value_tokens(&a.value);
+        let v = value_tokens(a);
         quote!((#n, #v))
     });
     let extracted: Vec<_> = (0..handler_args.len())
         .map(|i| format_ident!("arg{}", i))
         .collect();
-    let extractions = handler_args.iter().zip(&extracted).map(|(ty, var)| {
+    let extractions = handler_args.iter().zip(&extracted).map(|((_, ty), var)| {
         quote_spanned! {ty.span()=>
-            let #var = (&&::brook::__private::Arg::<#ty>::new()).extract(msg, ctx)?;
+            let #var = (&&&::brook::extract::Arg::<#ty, Self::Broker>::new()).extract(msg, ctx)?;
         }
     });
-    let warning = resolved.warning.map(|text| {
-        let span = span_of("ack_policy").unwrap_or_else(Span::call_site);
+    let checks = handler_args.iter().map(|(pat, ty)| {
+        quote_spanned! {ty.span()=>
+            ::brook::extract::checked(#pat, (&&&::brook::extract::Arg::<#ty, Self::Broker>::new()).check(cx))
+        }
+    });
+    let warnings = [
+        (resolved.warning.as_ref(), "ack_policy"),
+        (resolved.max_deliveries_warning.as_ref(), "max_deliveries"),
+    ]
+    .into_iter()
+    .filter_map(|(text, arg)| text.map(|t| (t, arg)))
+    .map(|(text, arg)| {
+        let span = span_of(arg).unwrap_or_else(Span::call_site);
         let note = format!("brook: {text}");
-        let use_site = quote_spanned!(span=> ack_policy_degraded);
+        let constant = format_ident!("{arg}_degraded");
+        let use_site = format_ident!("{arg}_degraded", span = span);
         quote! {
             const _: () = {
                 #[deprecated(note = #note)]
                 #[allow(non_upper_case_globals)]
-                const ack_policy_degraded: () = ();
+                const #constant: () = ();
                 #use_site
             };
         }
@@ -243,19 +322,25 @@ fn expand(attr: TokenStream2, func: ItemFn) -> syn::Result<TokenStream2> {
         impl ::brook::Handler for #name {
             type Broker = ::brook::kind::#kind;
 
-            fn subscription(&self) -> ::std::result::Result<::brook::Subscription, ::brook::SubscriptionError> {
-                ::brook::Subscription::from_macro(::brook::BrokerKind::#broker_variant, #name_str, &[#(#arg_values),*])
+            fn subscription(&self) -> ::brook::SubscriptionBuilder {
+                ::brook::Subscription::from_macro(::brook::BrokerKind::#kind, #name_str, [#(#arg_values),*])
+            }
+
+            fn check(&self, cx: &::brook::StartCheck<'_>) -> ::std::vec::Vec<(&'static str, ::brook::ExtractError)> {
+                #[allow(unused_imports)]
+                use ::brook::extract::{ViaBrokerMessage as _, ViaDecode as _, ViaFromMessage as _};
+                [#(#checks),*].into_iter().flatten().collect()
             }
 
             async fn call(&self, msg: &::brook::Message, ctx: &::brook::Context) -> ::std::result::Result<(), ::brook::HandlerError> {
                 #[allow(unused_imports)]
-                use ::brook::__private::{ViaDecode as _, ViaFromMessage as _};
+                use ::brook::extract::{ViaBrokerMessage as _, ViaDecode as _, ViaFromMessage as _};
                 #(#extractions)*
                 ::brook::IntoHandlerResult::into_handler_result(Self::handle(#(#extracted),*).await)
             }
         }
 
-        #warning
+        #(#warnings)*
     })
 }
 
@@ -270,28 +355,34 @@ fn kind_type(broker: BrokerKind) -> &'static str {
     }
 }
 
-fn value_tokens(value: &Value) -> TokenStream2 {
-    match value {
+fn value_tokens(arg: &Arg) -> TokenStream2 {
+    match &arg.value {
         Value::Str(s) => {
             let s = s.as_ref();
-            quote!(::brook::__private::Value::Str(::brook::__private::Cow::Borrowed(#s)))
+            quote!(::brook::ArgValue::from(#s))
         }
+        Value::Deferred(_) => {
+            let expr = &arg.expr;
+            quote_spanned!(arg.value_span=> ::brook::extract::name(#expr))
+        }
+        Value::AtMount => quote!(::brook::ArgValue::AtMount),
         Value::Ident(s) => {
             let s = s.as_ref();
-            quote!(::brook::__private::Value::Ident(::brook::__private::Cow::Borrowed(#s)))
+            quote!(::brook::ArgValue::Ident(::std::borrow::Cow::Borrowed(#s)))
         }
-        Value::Int(i) => quote!(::brook::__private::Value::Int(#i)),
-        Value::Bool(b) => quote!(::brook::__private::Value::Bool(#b)),
+        Value::Int(i) => quote!(::brook::ArgValue::Int(#i)),
+        Value::Bool(b) => quote!(::brook::ArgValue::Bool(#b)),
     }
 }
 
-/// Checks the handler's signature; returns the argument types in order.
+/// Checks the handler's signature; returns each argument's pattern (for start-time errors)
+/// and type, in order. Which broker a message type belongs to is checked by trait bounds in
+/// the generated code, not here.
 fn check_signature(
     func: &ItemFn,
-    broker: BrokerKind,
     policy: AckPolicy,
     policy_span: Option<Span>,
-) -> syn::Result<Vec<Type>> {
+) -> syn::Result<Vec<(String, Type)>> {
     let sig = &func.sig;
     if sig.asyncness.is_none() {
         return Err(syn::Error::new(
@@ -308,40 +399,20 @@ fn check_signature(
             "a #[subscriber] fn cannot be generic: brook must know the payload type to decode it",
         ));
     }
-    let mut types = Vec::new();
+    let mut args = Vec::new();
     let mut settles = false;
     for input in &sig.inputs {
-        let ty = match input {
+        let (pat, ty) = match input {
             FnArg::Receiver(r) => {
                 return Err(syn::Error::new(
                     r.span(),
                     "a #[subscriber] fn cannot take `self`; use `State<T>` for shared state",
                 ))
             }
-            FnArg::Typed(t) => &*t.ty,
+            FnArg::Typed(t) => (t.pat.to_token_stream().to_string(), &*t.ty),
         };
-        if let Some((other, type_name)) = broker_message_type(ty) {
-            if other != broker {
-                let instead = match broker.message_type() {
-                    Some(own) => format!("`&Message` or `&{own}`"),
-                    None => "`&Message`".to_owned(),
-                };
-                return Err(syn::Error::new(
-                    last_ident_span(ty),
-                    format!(
-                        "`{type_name}` is {}'s message type, but this subscriber is for {} (broker = {}); take {instead} instead",
-                        other.display_name(),
-                        broker.display_name(),
-                        broker.name()
-                    ),
-                ));
-            }
-            settles = true;
-        }
-        if is_message_ref(ty) {
-            settles = true;
-        }
-        types.push(ty.clone());
+        settles |= is_message_ref(ty);
+        args.push((pat, ty.clone()));
     }
     if policy == AckPolicy::Manual && !settles {
         return Err(syn::Error::new(
@@ -352,43 +423,164 @@ fn check_signature(
             ),
         ));
     }
-    Ok(types)
+    Ok(args)
 }
 
-fn last_ident(ty: &Type) -> Option<String> {
-    let ty = match ty {
-        Type::Reference(r) => &*r.elem,
-        other => other,
+/// `&Message`, `&KafkaMessage`, `&my::Message`...: a message the handler can settle. Only a
+/// hint for the Manual check (a settling type under another name needs `msg.ack()` anyway).
+fn is_message_ref(ty: &Type) -> bool {
+    let Type::Reference(r) = ty else {
+        return false;
     };
-    match ty {
-        Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
-        _ => None,
-    }
-}
-
-fn last_ident_span(ty: &Type) -> Span {
-    let inner = match ty {
-        Type::Reference(r) => &*r.elem,
-        other => other,
-    };
-    match inner {
+    match &*r.elem {
         Type::Path(p) => p
             .path
             .segments
             .last()
-            .map_or_else(|| ty.span(), |s| s.ident.span()),
-        _ => ty.span(),
+            .is_some_and(|s| s.ident.to_string().ends_with("Message")),
+        _ => false,
     }
 }
 
-fn is_message_ref(ty: &Type) -> bool {
-    matches!(ty, Type::Reference(_)) && last_ident(ty).as_deref() == Some("Message")
+/// The conformance suite for one broker's adapter, with the tests its source cannot run
+/// generated as skipped (`#[ignore]`, visible in the test output). Which tests those are comes
+/// from the capability table: the invocation declares the source's shape (the subscriber
+/// arguments that choose it, names as `_`), never capabilities, and a generated test checks
+/// that the adapter's real source has that shape. Used through
+/// `brook_runtime::conformance_tests!`.
+#[doc(hidden)]
+#[proc_macro]
+pub fn conformance_tests(input: TokenStream) -> TokenStream {
+    match conformance(input.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
 }
 
-fn broker_message_type(ty: &Type) -> Option<(BrokerKind, String)> {
-    let name = last_ident(ty)?;
-    BrokerKind::ALL
-        .into_iter()
-        .find(|b| b.message_type() == Some(name.as_str()))
-        .map(|b| (b, name))
+/// The suite's tests, and the capability each needs beyond the common ground.
+const CONFORMANCE_TESTS: &[(&str, Need)] = &[
+    ("ack_policy_acks_on_success", Need::Nothing),
+    ("ack_policy_acks_on_error", Need::Nothing),
+    ("ack_first_acks_before_the_handler", Need::Nothing),
+    ("reject_on_error_acks_on_success", Need::Nothing),
+    ("reject_on_error_rejects_on_error", Need::Nothing),
+    ("nack_on_error_redelivers", Need::Nothing),
+    ("panics_are_errors_and_the_consumer_survives", Need::Nothing),
+    (
+        "manual_leaves_unsettled_messages_for_redelivery",
+        Need::Nothing,
+    ),
+    ("manual_settlements_take_effect", Need::Nothing),
+    ("manual_nack_redelivers", Need::Nothing),
+    ("interrupts_settle_under_every_policy", Need::Nothing),
+    ("the_first_settlement_wins", Need::Nothing),
+    ("max_deliveries_stops_redelivery_loops", Need::DeliveryCount),
+    ("undecodable_payloads_are_rejected", Need::Nothing),
+    ("shutdown_lets_in_flight_handlers_finish", Need::Nothing),
+    (
+        "graceful_timeout_leaves_the_message_for_redelivery",
+        Need::Nothing,
+    ),
+    ("concurrency_runs_handlers_in_parallel", Need::Nothing),
+    ("messages_are_handled_in_order", Need::Nothing),
+    ("nack_delay_is_honoured", Need::NackDelay),
+    ("every_policy_and_handler_outcome", Need::Nothing),
+    ("stopping_leaves_no_task_behind", Need::Nothing),
+];
+
+#[derive(Clone, Copy)]
+enum Need {
+    Nothing,
+    DeliveryCount,
+    NackDelay,
+}
+
+fn conformance(input: TokenStream2) -> syn::Result<TokenStream2> {
+    let parser = |stream: syn::parse::ParseStream| {
+        let adapter: Expr = stream.parse()?;
+        stream.parse::<Token![;]>()?;
+        let rest: TokenStream2 = stream.parse()?;
+        Ok((adapter, rest))
+    };
+    let (adapter, rest) = parser.parse2(input)?;
+    let metas = parse_metas(rest)?;
+    let Some((_, _, broker_expr)) = metas.iter().find(|(n, ..)| n == "broker") else {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "name the broker: conformance_tests!(Adapter::new(); broker = rabbit, queue = _, ...)",
+        ));
+    };
+    let broker = match value_of(None, "broker", broker_expr)? {
+        Value::Ident(n) => BrokerKind::from_name(&n),
+        _ => None,
+    }
+    .ok_or_else(|| syn::Error::new(broker_expr.span(), "unknown broker"))?;
+    let mut pairs = Vec::new();
+    for (name, span, expr) in metas.iter().filter(|(n, ..)| n != "broker") {
+        let spec = brook_caps::argument(broker, name).ok_or_else(|| {
+            syn::Error::new(*span, brook_caps::unknown_argument(broker, name).message)
+        })?;
+        pairs.push((name.as_str(), value_of(Some(spec.kind), name, expr)?));
+    }
+    let resolved = brook_caps::resolve(broker, &pairs)
+        .map_err(|e| syn::Error::new(Span::call_site(), e.message))?;
+    let source = resolved.source;
+    let features = source.features();
+    let dead_letters = features.dead_letters(|arg| pairs.iter().any(|(n, _)| *n == arg));
+    let what = source.table_name();
+    let tests = CONFORMANCE_TESTS.iter().map(|(test, need)| {
+        let ident = format_ident!("{}", test);
+        let skip = match need {
+            Need::DeliveryCount if features.delivery_count == brook_caps::DeliveryCount::None => {
+                Some(format!("skipped: {what} counts no deliveries (brook-caps), so max_deliveries cannot apply"))
+            }
+            Need::NackDelay if !features.nack_delay => {
+                Some(format!("skipped: {what} has no nack delay (brook-caps)"))
+            }
+            _ => None,
+        };
+        let ignore = skip.map(|reason| quote!(#[ignore = #reason]));
+        quote! {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #ignore
+            async fn #ident() {
+                ::brook_runtime::conformance::#ident(::std::sync::Arc::new(#adapter)).await;
+            }
+        }
+    });
+    let source_tokens = source_tokens(source);
+    Ok(quote! {
+        #(#tests)*
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_declared_source_is_the_adapters() {
+            ::brook_runtime::conformance::declared_source(
+                ::std::sync::Arc::new(#adapter),
+                #source_tokens,
+                #dead_letters,
+            )
+            .await;
+        }
+    })
+}
+
+fn source_tokens(source: brook_caps::Source) -> TokenStream2 {
+    use brook_caps::Source as S;
+    match source {
+        S::MemoryTopic => quote!(::brook_runtime::Source::MemoryTopic),
+        S::KafkaTopic { grouped } => {
+            quote!(::brook_runtime::Source::KafkaTopic { grouped: #grouped })
+        }
+        S::RabbitQueue { quorum } => {
+            quote!(::brook_runtime::Source::RabbitQueue { quorum: #quorum })
+        }
+        S::NatsCore => quote!(::brook_runtime::Source::NatsCore),
+        S::JetStream => quote!(::brook_runtime::Source::JetStream),
+        S::RedisChannel => quote!(::brook_runtime::Source::RedisChannel),
+        S::RedisList => quote!(::brook_runtime::Source::RedisList),
+        S::RedisStream { grouped } => {
+            quote!(::brook_runtime::Source::RedisStream { grouped: #grouped })
+        }
+        S::MqttTopic { qos } => quote!(::brook_runtime::Source::MqttTopic { qos: #qos }),
+    }
 }

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Accepts, Broker};
 use crate::engine::run_consumer;
-use crate::error::{AppError, BrokerError, SubscriptionError};
-use crate::extract::Context;
+use crate::error::{AppError, BrokerError, StartError, StartErrors, SubscriptionError};
+use crate::extract::{Context, StartCheck};
 use crate::handler::Handler;
 use crate::subscription::Subscription;
 
@@ -35,6 +35,7 @@ where
 /// Starts one subscriber's consumer loop, with its handler type erased.
 trait Start<B: Broker>: Send {
     fn subscription(&self) -> &Subscription;
+    fn check(&self, cx: &StartCheck<'_>) -> Vec<StartError>;
     fn start(
         self: Box<Self>,
         consumer: B::Consumer,
@@ -52,6 +53,18 @@ struct Registered<H> {
 impl<B: Broker, H: Handler> Start<B> for Registered<H> {
     fn subscription(&self) -> &Subscription {
         &self.sub
+    }
+
+    fn check(&self, cx: &StartCheck<'_>) -> Vec<StartError> {
+        self.handler
+            .check(cx)
+            .into_iter()
+            .map(|(argument, source)| StartError::Argument {
+                subscriber: self.sub.name().to_owned(),
+                argument,
+                source,
+            })
+            .collect()
     }
 
     fn start(
@@ -123,12 +136,15 @@ impl<B: Broker> App<B> {
         }
     }
 
-    /// Adds a subscriber (a `#[subscriber]` function, by name).
+    /// Adds a subscriber (a `#[subscriber]` function, by name, or one with mount-site names:
+    /// `bill.topic(&cfg.orders)`, see [`Mount`](crate::Mount)). Names from expressions are
+    /// evaluated here; whatever is wrong is reported by [`start`](App::start), with every
+    /// other problem.
     pub fn subscribe<H: Handler>(mut self, handler: H) -> Self
     where
         B: Accepts<H::Broker>,
     {
-        match handler.subscription() {
+        match handler.subscription().build() {
             Ok(sub) => self.subscribers.push(Box::new(Registered {
                 handler: Arc::new(handler),
                 sub: Arc::new(sub),
@@ -197,12 +213,37 @@ impl<B: Broker> App<B> {
         running.stop().await
     }
 
-    /// Validates every subscriber, connects, runs the startup hooks and starts consuming;
-    /// returns at once with a [`RunningApp`] to stop later (tests, embedding).
-    pub async fn start(self) -> Result<RunningApp<B>, AppError> {
-        if let Some(first) = self.invalid.into_iter().next() {
-            return Err(first.into());
+    /// Every problem that can be known before connecting: invalid subscribers (names from
+    /// configuration included), handler arguments this App can never produce (a `State<T>`
+    /// never registered, another broker's message type), and subscriptions the broker's
+    /// connection settings cannot serve.
+    fn check(&mut self) -> Result<(), AppError> {
+        let mut problems: Vec<StartError> = self.invalid.drain(..).map(Into::into).collect();
+        let cx = StartCheck {
+            broker: self.broker.kind(),
+            context: &self.ctx,
+        };
+        for subscriber in &self.subscribers {
+            problems.extend(subscriber.check(&cx));
+            let sub = subscriber.subscription();
+            if let Err(source) = self.broker.check(sub) {
+                problems.push(StartError::Broker {
+                    subscriber: sub.name().to_owned(),
+                    source,
+                });
+            }
         }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(AppError::Invalid(StartErrors(problems))),
+        }
+    }
+
+    /// Validates every subscriber (reporting every problem at once, before connecting),
+    /// connects, runs the startup hooks and starts consuming; returns at once with a
+    /// [`RunningApp`] to stop later (tests, embedding).
+    pub async fn start(mut self) -> Result<RunningApp<B>, AppError> {
+        self.check()?;
         self.broker.connect().await?;
         for hook in self.on_startup {
             hook().await.map_err(|source| AppError::Hook {
@@ -215,7 +256,7 @@ impl<B: Broker> App<B> {
         let mut tasks = JoinSet::new();
         for subscriber in self.subscribers {
             let sub = subscriber.subscription();
-            if let Some(warning) = sub.warning() {
+            for warning in sub.warnings() {
                 tracing::warn!(subscriber = sub.name(), "{warning}");
             }
             let consumer = match self.broker.subscribe(sub).await {

@@ -13,12 +13,12 @@ use tokio::sync::Notify;
 use crate::app::App;
 use crate::broker::{Accepts, Broker};
 use crate::codec;
-use crate::error::{AppError, SubscriptionError};
+use crate::error::AppError;
 use crate::extract::Context;
 use crate::handler::kind::Kind;
 use crate::handler::{Handler, HandlerError};
 use crate::message::Message;
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, SubscriptionBuilder};
 
 /// The benchmark's message: what a raw loop decodes too.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -53,7 +53,7 @@ pub fn decode(body: &[u8]) -> Option<BenchOrder> {
 }
 
 struct Counting<K> {
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     seen: Arc<AtomicU64>,
     target: u64,
     done: Arc<Notify>,
@@ -63,8 +63,8 @@ struct Counting<K> {
 impl<K: Kind> Handler for Counting<K> {
     type Broker = K;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -96,8 +96,8 @@ where
     }
     let sub = builder
         .arg("ack_policy", AckPolicy::Ack)
-        .arg("concurrency", concurrency)
-        .build()?;
+        .arg("concurrency", concurrency);
+    sub.clone().build()?;
     let done = Arc::new(Notify::new());
     let handler = Counting::<K> {
         sub,

@@ -27,6 +27,14 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// rather than hanging when the broker is unreachable.
     fn connect(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// Whether this broker, as configured, can serve `subscription` (connection facts such as
+    /// an MQTT clean session); `App::start` calls it for every subscriber before connecting and
+    /// reports every refusal at once. The error names the subscriber. The default: always.
+    fn check(&self, subscription: &Subscription) -> Result<(), BrokerError> {
+        let _ = subscription;
+        Ok(())
+    }
+
     /// Start consuming `subscription` (declaring what it needs). The policy is in the
     /// subscription because some brokers consume differently under `AckFirst` (RabbitMQ's
     /// no_ack, Kafka's auto-commit).

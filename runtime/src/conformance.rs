@@ -4,10 +4,13 @@
 //! Each test runs a real [`App`] with a scripted handler, then looks at the broker's state
 //! after the App stopped: what a fresh consumer of the same source would still receive
 //! ([`Adapter::remaining`]) and what was dead-lettered ([`Adapter::dead_letters`]). A broker
-//! crate runs the whole suite with one line in its tests:
+//! crate runs the whole suite with one line in its tests, declaring the shape of its test
+//! source (the arguments that choose it, names as `_`); which tests apply to that source comes
+//! from `brook-caps`, and those that do not are generated as skipped (`#[ignore]`, visible in
+//! the output):
 //!
 //! ```ignore
-//! brook_runtime::conformance_tests!(MyAdapter::new());
+//! brook_runtime::conformance_tests!(MyAdapter::new(); broker = rabbit, queue = _, declare = false);
 //! ```
 //!
 //! Waits are bounded ([`WAIT`]); nothing sleeps to synchronize.
@@ -18,20 +21,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brook_caps::{AckPolicy, Value};
+use brook_caps::{AckPolicy, DeliveryCount, Features, Source, Value};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Barrier, Notify};
 
 use crate::app::App;
 use crate::broker::{Accepts, Broker, Outgoing};
 use crate::codec;
-use crate::error::{BrokerError, SubscriptionError};
+use crate::error::BrokerError;
 use crate::extract::Context;
 use crate::handler::kind::Kind;
 use crate::handler::{Handler, HandlerError};
 use crate::interrupt::{Ack, Nack, Reject};
 use crate::message::{Message, SettleReport, Settled, Settlement};
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, SubscriptionBuilder};
 
 /// The longest any step of a conformance test waits.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -57,17 +60,6 @@ pub fn unique_name(prefix: &str, separator: char) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     format!("{prefix}{separator}{pid}{separator}{nanos}{separator}{n}")
-}
-
-/// What a broker can do beyond the common ground, so tests that need it are skipped elsewhere.
-#[derive(Clone, Copy, Debug)]
-pub struct Capabilities {
-    /// Messages carry a delivery count (needed by `max_deliveries`).
-    pub delivery_count: bool,
-    /// A nack can ask for a redelivery delay.
-    pub nack_delay: bool,
-    /// Rejected messages land somewhere [`Adapter::dead_letters`] can read.
-    pub dead_letters: bool,
 }
 
 /// What a broker crate implements to run the suite against its real broker.
@@ -99,9 +91,6 @@ pub trait Adapter: Send + Sync + 'static {
         &self,
         source: &TestSource,
     ) -> impl Future<Output = Result<Vec<Bytes>, BrokerError>> + Send;
-
-    /// What the broker supports.
-    fn capabilities(&self) -> Capabilities;
 
     /// How long the client library's own tasks may outlive a closed connection before they
     /// notice and end (lapin's heartbeat task sleeps up to half the heartbeat interval).
@@ -149,7 +138,7 @@ type Script = dyn Fn(&Message, usize) -> Step + Send + Sync;
 
 /// A handler that follows a script and reports every call.
 pub struct Scripted<K> {
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     typed: bool,
     script: Arc<Script>,
     calls: mpsc::UnboundedSender<Call>,
@@ -167,8 +156,8 @@ struct Probe {
 impl<K: Kind> Handler for Scripted<K> {
     type Broker = K;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -241,6 +230,9 @@ pub struct Run<A: Adapter> {
     calls: mpsc::UnboundedReceiver<Call>,
     reports: Arc<Mutex<Vec<SettleReport>>>,
     seen: Vec<Call>,
+    /// What the source can do, from `brook-caps` (never declared by the adapter).
+    pub features: Features,
+    dead_letters: bool,
 }
 
 /// How to set a test up.
@@ -313,7 +305,10 @@ impl<A: Adapter> Run<A> {
         for (n, v) in setup.extra {
             builder = builder.arg(n, v);
         }
-        let sub = builder.build().expect("a valid subscription");
+        let built = builder.clone().build().expect("a valid subscription");
+        let features = built.source().features();
+        let dead_letters = features.dead_letters(|arg| source.args.iter().any(|(n, _)| n == arg));
+        let sub = builder;
         let (tx, rx) = mpsc::unbounded_channel();
         let reports = Arc::new(Mutex::new(Vec::new()));
         let handler = Scripted::<A::Kind> {
@@ -340,6 +335,8 @@ impl<A: Adapter> Run<A> {
             calls: rx,
             reports,
             seen: Vec::new(),
+            features,
+            dead_letters,
         }
     }
 
@@ -429,7 +426,7 @@ impl<A: Adapter> Run<A> {
             Vec::<Bytes>::new(),
             "{what}: the message must not be delivered again"
         );
-        if self.adapter.capabilities().dead_letters {
+        if self.dead_letters {
             assert_eq!(
                 self.dead_letters().await,
                 Vec::<Bytes>::new(),
@@ -454,7 +451,7 @@ impl<A: Adapter> Run<A> {
             Vec::<Bytes>::new(),
             "{what}: a rejected message must not be delivered again"
         );
-        if self.adapter.capabilities().dead_letters {
+        if self.dead_letters {
             assert_eq!(
                 self.dead_letters().await,
                 vec![Bytes::copy_from_slice(body)],
@@ -462,10 +459,6 @@ impl<A: Adapter> Run<A> {
             );
         }
     }
-}
-
-fn caps<A: Adapter>(a: &A) -> Capabilities {
-    a.capabilities()
 }
 
 /// What a single-message test expects the broker to have done.
@@ -541,7 +534,6 @@ pub async fn reject_on_error_rejects_on_error<A: Adapter>(a: Arc<A>) {
 
 /// NackOnError: an error nacks and the message comes back; success then acks.
 pub async fn nack_on_error_redelivers<A: Adapter>(a: Arc<A>) {
-    let counts = caps(&*a).delivery_count;
     let mut run = Run::start(a, "nack_err", Setup::new(AckPolicy::NackOnError), |_, n| {
         if n == 0 {
             Step::Fail
@@ -556,7 +548,7 @@ pub async fn nack_on_error_redelivers<A: Adapter>(a: Arc<A>) {
         calls[1].body, calls[0].body,
         "the failed message is the one delivered again"
     );
-    if counts {
+    if run.features.delivery_count != DeliveryCount::None {
         assert_eq!(
             (calls[0].delivery_count, calls[1].delivery_count),
             (Some(1), Some(2))
@@ -698,9 +690,6 @@ pub async fn the_first_settlement_wins<A: Adapter>(a: Arc<A>) {
 
 /// max_deliveries: a message that always fails is delivered at most N times, then rejected.
 pub async fn max_deliveries_stops_redelivery_loops<A: Adapter>(a: Arc<A>) {
-    if !caps(&*a).delivery_count {
-        return;
-    }
     let mut run = Run::start(
         a,
         "max_deliveries",
@@ -708,6 +697,11 @@ pub async fn max_deliveries_stops_redelivery_loops<A: Adapter>(a: Arc<A>) {
         |_, _| Step::Fail,
     )
     .await;
+    assert_ne!(
+        run.features.delivery_count,
+        DeliveryCount::None,
+        "this source counts no deliveries (brook-caps), so this test must be generated as skipped"
+    );
     run.publish(b"poison").await;
     let calls = run.calls(3).await;
     assert_eq!(
@@ -822,9 +816,6 @@ pub async fn messages_are_handled_in_order<A: Adapter>(a: Arc<A>) {
 
 /// A nack with a delay is redelivered no sooner than the delay.
 pub async fn nack_delay_is_honoured<A: Adapter>(a: Arc<A>) {
-    if !caps(&*a).nack_delay {
-        return;
-    }
     let delay = Duration::from_millis(400);
     let mut run = Run::start(
         a,
@@ -839,6 +830,10 @@ pub async fn nack_delay_is_honoured<A: Adapter>(a: Arc<A>) {
         },
     )
     .await;
+    assert!(
+        run.features.nack_delay,
+        "this source has no nack delay (brook-caps), so this test must be generated as skipped"
+    );
     run.publish(b"later").await;
     let calls = run.calls(2).await;
     let waited = calls[1].at - calls[0].at;
@@ -992,29 +987,30 @@ pub async fn stopping_leaves_no_task_behind<A: Adapter>(a: Arc<A>) {
     );
 }
 
-/// Generates one `#[tokio::test]` per conformance test, against `$adapter` (an expression
-/// evaluated once per test).
-#[macro_export]
-macro_rules! conformance_tests {
-    ($adapter:expr) => {
-        $crate::conformance_tests!(@each $adapter;
-            ack_policy_acks_on_success, ack_policy_acks_on_error, ack_first_acks_before_the_handler,
-            reject_on_error_acks_on_success, reject_on_error_rejects_on_error, nack_on_error_redelivers,
-            panics_are_errors_and_the_consumer_survives, manual_leaves_unsettled_messages_for_redelivery,
-            manual_settlements_take_effect, manual_nack_redelivers, interrupts_settle_under_every_policy,
-            the_first_settlement_wins, max_deliveries_stops_redelivery_loops,
-            undecodable_payloads_are_rejected, shutdown_lets_in_flight_handlers_finish,
-            graceful_timeout_leaves_the_message_for_redelivery, concurrency_runs_handlers_in_parallel,
-            messages_are_handled_in_order, nack_delay_is_honoured, every_policy_and_handler_outcome,
-            stopping_leaves_no_task_behind
-        );
-    };
-    (@each $adapter:expr; $($test:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                $crate::conformance::$test(::std::sync::Arc::new($adapter)).await;
-            }
-        )*
-    };
+/// Checks that the source shape `conformance_tests!` declared (from which brook-caps decided
+/// which tests apply) is the shape of the adapter's real source.
+pub async fn declared_source<A: Adapter>(a: Arc<A>, declared: Source, dead_letters: bool) {
+    let source = a
+        .fresh_source("declared_source")
+        .await
+        .expect("create a fresh test source");
+    let mut builder = Subscription::new(A::Kind::KIND, "conformance::declared_source");
+    for (n, v) in &source.args {
+        builder = builder.arg(n.clone(), v.clone());
+    }
+    let sub = builder.build().expect("a valid subscription");
+    assert_eq!(
+        sub.source(),
+        declared,
+        "conformance_tests! declares the source {declared:?}, but the adapter's is {:?}",
+        sub.source()
+    );
+    let has_dead_letters = sub
+        .source()
+        .features()
+        .dead_letters(|arg| source.args.iter().any(|(n, _)| n == arg));
+    assert_eq!(
+        has_dead_letters, dead_letters,
+        "conformance_tests! and the adapter's source disagree on where rejected messages go"
+    );
 }

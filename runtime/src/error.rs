@@ -114,13 +114,69 @@ pub enum ExtractError {
     },
 }
 
+/// One thing `App::start` found wrong before connecting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A subscriber's arguments are invalid (a name from configuration the broker refuses, a
+    /// mount-site name missing or not allowed, ...).
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
+    /// A handler argument can never be produced on this App: every message would fail.
+    #[error("subscriber `{subscriber}`: argument `{argument}` can never be produced on this App: {source}")]
+    Argument {
+        /// The subscriber.
+        subscriber: String,
+        /// The argument, as written in the function.
+        argument: &'static str,
+        /// Why.
+        #[source]
+        source: ExtractError,
+    },
+    /// The broker cannot serve the subscription as its connection is configured (an MQTT
+    /// clean session under NackOnError, ...). The broker's message names the subscriber.
+    #[error("{source}")]
+    Broker {
+        /// The subscriber.
+        subscriber: String,
+        /// Why.
+        #[source]
+        source: BrokerError,
+    },
+}
+
+/// Every problem `App::start` found, so that one start shows them all.
+#[derive(Debug)]
+pub struct StartErrors(pub Vec<StartError>);
+
+impl std::fmt::Display for StartErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "the App cannot start: {one}"),
+            all => {
+                write!(f, "the App cannot start: {} problems", all.len())?;
+                for (i, e) in all.iter().enumerate() {
+                    write!(f, "\n  {}. {e}", i + 1)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl StdError for StartErrors {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.first().map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
 /// Why an [`App`](crate::App) could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppError {
-    /// A subscriber's arguments are invalid.
+    /// Subscribers are misconfigured: every problem found, before anything connected.
     #[error(transparent)]
-    Subscription(#[from] SubscriptionError),
+    Invalid(StartErrors),
     /// The broker failed (connect, subscribe, close).
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -135,4 +191,10 @@ pub enum AppError {
     /// Waiting for the OS signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),
+}
+
+impl From<SubscriptionError> for AppError {
+    fn from(e: SubscriptionError) -> Self {
+        AppError::Invalid(StartErrors(vec![e.into()]))
+    }
 }

@@ -2,10 +2,10 @@
 
 use std::future::Future;
 
-use crate::error::{ExtractError, SubscriptionError};
-use crate::extract::Context;
+use crate::error::ExtractError;
+use crate::extract::{Context, StartCheck};
 use crate::message::Message;
-use crate::subscription::Subscription;
+use crate::subscription::SubscriptionBuilder;
 
 /// Type-level broker names: a handler declares which broker it was checked against, and
 /// [`App::subscribe`](crate::App::subscribe) only accepts handlers its broker can serve.
@@ -39,8 +39,16 @@ pub trait Handler: Send + Sync + 'static {
     /// The broker the subscriber was declared (and checked) for.
     type Broker: kind::Kind;
 
-    /// The subscriber's validated arguments.
-    fn subscription(&self) -> Result<Subscription, SubscriptionError>;
+    /// The subscriber's arguments, names from expressions evaluated; the App validates them
+    /// (with any mount-site names) when the subscriber is added.
+    fn subscription(&self) -> SubscriptionBuilder;
+
+    /// Checks that every argument can be produced on this App (state registered, the right
+    /// broker); `App::start` refuses to start otherwise. Returns the failing arguments by name.
+    fn check(&self, cx: &StartCheck<'_>) -> Vec<(&'static str, ExtractError)> {
+        let _ = cx;
+        Vec::new()
+    }
 
     /// Extract the arguments from `msg` and run the function.
     fn call<'a>(
@@ -77,5 +85,118 @@ impl IntoHandlerResult for () {
 impl<E: Into<anyhow::Error>> IntoHandlerResult for Result<(), E> {
     fn into_handler_result(self) -> Result<(), HandlerError> {
         self.map_err(|e| HandlerError::Failed(e.into()))
+    }
+}
+
+/// A subscriber with names given where it is mounted: `bill.topic(&cfg.orders)`. The attribute
+/// must leave each such name open (`topic = _`), so that the compile-time checks still see that
+/// it is there; setting a name the attribute fixed is refused by `App::start`, unless it is
+/// replaced on purpose with [`override_name`](Mount::override_name).
+///
+/// ```
+/// use brook_runtime::{App, Handler, MemoryBroker, Mount, MountNames};
+/// # use brook_runtime::{Context, HandlerError, Message, Subscription, SubscriptionBuilder, BrokerKind, ArgValue, kind};
+/// # struct Bill;
+/// # impl Handler for Bill {
+/// #     type Broker = kind::Memory;
+/// #     fn subscription(&self) -> SubscriptionBuilder {
+/// #         Subscription::new(BrokerKind::Memory, "bill").arg("topic", ArgValue::AtMount)
+/// #     }
+/// #     async fn call(&self, _: &Message, _: &Context) -> Result<(), HandlerError> { Ok(()) }
+/// # }
+/// # let bill = Bill;
+/// let topic = std::env::var("ORDERS_TOPIC").unwrap_or_else(|_| "orders".into());
+/// // #[subscriber(topic = _)] async fn bill(..) -> ..
+/// let app = App::new(MemoryBroker::new()).subscribe(bill.topic(topic));
+/// ```
+pub trait Mount: Handler + Sized {
+    /// Gives the open name argument `argument` (declared `argument = _`) its value.
+    fn name(self, argument: &'static str, value: impl Into<String>) -> Mounted<Self> {
+        Mounted {
+            inner: self,
+            argument,
+            value: value.into(),
+            replace: false,
+        }
+    }
+
+    /// Replaces a name the attribute fixed, on purpose.
+    fn override_name(self, argument: &'static str, value: impl Into<String>) -> Mounted<Self> {
+        Mounted {
+            replace: true,
+            ..self.name(argument, value)
+        }
+    }
+}
+
+impl<H: Handler> Mount for H {}
+
+macro_rules! name_methods {
+    ($($method:ident),* $(,)?) => {
+        /// Per-argument shorthands for [`Mount::name`]: `bill.topic(..)` is
+        /// `bill.name("topic", ..)`. Which ones a subscriber accepts depends on its broker; a
+        /// name its broker does not have is refused by `App::start`.
+        pub trait MountNames: Mount {
+            $(
+                #[doc = concat!("Sets the open `", stringify!($method), " = _` argument.")]
+                fn $method(self, value: impl Into<String>) -> Mounted<Self> {
+                    self.name(stringify!($method), value)
+                }
+            )*
+        }
+    };
+}
+
+name_methods!(
+    topic,
+    queue,
+    subject,
+    stream,
+    channel,
+    list,
+    group_id,
+    group,
+    consumer,
+    durable,
+    queue_group,
+    exchange,
+    routing_key,
+    dead_letter_exchange,
+    dead_letter_stream,
+);
+
+impl<H: Handler> MountNames for H {}
+
+/// A handler with a name given at the mount site; see [`Mount`].
+#[derive(Debug, Clone)]
+pub struct Mounted<H> {
+    inner: H,
+    argument: &'static str,
+    value: String,
+    replace: bool,
+}
+
+impl<H: Handler> Handler for Mounted<H> {
+    type Broker = H::Broker;
+
+    fn subscription(&self) -> SubscriptionBuilder {
+        let builder = self.inner.subscription();
+        if self.replace {
+            builder.override_name(self.argument, self.value.clone())
+        } else {
+            builder.mount(self.argument, self.value.clone())
+        }
+    }
+
+    fn check(&self, cx: &StartCheck<'_>) -> Vec<(&'static str, ExtractError)> {
+        self.inner.check(cx)
+    }
+
+    fn call<'a>(
+        &'a self,
+        msg: &'a Message,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        self.inner.call(msg, ctx)
     }
 }

@@ -23,9 +23,16 @@ mod broker;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+/// One `#[tokio::test]` per conformance test against an adapter, those its source cannot run
+/// generated as skipped (from brook-caps):
+/// `conformance_tests!(MyAdapter::new(); broker = rabbit, queue = _, dead_letter_exchange = _)`.
+/// The arguments after `;` are the subscriber arguments that give the adapter's source its
+/// shape (names as `_`); a generated test checks them against the adapter's real source.
+#[cfg(feature = "conformance")]
+pub use brook_macros::conformance_tests;
 pub mod engine;
 mod error;
-mod extract;
+pub mod extract;
 mod handler;
 pub mod headers;
 mod interrupt;
@@ -44,19 +51,19 @@ pub use broker::{Accepts, Broker, Consumer, Outgoing};
 /// Nack`, `auto_offset_reset = earliest`) are `ArgValue::Ident("earliest".into())`.
 pub use brook_caps::Value as ArgValue;
 pub use brook_caps::{AckPolicy, BrokerKind, Source};
-pub use error::{AppError, BoxError, BrokerError, ExtractError, SubscriptionError};
-pub use extract::{Context, FromMessage, State};
-pub use handler::{kind, Handler, HandlerError, IntoHandlerResult};
+pub use error::{
+    AppError, BoxError, BrokerError, ExtractError, StartError, StartErrors, SubscriptionError,
+};
+pub use extract::{BrokerMessage, Context, FromMessage, StartCheck, State};
+pub use handler::{kind, Handler, HandlerError, IntoHandlerResult, Mount, MountNames, Mounted};
 pub use headers::Headers;
 pub use interrupt::{Ack, Nack, Reject};
 pub use memory::MemoryBroker;
 pub use message::{Message, MessageId, SettleFuture, SettleReport, Settled, Settlement, Settler};
 pub use subscription::{Subscription, SubscriptionBuilder};
 
-/// What `#[subscriber]` expands to refers to these; not a public API.
-#[doc(hidden)]
-pub mod __private {
-    pub use crate::extract::{Arg, ViaDecode, ViaFromMessage};
-    pub use brook_caps::Value;
-    pub use std::borrow::Cow;
-}
+pub use brook_caps::{
+    DeliverPolicy, ExchangeType, JetStreamOptions, KafkaOptions, MemoryOptions, MqttOptions,
+    NatsOptions, OffsetReset, Options, QueueType, RabbitOptions, RedisOptions, RedisSource,
+    RedisStreamOptions,
+};

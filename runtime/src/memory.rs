@@ -338,7 +338,11 @@ impl Broker for MemoryBroker {
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<MemoryConsumer, BrokerError> {
         let topic = self.topic(subscription.source_name());
-        let group = lock(&topic.state).group_index(subscription.str("group_id").unwrap_or(""));
+        let group_id = subscription
+            .options()
+            .memory()
+            .and_then(|o| o.group_id.as_deref());
+        let group = lock(&topic.state).group_index(group_id.unwrap_or(""));
         Ok(MemoryConsumer {
             topic,
             group,

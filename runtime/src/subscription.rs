@@ -1,16 +1,16 @@
 //! A validated subscription: what a subscriber reads, under which policy, with which options.
 //!
-//! `#[subscriber]` builds one from its arguments (already checked at compile time); code that
-//! does not use the macro builds one with [`Subscription::new`]. Both go through
-//! [`brook_caps::resolve`], the same table the macro reads, so a policy that cannot work on a
-//! source is refused either way.
+//! `#[subscriber]` builds one from its arguments (already checked at compile time, except the
+//! names that come from expressions or the mount site); code that does not use the macro builds
+//! one with [`Subscription::new`]. Both go through [`brook_caps::resolve`], the same table the
+//! macro reads, so a policy that cannot work on a source, or a name the broker refuses, is
+//! refused either way — by `App::start` at the latest, never at the first message.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
-use brook_caps::{AckPolicy, BrokerKind, Resolved, Source, Value};
+use brook_caps::{AckPolicy, ArgError, BrokerKind, Options, Resolved, Source, Value};
 
-use crate::error::SubscriptionError;
+use crate::error::{BrokerError, SubscriptionError};
 use crate::message::Settlement;
 
 /// A subscriber's validated arguments.
@@ -31,7 +31,6 @@ use crate::message::Settlement;
 pub struct Subscription {
     name: Cow<'static, str>,
     broker: BrokerKind,
-    args: Vec<(Cow<'static, str>, Value)>,
     resolved: Resolved,
     // Read for every message, so worked out once.
     concurrency: usize,
@@ -39,12 +38,14 @@ pub struct Subscription {
     on_decode_error: Settlement,
 }
 
-/// Collects arguments for a [`Subscription`].
+/// Collects arguments for a [`Subscription`]; [`build`](SubscriptionBuilder::build) validates.
 #[derive(Clone, Debug)]
 pub struct SubscriptionBuilder {
     name: Cow<'static, str>,
     broker: BrokerKind,
     args: Vec<(Cow<'static, str>, Value)>,
+    // Mount-site names that could not be applied, reported by `build`.
+    refused: Vec<ArgError>,
 }
 
 impl SubscriptionBuilder {
@@ -54,39 +55,100 @@ impl SubscriptionBuilder {
         self
     }
 
+    /// Gives the name argument `name`, declared `name = _` in the attribute, its value (what
+    /// [`Mount`](crate::Mount)'s methods call). Setting a name the attribute did not leave open
+    /// is refused by [`build`](Self::build); use [`override_name`](Self::override_name) to say
+    /// that you mean to replace it.
+    pub fn mount(mut self, name: &str, value: impl Into<String>) -> Self {
+        let value = value.into();
+        match self.args.iter_mut().find(|(n, _)| n == name) {
+            Some((_, slot @ Value::AtMount)) => *slot = Value::from(value),
+            Some((_, fixed)) => {
+                let fixed = fixed.to_string();
+                self.refused.push(ArgError {
+                    argument: None,
+                    message: format!(
+                        "`{name}` is fixed by the attribute ({name} = {fixed}), so it cannot be set to {value:?} where the subscriber is mounted; write {name} = _ in the attribute to leave it open, or use .override_name(\"{name}\", ...) to replace it on purpose"
+                    ),
+                });
+            }
+            None => self.refused.push(ArgError {
+                argument: None,
+                message: format!(
+                    "`{name}` is not declared by the attribute, so it cannot be set to {value:?} where the subscriber is mounted; declare it as {name} = _ (what the compile-time checks see must be in the attribute)"
+                ),
+            }),
+        }
+        self
+    }
+
+    /// Replaces a name argument the attribute fixed (or left open), on purpose: for a name
+    /// that only this deployment spells differently. The argument must be declared.
+    pub fn override_name(mut self, name: &str, value: impl Into<String>) -> Self {
+        let value = value.into();
+        match self.args.iter_mut().find(|(n, _)| n == name) {
+            Some((_, slot @ (Value::AtMount | Value::Str(_) | Value::Deferred(_)))) => {
+                *slot = Value::from(value)
+            }
+            _ => self.refused.push(ArgError {
+                argument: None,
+                message: format!(
+                    "`{name}` is not a name declared by the attribute, so .override_name(\"{name}\", {value:?}) has nothing to replace"
+                ),
+            }),
+        }
+        self
+    }
+
+    /// The subscriber's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Validates the arguments against the capability table.
     pub fn build(self) -> Result<Subscription, SubscriptionError> {
+        let error = |source| SubscriptionError {
+            subscriber: self.name.to_string(),
+            broker: self.broker,
+            source,
+        };
+        if let Some(first) = self.refused.first() {
+            return Err(error(first.clone()));
+        }
+        if let Some((open, _)) = self.args.iter().find(|(_, v)| *v == Value::AtMount) {
+            return Err(error(ArgError {
+                argument: None,
+                message: format!(
+                    "`{open} = _` is left to the mount site, but no value was given: mount it as {}.{open}(...) (or .name(\"{open}\", ...))",
+                    self.name
+                ),
+            }));
+        }
         let borrowed: Vec<(&str, Value)> = self
             .args
             .iter()
             .map(|(n, v)| (n.as_ref(), v.clone()))
             .collect();
-        match brook_caps::resolve(self.broker, &borrowed) {
-            Ok(resolved) => {
-                let mut sub = Subscription {
-                    name: self.name,
-                    broker: self.broker,
-                    args: self.args,
-                    resolved,
-                    concurrency: 1,
-                    max_deliveries: None,
-                    on_decode_error: Settlement::Reject,
-                };
-                sub.concurrency = sub.int("concurrency").map_or(1, |n| n as usize);
-                sub.max_deliveries = sub
-                    .int("max_deliveries")
-                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-                if sub.str("on_decode_error") == Some("Nack") {
-                    sub.on_decode_error = Settlement::NACK;
-                }
-                Ok(sub)
-            }
-            Err(source) => Err(SubscriptionError {
-                subscriber: self.name.into_owned(),
-                broker: self.broker,
-                source,
-            }),
-        }
+        let resolved = brook_caps::resolve(self.broker, &borrowed).map_err(error)?;
+        let value = |name: &str| borrowed.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+        let concurrency = value("concurrency")
+            .and_then(Value::as_int)
+            .map_or(1, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let max_deliveries = value("max_deliveries")
+            .and_then(Value::as_int)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let on_decode_error = match value("on_decode_error").and_then(Value::as_str) {
+            Some("Nack") => Settlement::NACK,
+            _ => Settlement::Reject,
+        };
+        Ok(Subscription {
+            name: self.name,
+            broker: self.broker,
+            resolved,
+            concurrency,
+            max_deliveries,
+            on_decode_error,
+        })
     }
 }
 
@@ -99,22 +161,27 @@ impl Subscription {
             name: name.into(),
             broker,
             args: Vec::new(),
+            refused: Vec::new(),
         }
     }
 
-    /// What `#[subscriber]` generates: the arguments as written, validated again at run time
-    /// (they were at compile time, so this cannot fail for macro-generated subscribers).
+    /// What `#[subscriber]` generates: the arguments as written, names from expressions
+    /// evaluated; validated when the App is built.
     #[doc(hidden)]
     pub fn from_macro(
         broker: BrokerKind,
         name: &'static str,
-        args: &[(&'static str, Value)],
-    ) -> Result<Subscription, SubscriptionError> {
-        args.iter()
-            .fold(Subscription::new(broker, name), |b, (n, v)| {
-                b.arg(*n, v.clone())
-            })
-            .build()
+        args: impl IntoIterator<Item = (&'static str, Value)>,
+    ) -> SubscriptionBuilder {
+        SubscriptionBuilder {
+            name: Cow::Borrowed(name),
+            broker,
+            args: args
+                .into_iter()
+                .map(|(n, v)| (Cow::Borrowed(n), v))
+                .collect(),
+            refused: Vec::new(),
+        }
     }
 
     /// The subscriber's name.
@@ -142,9 +209,33 @@ impl Subscription {
         self.resolved.policy
     }
 
-    /// The degradation warning, if the policy means less than its name on this source.
-    pub fn warning(&self) -> Option<&str> {
-        self.resolved.warning.as_deref()
+    /// The warnings the macro gives at compile time (a degraded policy, `max_deliveries` where
+    /// nothing counts deliveries), for the App to log at start.
+    pub fn warnings(&self) -> impl Iterator<Item = &str> {
+        self.resolved
+            .warning
+            .iter()
+            .chain(&self.resolved.max_deliveries_warning)
+            .map(String::as_str)
+    }
+
+    /// The broker's typed options ([`Options::kafka`], [`Options::rabbit`], ...).
+    pub fn options(&self) -> &Options {
+        &self.resolved.options
+    }
+
+    /// The error for a broker asked to serve a subscription declared for another broker (its
+    /// [`options`](Self::options) are not that broker's).
+    pub fn declared_for_another(&self, broker: BrokerKind) -> BrokerError {
+        BrokerError::Invalid {
+            broker,
+            message: format!(
+                "subscriber `{}` is declared for {}, not {}",
+                self.name,
+                self.broker.display_name(),
+                broker.display_name()
+            ),
+        }
     }
 
     /// How many messages are handled at once (default 1).
@@ -160,30 +251,6 @@ impl Subscription {
     /// What a payload that cannot be decoded gets: `Reject` unless `on_decode_error = Nack`.
     pub fn on_decode_error(&self) -> Settlement {
         self.on_decode_error
-    }
-
-    /// A string argument (`Str` or `Ident`).
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.value(name).and_then(Value::as_str)
-    }
-
-    /// An integer argument.
-    pub fn int(&self, name: &str) -> Option<u64> {
-        self.value(name).and_then(Value::as_int)
-    }
-
-    /// A boolean argument.
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        self.value(name).and_then(Value::as_bool)
-    }
-
-    /// A duration argument given in milliseconds (`*_ms`).
-    pub fn millis(&self, name: &str) -> Option<Duration> {
-        self.int(name).map(Duration::from_millis)
-    }
-
-    fn value(&self, name: &str) -> Option<&Value> {
-        self.args.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 }
 
@@ -214,5 +281,55 @@ mod tests {
             (1, None, Settlement::Reject)
         );
         assert_eq!(s.policy(), AckPolicy::RejectOnError);
+    }
+
+    #[test]
+    fn names_left_open_take_the_mount_site_value_and_nothing_else() {
+        let open = || {
+            Subscription::new(BrokerKind::Kafka, "bill")
+                .arg("topic", Value::AtMount)
+                .arg("group_id", "billing")
+        };
+        let s = open().mount("topic", "orders-prod").build().unwrap();
+        assert_eq!(s.source_name(), "orders-prod");
+        assert_eq!(
+            s.options().kafka().map(|k| k.topics.clone()),
+            Some(vec!["orders-prod".to_owned()])
+        );
+
+        let e = open().build().unwrap_err().to_string();
+        assert!(
+            e.contains("`topic = _`") && e.contains("bill.topic(...)"),
+            "{e}"
+        );
+
+        let e = open()
+            .mount("topic", "t")
+            .mount("group_id", "other")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`group_id` is fixed by the attribute"), "{e}");
+        let s = open()
+            .mount("topic", "t")
+            .override_name("group_id", "other")
+            .build()
+            .unwrap();
+        assert_eq!(
+            s.options().kafka().and_then(|k| k.group_id.clone()),
+            Some("other".to_owned())
+        );
+    }
+
+    #[test]
+    fn run_time_names_are_checked_like_literals() {
+        let e = Subscription::new(BrokerKind::Nats, "h")
+            .arg("subject", String::from("orders created"))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("subscriber `h` on NATS"), "{e}");
+        assert!(e.contains("`subject = \"orders created\"`"), "{e}");
+        assert!(e.contains("whitespace"), "{e}");
     }
 }

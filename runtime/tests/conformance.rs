@@ -1,6 +1,6 @@
 //! The conformance suite against the in-memory broker.
 
-use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::conformance::{Adapter, TestSource};
 use brook_runtime::{kind, BrokerError, MemoryBroker};
 use bytes::Bytes;
 
@@ -40,16 +40,6 @@ impl Adapter for MemoryAdapter {
             .map(|d| d.body)
             .collect())
     }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            delivery_count: true,
-            nack_delay: true,
-            dead_letters: true,
-        }
-    }
 }
 
-brook_runtime::conformance_tests!(MemoryAdapter {
-    broker: MemoryBroker::new()
-});
+brook_runtime::conformance_tests!(MemoryAdapter { broker: MemoryBroker::new() }; broker = memory, topic = _);

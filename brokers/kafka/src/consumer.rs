@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use brook_runtime::{
-    AckPolicy, BrokerError, Message, MessageId, SettleFuture, Settlement, Settler, Subscription,
+    AckPolicy, BrokerError, KafkaOptions, Message, MessageId, OffsetReset, SettleFuture,
+    Settlement, Settler, Subscription,
 };
 use bytes::Bytes;
 use rdkafka::consumer::{
@@ -234,23 +235,18 @@ impl std::fmt::Debug for KafkaConsumer {
     }
 }
 
-pub(crate) async fn subscribe(
-    broker: &KafkaBroker,
-    sub: &Subscription,
-) -> Result<KafkaConsumer, BrokerError> {
-    let topics: Vec<Arc<str>> = sub
-        .source_name()
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(Arc::from)
-        .collect();
-    if topics.is_empty() {
-        return Err(BrokerError::Invalid {
-            broker: KIND,
-            message: format!("subscriber `{}` names no topic", sub.name()),
-        });
-    }
+/// The subscription's Kafka options; a subscription declared for another broker is refused.
+fn options(sub: &Subscription) -> Result<&KafkaOptions, BrokerError> {
+    sub.options()
+        .kafka()
+        .ok_or_else(|| sub.declared_for_another(KIND))
+}
+
+/// What [`Broker::check`](brook_runtime::Broker::check) refuses before anything connects:
+/// a subscription for another broker, and passthrough consumer settings that brook derives
+/// from the subscription.
+pub(crate) fn check(broker: &KafkaBroker, sub: &Subscription) -> Result<(), BrokerError> {
+    options(sub)?;
     // Settings the ack policy depends on: a passthrough value would silently change what is
     // committed (`enable.auto.offset.store = true` commits messages before they are handled).
     for (key, _) in &broker.inner.consumer_config {
@@ -268,14 +264,24 @@ pub(crate) async fn subscribe(
             });
         }
     }
-    let group = sub.str("group_id").map(str::to_owned);
+    Ok(())
+}
+
+pub(crate) async fn subscribe(
+    broker: &KafkaBroker,
+    sub: &Subscription,
+) -> Result<KafkaConsumer, BrokerError> {
+    let opts = options(sub)?;
+    // Never empty: brook-caps refuses a topic list that names no topic.
+    let topics: Vec<Arc<str>> = opts.topics.iter().map(|t| Arc::from(t.as_str())).collect();
+    let group = opts.group_id.clone();
     let auto_commit_native = sub.policy() == AckPolicy::AckFirst;
     let tracking = group.is_some() && !auto_commit_native;
-    let reset = sub.str("auto_offset_reset").unwrap_or("latest");
+    let reset = opts.auto_offset_reset;
 
     let mut config = broker.consumer_config();
     config
-        .set("auto.offset.reset", reset)
+        .set("auto.offset.reset", reset.name())
         .set("enable.partition.eof", "false");
     match &group {
         Some(g) => {
@@ -323,11 +329,9 @@ pub(crate) async fn subscribe(
         // Without a group there is no coordinator to assign partitions: take them all.
         let c = consumer.clone();
         let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
-        // librdkafka's synonyms for the start of the log.
-        let start = if matches!(reset, "earliest" | "smallest" | "beginning") {
-            Offset::Beginning
-        } else {
-            Offset::End
+        let start = match reset {
+            OffsetReset::Earliest => Offset::Beginning,
+            OffsetReset::Latest => Offset::End,
         };
         tokio::task::spawn_blocking(move || -> Result<(), AssignError> {
             let mut tpl = TopicPartitionList::new();

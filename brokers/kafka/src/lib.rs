@@ -439,7 +439,14 @@ impl Broker for KafkaBroker {
         Ok(())
     }
 
+    /// Refuses passthrough consumer settings that brook derives from the subscription and
+    /// its ack policy (`group.id`, `enable.auto.offset.store`).
+    fn check(&self, subscription: &Subscription) -> Result<(), BrokerError> {
+        consumer::check(self, subscription)
+    }
+
     async fn subscribe(&self, subscription: &Subscription) -> Result<KafkaConsumer, BrokerError> {
+        self.check(subscription)?;
         consumer::subscribe(self, subscription).await
     }
 

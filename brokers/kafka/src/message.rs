@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use brook_runtime::{Context, ExtractError, FromMessage, Headers, Message};
+use brook_runtime::{BrokerMessage, Headers};
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::Message as _;
@@ -51,14 +51,8 @@ impl KafkaMessage {
     }
 }
 
-impl<'a> FromMessage<'a> for &'a KafkaMessage {
-    fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
-        msg.raw::<KafkaMessage>()
-            .ok_or_else(|| ExtractError::WrongBroker {
-                got: msg.broker(),
-                wanted: "KafkaMessage",
-            })
-    }
+impl BrokerMessage for KafkaMessage {
+    type Kind = brook_runtime::kind::Kafka;
 }
 
 /// Kafka record headers → brook headers (non-UTF-8 values lossily; the last of repeated names

@@ -114,16 +114,14 @@ async fn consumption_resumes_after_the_connection_is_cut_and_nothing_is_lost() {
     let r = release.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     struct H(
-        brook_runtime::Subscription,
+        brook_runtime::SubscriptionBuilder,
         tokio::sync::mpsc::UnboundedSender<Bytes>,
         Arc<tokio::sync::Notify>,
     );
     impl brook_runtime::Handler for H {
         type Broker = brook_runtime::kind::Kafka;
-        fn subscription(
-            &self,
-        ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-            Ok(self.0.clone())
+        fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+            self.0.clone()
         }
         async fn call(
             &self,

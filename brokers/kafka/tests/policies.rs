@@ -119,20 +119,36 @@ async fn ack_first_commits_while_the_handler_still_runs() {
 }
 
 /// Passthrough cannot switch on librdkafka's automatic offset store (it would commit every
-/// message as soon as it is read, whatever the policy) nor replace the group.
+/// message as soon as it is read, whatever the policy) nor replace the group: refused by
+/// `Broker::check` (what `App::start` calls before connecting) and by `subscribe`.
 #[tokio::test]
 async fn passthrough_of_settings_the_policy_depends_on_is_refused() {
     let (topic, group) = fresh_topic("owned", 1).await;
+    let sub = subscription(&topic, &group, AckPolicy::NackOnError)
+        .build()
+        .expect("valid subscription");
     for (key, value) in [("enable.auto.offset.store", "true"), ("group.id", "other")] {
-        let err = broker()
-            .with_consumer_config(key, value)
-            .subscribe(&subscription(&topic, &group, AckPolicy::NackOnError))
-            .await
-            .expect_err("refused");
-        assert!(
-            matches!(err, brook_runtime::BrokerError::Invalid { .. }),
-            "{err:?}"
-        );
+        let b = broker().with_consumer_config(key, value);
+        let checked = b.check(&sub).expect_err("refused by check");
+        let err = b.subscribe(&sub).await.expect_err("refused by subscribe");
+        for err in [checked, err] {
+            assert!(
+                matches!(err, brook_runtime::BrokerError::Invalid { .. }),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let started = App::new(b)
+            .subscribe(
+                Scripted::new(
+                    subscription(&topic, &group, AckPolicy::NackOnError),
+                    |_, _| Ok(()),
+                )
+                .0,
+            )
+            .start()
+            .await;
+        let err = started.err().expect("the App refuses to start");
         assert!(err.to_string().contains(key), "{err}");
     }
 }
@@ -265,17 +281,15 @@ async fn a_nacked_message_holds_back_the_commit_and_everything_after_it() {
 /// Manual: what the handler does not settle holds the commit back at its offset, even when
 /// later messages are acked.
 struct ManualHandler {
-    sub: brook_runtime::Subscription,
+    sub: brook_runtime::SubscriptionBuilder,
     calls: tokio::sync::mpsc::UnboundedSender<Bytes>,
 }
 
 impl Handler for ManualHandler {
     type Broker = brook_runtime::kind::Kafka;
 
-    fn subscription(
-        &self,
-    ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -325,7 +339,7 @@ async fn manual_commits_only_the_contiguous_settled_prefix() {
 /// concurrency = 3 over 3 partitions: a partition whose handler is stuck holds back only its
 /// own commit; the others commit while it waits.
 struct BlockingHandler {
-    sub: brook_runtime::Subscription,
+    sub: brook_runtime::SubscriptionBuilder,
     release: Arc<Notify>,
     blocked: Arc<AtomicBool>,
     calls: tokio::sync::mpsc::UnboundedSender<(i32, Bytes)>,
@@ -334,10 +348,8 @@ struct BlockingHandler {
 impl Handler for BlockingHandler {
     type Broker = brook_runtime::kind::Kafka;
 
-    fn subscription(
-        &self,
-    ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -386,9 +398,7 @@ async fn with_concurrency_a_stuck_partition_holds_back_only_its_own_commit() {
             brook_runtime::ArgValue::Ident("earliest".into()),
         )
         .arg("ack_policy", AckPolicy::Ack)
-        .arg("concurrency", 3u32)
-        .build()
-        .expect("sub");
+        .arg("concurrency", 3u32);
     let release = Arc::new(Notify::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let h = BlockingHandler {
@@ -495,15 +505,13 @@ async fn publish_carries_key_headers_and_partition() {
     assert_eq!((p, offset), (1, 0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     struct Capture(
-        brook_runtime::Subscription,
+        brook_runtime::SubscriptionBuilder,
         tokio::sync::mpsc::UnboundedSender<Captured>,
     );
     impl Handler for Capture {
         type Broker = brook_runtime::kind::Kafka;
-        fn subscription(
-            &self,
-        ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-            Ok(self.0.clone())
+        fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+            self.0.clone()
         }
         async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
             let raw = msg.raw::<brook_kafka::KafkaMessage>().expect("kafka");
@@ -558,9 +566,7 @@ async fn without_a_group_ack_first_reads_every_partition_and_commits_nothing() {
             "auto_offset_reset",
             brook_runtime::ArgValue::Ident("earliest".into()),
         )
-        .arg("ack_policy", AckPolicy::AckFirst)
-        .build()
-        .expect("sub");
+        .arg("ack_policy", AckPolicy::AckFirst);
     let (h, mut rx) = Scripted::new(sub, |_, _| Ok(()));
     let app = App::new(broker())
         .subscribe(h)

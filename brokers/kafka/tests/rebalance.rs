@@ -11,7 +11,7 @@ use common::*;
 use tokio::sync::mpsc;
 
 struct Slow {
-    sub: brook_runtime::Subscription,
+    sub: brook_runtime::SubscriptionBuilder,
     who: u8,
     seen: mpsc::UnboundedSender<(u8, String)>,
 }
@@ -19,10 +19,8 @@ struct Slow {
 impl Handler for Slow {
     type Broker = brook_runtime::kind::Kafka;
 
-    fn subscription(
-        &self,
-    ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -111,7 +109,7 @@ async fn two_consumers_in_a_group_lose_nothing_across_a_rebalance() {
 /// Handler for the revocation test: the old owner (A) blocks on its first delivery of each
 /// `hold*` message; the new owner (B) blocks on everything until released.
 struct Holder {
-    sub: brook_runtime::Subscription,
+    sub: brook_runtime::SubscriptionBuilder,
     who: u8,
     release: std::sync::Arc<tokio::sync::Notify>,
     seen: mpsc::UnboundedSender<(u8, i32, String)>,
@@ -121,10 +119,8 @@ struct Holder {
 impl Handler for Holder {
     type Broker = brook_runtime::kind::Kafka;
 
-    fn subscription(
-        &self,
-    ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -167,9 +163,7 @@ async fn the_old_owner_never_commits_a_revoked_partition() {
                 brook_runtime::ArgValue::Ident("earliest".into()),
             )
             .arg("ack_policy", AckPolicy::Ack)
-            .arg("concurrency", 2u32)
-            .build()
-            .expect("sub");
+            .arg("concurrency", 2u32);
         Holder {
             sub,
             who,
@@ -248,7 +242,7 @@ async fn the_old_owner_never_commits_a_revoked_partition() {
 /// The old owner blocks on the first delivery of each `hold*` message (the new owner on
 /// nothing), so each partition has one message running, one queued and a third parked: paused.
 struct PauseHolder {
-    sub: brook_runtime::Subscription,
+    sub: brook_runtime::SubscriptionBuilder,
     who: u8,
     release: std::sync::Arc<tokio::sync::Notify>,
     seen: mpsc::UnboundedSender<(u8, i32, String)>,
@@ -258,10 +252,8 @@ struct PauseHolder {
 impl Handler for PauseHolder {
     type Broker = brook_runtime::kind::Kafka;
 
-    fn subscription(
-        &self,
-    ) -> Result<brook_runtime::Subscription, brook_runtime::SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -309,9 +301,7 @@ async fn a_partition_paused_when_revoked_is_consumed_again_when_assigned_back() 
                 brook_runtime::ArgValue::Ident("earliest".into()),
             )
             .arg("ack_policy", AckPolicy::Ack)
-            .arg("concurrency", 2u32)
-            .build()
-            .expect("sub");
+            .arg("concurrency", 2u32);
         PauseHolder {
             sub,
             who,

@@ -8,8 +8,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use brook_runtime::{
-    BrokerError, BrokerKind, Consumer, Context, ExtractError, FromMessage, Message, MessageId,
-    SettleFuture, Settlement, Settler,
+    BrokerError, BrokerKind, BrokerMessage, Consumer, Message, MessageId, SettleFuture, Settlement,
+    Settler,
 };
 use rumqttc::QoS;
 use tokio::sync::mpsc;
@@ -63,13 +63,8 @@ impl MqttMessage {
     }
 }
 
-impl<'a> FromMessage<'a> for &'a MqttMessage {
-    fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
-        msg.raw::<MqttMessage>().ok_or(ExtractError::WrongBroker {
-            got: msg.broker(),
-            wanted: "MqttMessage",
-        })
-    }
+impl BrokerMessage for MqttMessage {
+    type Kind = brook_runtime::kind::Mqtt;
 }
 
 /// Reads one subscription's messages from the shared connection.

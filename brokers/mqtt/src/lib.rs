@@ -22,7 +22,8 @@
 //!   re-established with the same client id, and the broker redelivers every unacknowledged
 //!   message (DUP flag set). That needs a persistent session (`clean_session = false`; on
 //!   MQTT 5 `clean_start = false` with a session expiry), so
-//!   `NackOnError` on a clean session is refused at subscribe time.
+//!   `NackOnError` on a clean session is refused before anything connects
+//!   ([`Broker::check`], which `App::start` calls) and by `subscribe`.
 //! - **delivery count**: MQTT has only the DUP flag, so messages carry no delivery count and
 //!   `max_deliveries` does not apply.
 //!
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brook_runtime::{
-    kind, Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Outgoing, Source, Subscription,
+    kind, Accepts, AckPolicy, Broker, BrokerError, BrokerKind, MqttOptions, Outgoing, Subscription,
 };
 use tokio::sync::Mutex;
 
@@ -251,37 +252,39 @@ impl Broker for MqttBroker {
         self.shared().await.map(drop)
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<MqttConsumer, BrokerError> {
-        let Source::MqttTopic { qos } = subscription.source() else {
-            return Err(BrokerError::Invalid {
-                broker: BrokerKind::Mqtt,
-                message: format!(
-                    "subscriber `{}` was not declared for MQTT ({:?})",
-                    subscription.name(),
-                    subscription.source()
-                ),
-            });
+    /// Refuses `NackOnError` on a clean session (at QoS 1 and 2): nothing would ever be
+    /// redelivered. An invalid URL is left for [`Broker::connect`] to report.
+    fn check(&self, subscription: &Subscription) -> Result<(), BrokerError> {
+        let opts = options(subscription)?;
+        let Ok(config) = self.config.as_ref() else {
+            return Ok(());
         };
-        let config = self.config()?;
-        if qos > 0 && config.clean_session && subscription.policy() == AckPolicy::NackOnError {
+        if opts.qos > 0 && config.clean_session && subscription.policy() == AckPolicy::NackOnError {
             return Err(BrokerError::Invalid {
                 broker: BrokerKind::Mqtt,
                 message: format!(
                     "subscriber `{}` on `{}` uses ack_policy = NackOnError, but the connection uses a clean session, so a withheld message would never be redelivered; give the broker a stable client id and a persistent session: MqttBroker::new(..).client_id(\"...\").persistent_session(true)",
                     subscription.name(),
-                    subscription.source_name()
+                    opts.topic
                 ),
             });
         }
-        if qos > 0 && config.clean_session && subscription.policy() == AckPolicy::Manual {
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> Result<MqttConsumer, BrokerError> {
+        self.check(subscription)?;
+        let opts = options(subscription)?;
+        let config = self.config()?;
+        if opts.qos > 0 && config.clean_session && subscription.policy() == AckPolicy::Manual {
             tracing::warn!(
                 subscriber = subscription.name(),
                 "ack_policy = Manual on a clean MQTT session: msg.nack() cannot bring a message back"
             );
         }
-        let filter = subscription.source_name();
+        let filter = opts.topic.as_str();
         let shared = self.shared().await?;
-        let qos = qos_from(qos);
+        let qos = qos_from(opts.qos);
         let (route, rx) = shared.add_route(filter, qos);
         // A consumer from here on: if subscribing fails, dropping it gives up the parked
         // messages it may have taken, which would otherwise hold later acks back for good.
@@ -303,6 +306,14 @@ impl Broker for MqttBroker {
             None => Ok(()),
         }
     }
+}
+
+/// The subscription's MQTT options; a subscription declared for another broker is refused.
+fn options(subscription: &Subscription) -> Result<&MqttOptions, BrokerError> {
+    subscription
+        .options()
+        .mqtt()
+        .ok_or_else(|| subscription.declared_for_another(BrokerKind::Mqtt))
 }
 
 /// Whether `topic` matches the subscription `filter` (`+`, `#` and `$share/group/...`).

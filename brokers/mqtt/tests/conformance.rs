@@ -7,4 +7,4 @@
 
 mod common;
 
-brook_runtime::conformance_tests!(common::MqttAdapter::new());
+brook_runtime::conformance_tests!(common::MqttAdapter::new(); broker = mqtt, topic = _, qos = 1);

@@ -3,4 +3,4 @@
 
 mod common;
 
-brook_runtime::conformance_tests!(common::MqttAdapter::v5());
+brook_runtime::conformance_tests!(common::MqttAdapter::v5(); broker = mqtt, topic = _, qos = 1);

@@ -12,7 +12,7 @@ use brook_mqtt::{MqttBroker, MqttMessage, ProtocolVersion};
 use brook_runtime::proxy::TcpProxy;
 use brook_runtime::{
     kind, AckPolicy, App, Broker, BrokerError, Context, FromMessage, Handler, HandlerError,
-    Message, Outgoing, Subscription, SubscriptionError,
+    Message, Outgoing, Subscription, SubscriptionBuilder,
 };
 use bytes::Bytes;
 use common::{remaining, unique, Mosquitto, SHARED};
@@ -106,7 +106,7 @@ async fn wrong_credentials_are_a_connect_error_without_the_password() {
 }
 
 struct Recording {
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     tx: mpsc::UnboundedSender<(Bytes, bool)>,
     hold: Arc<Mutex<Option<Arc<Notify>>>>,
     count: Arc<AtomicU64>,
@@ -115,8 +115,8 @@ struct Recording {
 impl Handler for Recording {
     type Broker = kind::Mqtt;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
@@ -165,9 +165,7 @@ async fn cut_and_resume(protocol: ProtocolVersion) {
     let handler = Recording {
         sub: Subscription::new(brook_runtime::BrokerKind::Mqtt, "cut")
             .arg("topic", topic.clone())
-            .arg("ack_policy", AckPolicy::Ack)
-            .build()
-            .unwrap(),
+            .arg("ack_policy", AckPolicy::Ack),
         tx,
         hold: Arc::new(Mutex::new(Some(release.clone()))),
         count: Arc::new(AtomicU64::new(0)),
@@ -254,9 +252,7 @@ async fn a_large_session_backlog_is_consumed_completely() {
         sub: Subscription::new(brook_runtime::BrokerKind::Mqtt, "backlog")
             .arg("topic", topic.clone())
             .arg("ack_policy", AckPolicy::Ack)
-            .arg("concurrency", 4u32)
-            .build()
-            .unwrap(),
+            .arg("concurrency", 4u32),
         tx,
         hold: Arc::new(Mutex::new(None)),
         count: count.clone(),
@@ -303,9 +299,7 @@ async fn publishes_with_retain_reach_later_subscribers() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let handler = Recording {
         sub: Subscription::new(brook_runtime::BrokerKind::Mqtt, "retain")
-            .arg("topic", topic.clone())
-            .build()
-            .unwrap(),
+            .arg("topic", topic.clone()),
         tx,
         hold: Arc::new(Mutex::new(None)),
         count: Arc::new(AtomicU64::new(0)),
@@ -343,9 +337,7 @@ async fn a_clean_session_still_handles_what_it_received_before_a_cut() {
     let handler = Recording {
         sub: Subscription::new(brook_runtime::BrokerKind::Mqtt, "clean-cut")
             .arg("topic", topic.clone())
-            .arg("ack_policy", AckPolicy::Ack)
-            .build()
-            .unwrap(),
+            .arg("ack_policy", AckPolicy::Ack),
         tx,
         hold: Arc::new(Mutex::new(Some(release.clone()))),
         count: Arc::new(AtomicU64::new(0)),

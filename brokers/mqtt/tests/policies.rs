@@ -10,7 +10,7 @@ use std::time::Duration;
 use brook_mqtt::{MqttBroker, MqttMessage, ProtocolVersion};
 use brook_runtime::{
     kind, AckPolicy, App, Broker, Context, FromMessage, Handler, HandlerError, Message, Outgoing,
-    Subscription, SubscriptionError,
+    Subscription, SubscriptionBuilder,
 };
 use bytes::Bytes;
 use common::{remaining, unique, SHARED};
@@ -40,7 +40,7 @@ enum Step {
 }
 
 struct TestHandler {
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     script: Arc<Script>,
     calls: AtomicUsize,
     tx: mpsc::UnboundedSender<Seen>,
@@ -49,8 +49,8 @@ struct TestHandler {
 impl Handler for TestHandler {
     type Broker = kind::Mqtt;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
@@ -146,9 +146,7 @@ async fn start_with(
         .arg("topic", topic.clone())
         .arg("qos", qos)
         .arg("ack_policy", policy)
-        .arg("concurrency", concurrency)
-        .build()
-        .expect("valid subscription");
+        .arg("concurrency", concurrency);
     let (tx, rx) = mpsc::unbounded_channel();
     let handler = TestHandler {
         sub,
@@ -292,15 +290,32 @@ async fn nack_on_error_redelivers_when_the_session_resumes() {
     assert_eq!(run.remaining(SHARED).await, Vec::<Bytes>::new());
 }
 
+/// Refused by `Broker::check` (what `App::start` calls before connecting, so the App does not
+/// start) and by `subscribe`.
 #[tokio::test]
 async fn nack_on_error_is_refused_on_a_clean_session() {
     let broker = MqttBroker::new(&url());
-    let sub = Subscription::new(brook_runtime::BrokerKind::Mqtt, "h")
+    let builder = Subscription::new(brook_runtime::BrokerKind::Mqtt, "h")
         .arg("topic", unique("brook-test/clean"))
-        .arg("ack_policy", AckPolicy::NackOnError)
-        .build()
-        .unwrap();
+        .arg("ack_policy", AckPolicy::NackOnError);
+    let sub = builder.clone().build().unwrap();
+    let err = broker.check(&sub).expect_err("refused by check");
+    assert!(err.to_string().contains("persistent_session"), "{err}");
     let err = broker.subscribe(&sub).await.err().expect("refused");
+    assert!(err.to_string().contains("persistent_session"), "{err}");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let handler = TestHandler {
+        sub: builder,
+        script: Arc::new(|_, _| Step::Ok),
+        calls: AtomicUsize::new(0),
+        tx,
+    };
+    let err = App::new(broker.clone())
+        .subscribe(handler)
+        .start()
+        .await
+        .err()
+        .expect("the App refuses to start");
     assert!(err.to_string().contains("persistent_session"), "{err}");
     broker.close().await.unwrap();
 }

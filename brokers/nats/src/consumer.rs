@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use brook_runtime::headers::REPLY_TO;
 use brook_runtime::{
-    AckPolicy, BrokerError, Consumer, Message, MessageId, SettleFuture, Settlement, Settler,
-    Subscription,
+    AckPolicy, BrokerError, Consumer, JetStreamOptions, Message, MessageId, NatsOptions,
+    SettleFuture, Settlement, Settler, Subscription,
 };
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -49,12 +49,9 @@ fn refused(description: &str) -> bool {
 }
 
 /// Messages per pull request: `batch` (default 64), at most `max_ack_pending`.
-pub(crate) fn batch_size(sub: &Subscription) -> usize {
-    let mut batch = sub
-        .int("batch")
-        .map_or(DEFAULT_BATCH, |b| usize::try_from(b).unwrap_or(usize::MAX))
-        .max(1);
-    if let Some(max) = sub.int("max_ack_pending").filter(|m| *m > 0) {
+pub(crate) fn batch_size(opts: &JetStreamOptions) -> usize {
+    let mut batch = opts.batch.unwrap_or(DEFAULT_BATCH).max(1);
+    if let Some(max) = opts.max_ack_pending.filter(|m| *m > 0) {
         // The server never has more than max_ack_pending out at once; asking for more only
         // leaves requests waiting.
         batch = batch.min(usize::try_from(max).unwrap_or(usize::MAX));
@@ -89,18 +86,18 @@ impl Consumer for NatsConsumer {
 // ---------------------------------------------------------------------------------------------
 // Core NATS
 
-pub(crate) async fn core(conn: &Conn, sub: &Subscription) -> Result<NatsConsumer, BrokerError> {
+pub(crate) async fn core(conn: &Conn, opts: &NatsOptions) -> Result<NatsConsumer, BrokerError> {
     // JetStream-only arguments on a core subject are refused when the subscription is built
     // (the capability table): nothing to check again here.
-    let subject = sub.source_name().to_owned();
-    let subscriber = match sub.str("queue_group") {
-        Some(group) => conn.client.queue_subscribe(subject, group.to_owned()).await,
+    let subject = opts.subject.clone();
+    let subscriber = match &opts.queue_group {
+        Some(group) => conn.client.queue_subscribe(subject, group.clone()).await,
         None => conn.client.subscribe(subject).await,
     }
     .map_err(|e| BrokerError::operation(KIND, "subscribe", e))?;
     Ok(NatsConsumer(Inner::Core(CoreConsumer {
         subscriber,
-        topic: sub.source_name().into(),
+        topic: opts.subject.as_str().into(),
     })))
 }
 
@@ -172,9 +169,10 @@ impl Shared {
 pub(crate) async fn jetstream(
     conn: &Conn,
     sub: &Subscription,
+    opts: &JetStreamOptions,
     target: Target,
 ) -> Result<NatsConsumer, BrokerError> {
-    let batch = batch_size(sub);
+    let batch = batch_size(opts);
     let inbox = conn.client.new_inbox();
     let subscriber = conn
         .client

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use brook_runtime::headers::{MESSAGE_ID, REPLY_TO};
-use brook_runtime::{kind, Accepts, BoxError, Broker, BrokerError, Outgoing, Source, Subscription};
+use brook_runtime::{kind, Accepts, BoxError, Broker, BrokerError, Outgoing, Subscription};
 
 /// The client crate, re-exported for what brook does not wrap (stream admin, KV, ...).
 pub use async_nats;
@@ -471,17 +471,17 @@ impl Broker for NatsBroker {
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer, BrokerError> {
+        let opts = subscription
+            .options()
+            .nats()
+            .ok_or_else(|| subscription.declared_for_another(KIND))?;
         let conn = self.conn().await?;
-        match subscription.source() {
-            Source::NatsCore => consumer::core(&conn, subscription).await,
-            Source::JetStream => {
-                let target = setup::ensure(&conn.js, subscription).await?;
-                consumer::jetstream(&conn, subscription, target).await
+        match &opts.jetstream {
+            None => consumer::core(&conn, opts).await,
+            Some(js) => {
+                let target = setup::ensure(&conn.js, subscription, js).await?;
+                consumer::jetstream(&conn, subscription, js, target).await
             }
-            other => Err(BrokerError::Invalid {
-                broker: KIND,
-                message: format!("a {} cannot be consumed from NATS", other.describe()),
-            }),
         }
     }
 

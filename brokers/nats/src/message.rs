@@ -6,7 +6,7 @@
 //! there, which is what lets brook hand the engine a delivery count without another round trip.
 
 use async_nats::header::HeaderMap;
-use brook_runtime::{BrokerKind, Context, ExtractError, FromMessage, Headers, Message};
+use brook_runtime::{BrokerKind, BrokerMessage, Headers};
 
 /// The delivery as async-nats received it, for handlers that want NATS specifics:
 ///
@@ -115,14 +115,8 @@ impl<'a> JetStreamInfo<'a> {
     }
 }
 
-impl<'a> FromMessage<'a> for &'a NatsMessage {
-    fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
-        msg.raw::<NatsMessage>()
-            .ok_or_else(|| ExtractError::WrongBroker {
-                got: msg.broker(),
-                wanted: "NatsMessage",
-            })
-    }
+impl BrokerMessage for NatsMessage {
+    type Kind = brook_runtime::kind::Nats;
 }
 
 /// NATS headers → brook headers (the last value of repeated headers wins).

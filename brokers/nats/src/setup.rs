@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, stream, ErrorCode};
-use brook_runtime::{BrokerError, Subscription};
+use brook_runtime::{BrokerError, JetStreamOptions, Subscription};
 
 use crate::message::KIND;
 
@@ -33,25 +33,15 @@ fn invalid(message: String) -> BrokerError {
     }
 }
 
-/// What the subscriber wrote, as a consumer configuration.
-pub(crate) fn wanted(sub: &Subscription) -> Result<pull::Config, BrokerError> {
-    let durable = sub.str("durable").map(str::to_owned);
-    let deliver_policy = match sub.str("deliver_policy") {
-        None | Some("all") => DeliverPolicy::All,
-        Some("new") => DeliverPolicy::New,
-        Some("last") => DeliverPolicy::Last,
-        Some(other) => {
-            return Err(invalid(format!(
-                "unknown deliver_policy `{other}` (all, new, last)"
-            )))
-        }
+/// What the subscriber wrote, as a consumer configuration of `subject`.
+pub(crate) fn wanted(subject: &str, opts: &JetStreamOptions) -> pull::Config {
+    let durable = opts.durable.clone();
+    let deliver_policy = match opts.deliver_policy.unwrap_or_default() {
+        brook_runtime::DeliverPolicy::All => DeliverPolicy::All,
+        brook_runtime::DeliverPolicy::New => DeliverPolicy::New,
+        brook_runtime::DeliverPolicy::Last => DeliverPolicy::Last,
     };
-    let int = |name: &str| -> Result<i64, BrokerError> {
-        sub.int(name)
-            .map_or(Ok(0), i64::try_from)
-            .map_err(|_| invalid(format!("`{name}` is too large")))
-    };
-    Ok(pull::Config {
+    pull::Config {
         inactive_threshold: if durable.is_none() {
             EPHEMERAL_INACTIVE
         } else {
@@ -59,27 +49,26 @@ pub(crate) fn wanted(sub: &Subscription) -> Result<pull::Config, BrokerError> {
         },
         name: durable.clone(),
         durable_name: durable,
-        filter_subject: sub.source_name().to_owned(),
+        filter_subject: subject.to_owned(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy,
-        max_ack_pending: int("max_ack_pending")?,
-        max_deliver: int("max_deliver")?,
-        ack_wait: sub.millis("ack_wait_ms").unwrap_or_default(),
+        max_ack_pending: opts.max_ack_pending.unwrap_or(0),
+        max_deliver: opts.max_deliver.unwrap_or(0),
+        ack_wait: opts.ack_wait.unwrap_or_default(),
         ..Default::default()
-    })
+    }
 }
 
 /// Creates what is missing (if allowed) and checks what exists.
 pub(crate) async fn ensure(
     js: &jetstream::Context,
     sub: &Subscription,
+    opts: &JetStreamOptions,
 ) -> Result<Target, BrokerError> {
-    let stream_name = sub
-        .str("stream")
-        .ok_or_else(|| invalid("a JetStream subscriber needs stream = \"...\"".into()))?;
+    let stream_name = opts.stream.as_str();
     let subject = sub.source_name();
-    let create = sub.bool("create").unwrap_or(true);
-    let wanted = wanted(sub)?;
+    let create = opts.create;
+    let wanted = wanted(subject, opts);
 
     let stream = match js.get_stream(stream_name).await {
         Ok(stream) => stream,
@@ -127,7 +116,7 @@ pub(crate) async fn ensure(
 
     match stream.consumer_info(&durable).await {
         Ok(info) => {
-            check(stream_name, &durable, sub, &wanted, &info.config)?;
+            check(stream_name, &durable, sub, opts, &wanted, &info.config)?;
         }
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
             if !create {
@@ -142,7 +131,7 @@ pub(crate) async fn ensure(
                     .consumer_info(&durable)
                     .await
                     .map_err(|_| BrokerError::operation(KIND, "create consumer", create_error))?;
-                check(stream_name, &durable, sub, &wanted, &info.config)?;
+                check(stream_name, &durable, sub, opts, &wanted, &info.config)?;
             }
         }
         Err(e) => return Err(BrokerError::operation(KIND, "consumer info", e)),
@@ -153,11 +142,13 @@ pub(crate) async fn ensure(
     })
 }
 
-/// Refuses an existing consumer that differs from what the subscriber asks for.
+/// Refuses an existing consumer that differs from what the subscriber asks for (settings the
+/// subscriber did not write are not compared).
 fn check(
     stream: &str,
     durable: &str,
     sub: &Subscription,
+    opts: &JetStreamOptions,
     wanted: &pull::Config,
     existing: &jetstream::consumer::Config,
 ) -> Result<(), BrokerError> {
@@ -177,32 +168,32 @@ fn check(
             existing.filter_subject, wanted.filter_subject
         ));
     }
-    if sub.str("deliver_policy").is_some() && existing.deliver_policy != wanted.deliver_policy {
+    if opts.deliver_policy.is_some() && existing.deliver_policy != wanted.deliver_policy {
         diffs.push(format!(
             "deliver_policy is {:?}, the subscriber asks for {:?}",
             existing.deliver_policy, wanted.deliver_policy
         ));
     }
-    if sub.int("max_ack_pending").is_some() && existing.max_ack_pending != wanted.max_ack_pending {
+    if opts.max_ack_pending.is_some() && existing.max_ack_pending != wanted.max_ack_pending {
         diffs.push(format!(
             "max_ack_pending is {}, the subscriber asks for {}",
             existing.max_ack_pending, wanted.max_ack_pending
         ));
     }
-    if sub.int("max_deliver").is_some() && existing.max_deliver != wanted.max_deliver {
+    if opts.max_deliver.is_some() && existing.max_deliver != wanted.max_deliver {
         diffs.push(format!(
             "max_deliver is {}, the subscriber asks for {}",
             existing.max_deliver, wanted.max_deliver
         ));
     }
-    if sub.int("ack_wait_ms").is_some() && existing.ack_wait != wanted.ack_wait {
+    if opts.ack_wait.is_some() && existing.ack_wait != wanted.ack_wait {
         diffs.push(format!(
             "ack_wait is {:?}, the subscriber asks for {:?}",
             existing.ack_wait, wanted.ack_wait
         ));
     }
     // Limits on pull requests: brook's requests must fit, or the server refuses every one.
-    let batch = crate::consumer::batch_size(sub);
+    let batch = crate::consumer::batch_size(opts);
     if existing.max_batch > 0 && i64::try_from(batch).map_or(true, |b| b > existing.max_batch) {
         diffs.push(format!(
             "max_batch is {}, the subscriber pulls {batch} at a time (set batch = {} or less)",

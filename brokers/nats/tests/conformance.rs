@@ -3,4 +3,4 @@
 
 mod common;
 
-brook_runtime::conformance_tests!(common::NatsAdapter::new());
+brook_runtime::conformance_tests!(common::NatsAdapter::new(); broker = nats, subject = _, stream = _, durable = _);

@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use brook_nats::NatsBroker;
 use brook_runtime::proxy::TcpProxy;
 use brook_runtime::{AckPolicy, App, Broker, BrokerError};
-use common::{consumer_info, js_sub, names, next_seen, scripted, Act, URL, WAIT};
+use common::{consumer_info, js_builder, names, next_seen, scripted, Act, URL, WAIT};
 
 #[tokio::test]
 async fn a_wrong_port_fails_fast_with_a_clear_error() {
@@ -131,7 +131,7 @@ async fn consumption_resumes_after_a_connection_loss_and_unacked_messages_come_b
     let direct = NatsBroker::new(URL);
     // Manual: the first delivery of "first" is left unsettled, as if the process had been
     // working on it when the connection died; it must come back after ack_wait.
-    let sub = js_sub(
+    let sub = js_builder(
         &n,
         &[
             ("ack_policy", AckPolicy::Manual.into()),

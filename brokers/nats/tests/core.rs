@@ -160,9 +160,7 @@ async fn an_app_consumes_a_core_subject_and_ack_first_is_accepted() {
     let subject = fresh("brook.core.app").replace('_', ".");
     let sub = Subscription::new(BrokerKind::Nats, "core_app")
         .arg("subject", subject.clone())
-        .arg("ack_policy", AckPolicy::AckFirst)
-        .build()
-        .unwrap();
+        .arg("ack_policy", AckPolicy::AckFirst);
     let (handler, mut seen) = scripted(sub, |_| Act::Fail);
     let broker = NatsBroker::new(URL);
     let running = App::new(broker.clone())

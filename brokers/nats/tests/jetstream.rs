@@ -10,7 +10,8 @@ use brook_nats::{NatsBroker, NatsMessage};
 use brook_runtime::ArgValue;
 use brook_runtime::{AckPolicy, App, Broker, BrokerError, Outgoing};
 use common::{
-    assert_quiet, consumer_info, drain_durable, js_sub, names, next_seen, scripted, Act, URL,
+    assert_quiet, consumer_info, drain_durable, js_builder, js_sub, names, next_seen, scripted,
+    Act, URL,
 };
 
 #[tokio::test]
@@ -18,7 +19,7 @@ async fn publish_waits_for_the_stream_and_headers_reach_the_handler() {
     let n = names("js_publish");
     let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
-    let sub = js_sub(&n, &[("ack_policy", AckPolicy::Ack.into())]);
+    let sub = js_builder(&n, &[("ack_policy", AckPolicy::Ack.into())]);
     let (handler, mut seen) = scripted(sub, |_| Act::Succeed);
     let running = App::new(broker.clone())
         .subscribe(handler)
@@ -87,7 +88,7 @@ async fn in_progress_keeps_a_long_handler_from_being_redelivered() {
     let n = names("js_wpi");
     let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
-    let sub = js_sub(
+    let sub = js_builder(
         &n,
         &[
             ("ack_policy", AckPolicy::NackOnError.into()),
@@ -126,7 +127,7 @@ async fn jetstream_max_deliver_stops_redelivery_on_the_server() {
     let n = names("js_maxdeliver");
     let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
-    let sub = js_sub(
+    let sub = js_builder(
         &n,
         &[
             ("ack_policy", AckPolicy::NackOnError.into()),
@@ -158,7 +159,7 @@ async fn a_terminated_message_is_not_redelivered_and_the_ack_floor_moves() {
     let n = names("js_term");
     let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
-    let sub = js_sub(&n, &[]); // default policy: RejectOnError
+    let sub = js_builder(&n, &[]); // default policy: RejectOnError
     let (handler, mut seen) = scripted(sub, |m| {
         if &m.body()[..] == b"bad" {
             Act::Fail
@@ -197,7 +198,7 @@ async fn the_nats_message_argument_carries_jetstream_metadata() {
     let n = names("js_raw");
     let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
-    let sub = js_sub(&n, &[("ack_policy", AckPolicy::Manual.into())]);
+    let sub = js_builder(&n, &[("ack_policy", AckPolicy::Manual.into())]);
     let consumer_name = n.durable.clone();
     let stream_name = n.stream.clone();
     let (handler, mut seen) = scripted(sub, move |m| {
@@ -342,9 +343,7 @@ async fn an_ephemeral_consumer_is_used_without_a_durable() {
     let sub = brook_runtime::Subscription::new(brook_runtime::BrokerKind::Nats, "eph")
         .arg("subject", n.subject.clone())
         .arg("stream", n.stream.clone())
-        .arg("deliver_policy", ArgValue::Ident("all".into()))
-        .build()
-        .unwrap();
+        .arg("deliver_policy", ArgValue::Ident("all".into()));
     let (handler, mut seen) = scripted(sub, |_| Act::Succeed);
     let running = App::new(broker.clone())
         .subscribe(handler)
@@ -430,7 +429,7 @@ async fn ack_first_is_recorded_by_the_server_before_the_handler_runs() {
     let n = names("js_ackfirst");
     let _cleanup = common::cleanup(&[&n.stream]);
     let broker = NatsBroker::new(URL);
-    let sub = js_sub(&n, &[("ack_policy", AckPolicy::AckFirst.into())]);
+    let sub = js_builder(&n, &[("ack_policy", AckPolicy::AckFirst.into())]);
     // The handler works for a while (and then fails: AckFirst does not care).
     let (handler, mut seen) = scripted(sub, |_| Act::WorkLong {
         total: Duration::from_millis(1500),

@@ -21,7 +21,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_runtime::{AckPolicy, BrokerError, BrokerKind, Consumer, Message, Subscription};
+use brook_runtime::{
+    AckPolicy, BrokerError, BrokerKind, Consumer, ExchangeType, Message, QueueType, Subscription,
+};
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
@@ -39,18 +41,7 @@ const KIND: BrokerKind = BrokerKind::Rabbit;
 /// travel, at least twice the concurrency.
 pub(crate) const DEFAULT_PREFETCH: u16 = 64;
 
-/// Arguments that only shape declarations: refused with `passive` or `declare = false`.
-const DECLARE_ONLY: [&str; 7] = [
-    "exchange",
-    "exchange_type",
-    "routing_key",
-    "queue_type",
-    "dead_letter_exchange",
-    "durable",
-    "auto_delete",
-];
-
-/// What a subscriber consumes and declares, from its arguments.
+/// What a subscriber consumes and declares, from its options.
 #[derive(Clone, Debug)]
 pub(crate) struct Topology {
     queue: Arc<str>,
@@ -61,7 +52,7 @@ pub(crate) struct Topology {
     auto_delete: bool,
     declare: bool,
     passive: bool,
-    queue_type: Option<String>,
+    queue_type: Option<QueueType>,
     dead_letter_exchange: Option<String>,
     prefetch: u16,
     no_ack: bool,
@@ -69,69 +60,38 @@ pub(crate) struct Topology {
 }
 
 impl Topology {
+    /// The topology of `sub`. brook-caps refused what cannot work when the subscription was
+    /// built (a prefetch out of range, declare-only options with `passive = true` or
+    /// `declare = false`); only a subscription declared for another broker is refused here.
     pub(crate) fn from_subscription(sub: &Subscription) -> Result<Topology, BrokerError> {
-        let queue: Arc<str> = sub.source_name().into();
-        let exchange_kind = match sub.str("exchange_type").unwrap_or("direct") {
-            "fanout" => ExchangeKind::Fanout,
-            "topic" => ExchangeKind::Topic,
-            "headers" => ExchangeKind::Headers,
-            _ => ExchangeKind::Direct,
+        let opts = sub
+            .options()
+            .rabbit()
+            .ok_or_else(|| sub.declared_for_another(KIND))?;
+        let exchange_kind = match opts.exchange_type {
+            ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Topic => ExchangeKind::Topic,
+            ExchangeType::Headers => ExchangeKind::Headers,
         };
         let concurrency = u16::try_from(sub.concurrency()).unwrap_or(u16::MAX);
-        let prefetch = match sub.int("prefetch") {
-            Some(n) => u16::try_from(n).map_err(|_| BrokerError::Invalid {
-                broker: KIND,
-                message: format!(
-                    "subscriber `{}`: prefetch = {n} is more than RabbitMQ allows (65535)",
-                    sub.name()
-                ),
-            })?,
-            None => DEFAULT_PREFETCH.max(concurrency.saturating_mul(2)),
-        };
-        let passive = sub.bool("passive").unwrap_or(false);
-        let declare = sub.bool("declare").unwrap_or(true);
-        if passive || !declare {
-            // Nothing is declared then, so these would be ignored in silence: refuse them.
-            let mode = if passive {
-                "passive = true"
-            } else {
-                "declare = false"
-            };
-            let ignored: Vec<&str> = DECLARE_ONLY
-                .iter()
-                .copied()
-                .filter(|name| sub.str(name).is_some() || sub.bool(name).is_some())
-                .collect();
-            if !ignored.is_empty() {
-                return Err(BrokerError::Invalid {
-                    broker: KIND,
-                    message: format!(
-                        "subscriber `{}`: {} only apply when brook declares the queue, but it has {mode}",
-                        sub.name(),
-                        ignored.join(", ")
-                    ),
-                });
-            }
-        }
-        let queue_type = sub.str("queue_type").map(str::to_owned);
-        if sub.max_deliveries().is_some() && queue_type.as_deref() != Some("quorum") {
-            tracing::warn!(
-                subscriber = sub.name(),
-                queue = &*queue,
-                "max_deliveries needs the delivery count of quorum queues (x-delivery-count); a classic queue only flags redeliveries, so there it acts on first deliveries only. This subscriber does not declare queue_type = quorum (ignore this if the queue is a quorum queue declared elsewhere)"
-            );
-        }
+        let prefetch = opts
+            .prefetch
+            .unwrap_or_else(|| DEFAULT_PREFETCH.max(concurrency.saturating_mul(2)));
         Ok(Topology {
-            routing_key: sub.str("routing_key").unwrap_or(&queue).to_owned(),
-            queue,
-            exchange: sub.str("exchange").map(str::to_owned),
+            queue: opts.queue.as_str().into(),
+            routing_key: opts
+                .routing_key
+                .clone()
+                .unwrap_or_else(|| opts.queue.clone()),
+            exchange: opts.exchange.clone(),
             exchange_kind,
-            durable: sub.bool("durable").unwrap_or(true),
-            auto_delete: sub.bool("auto_delete").unwrap_or(false),
-            declare,
-            passive,
-            queue_type,
-            dead_letter_exchange: sub.str("dead_letter_exchange").map(str::to_owned),
+            durable: opts.durable,
+            auto_delete: opts.auto_delete,
+            declare: opts.declare,
+            passive: opts.passive,
+            queue_type: opts.queue_type,
+            dead_letter_exchange: opts.dead_letter_exchange.clone(),
             prefetch,
             no_ack: sub.policy() == AckPolicy::AckFirst,
             subscriber: sub.name().to_owned(),
@@ -160,7 +120,7 @@ impl Topology {
         if let Some(kind) = &self.queue_type {
             arguments.insert(
                 "x-queue-type".into(),
-                AMQPValue::LongString(kind.as_str().into()),
+                AMQPValue::LongString(kind.name().into()),
             );
         }
         if let Some(dlx) = &self.dead_letter_exchange {

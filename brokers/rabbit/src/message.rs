@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use brook_runtime::headers::{CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID, REPLY_TO};
 use brook_runtime::{
-    BrokerError, BrokerKind, Context, ExtractError, FromMessage, Headers, Message, MessageId,
-    SettleFuture, Settlement, Settler,
+    BrokerError, BrokerKind, BrokerMessage, Headers, Message, MessageId, SettleFuture, Settlement,
+    Settler,
 };
 use bytes::Bytes;
 use lapin::message::Delivery;
@@ -113,13 +113,8 @@ fn delivery_count(redelivered: bool, props: &BasicProperties) -> Option<u32> {
     Some(u32::try_from(previous.saturating_add(1)).unwrap_or(u32::MAX))
 }
 
-impl<'a> FromMessage<'a> for &'a RabbitMessage {
-    fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
-        msg.raw::<RabbitMessage>().ok_or(ExtractError::WrongBroker {
-            got: msg.broker(),
-            wanted: "RabbitMessage",
-        })
-    }
+impl BrokerMessage for RabbitMessage {
+    type Kind = brook_runtime::kind::Rabbit;
 }
 
 /// Turns a delivery into a [`Message`].

@@ -4,4 +4,4 @@
 
 mod common;
 
-brook_runtime::conformance_tests!(common::RabbitAdapter::classic());
+brook_runtime::conformance_tests!(common::RabbitAdapter::classic(); broker = rabbit, queue = _, declare = false);

@@ -3,4 +3,4 @@
 
 mod common;
 
-brook_runtime::conformance_tests!(common::RabbitAdapter::quorum());
+brook_runtime::conformance_tests!(common::RabbitAdapter::quorum(); broker = rabbit, queue = _, declare = false, queue_type = quorum);

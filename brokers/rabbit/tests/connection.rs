@@ -13,7 +13,7 @@ use brook_rabbit::{RabbitBroker, RabbitMessage};
 use brook_runtime::proxy::TcpProxy;
 use brook_runtime::{
     AckPolicy, App, Broker, BrokerError, Context, FromMessage, Handler, HandlerError, Message,
-    Outgoing, Subscription, SubscriptionError,
+    Outgoing, Subscription, SubscriptionBuilder,
 };
 use bytes::Bytes;
 use common::{fresh, Admin, ADDR, URL, WAIT};
@@ -81,7 +81,7 @@ async fn a_silent_server_hits_the_connect_timeout() {
 
 /// Records each delivery; holds the delivery named `hold` until released.
 struct Holding {
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     hold: &'static [u8],
     release: Arc<Notify>,
     calls: AtomicUsize,
@@ -92,8 +92,8 @@ struct Holding {
 impl Handler for Holding {
     type Broker = brook_runtime::kind::Rabbit;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
@@ -140,9 +140,7 @@ async fn a_cut_connection_is_recovered_and_nothing_unacknowledged_is_lost() {
             .arg("queue", queue.clone())
             .arg("declare", false)
             .arg("ack_policy", AckPolicy::Manual)
-            .arg("concurrency", 2u32)
-            .build()
-            .expect("valid"),
+            .arg("concurrency", 2u32),
         hold: b"held",
         release: release.clone(),
         calls: AtomicUsize::new(0),
@@ -225,9 +223,7 @@ async fn a_deleted_queue_is_declared_again_and_consumed() {
         sub: Subscription::new(brook_runtime::BrokerKind::Rabbit, "redeclare")
             .arg("queue", queue.clone())
             .arg("ack_policy", AckPolicy::Manual)
-            .arg("concurrency", 2u32)
-            .build()
-            .expect("valid"),
+            .arg("concurrency", 2u32),
         hold: b"one",
         release: release.clone(),
         calls: AtomicUsize::new(0),
@@ -313,7 +309,7 @@ async fn tls_to_a_plain_port_fails_cleanly() {
 
 /// Fails on "bad", holds the first delivery of "held" until released, acks the rest.
 struct CutUnderReject {
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     release: Arc<Notify>,
     seen: mpsc::UnboundedSender<(Bytes, bool)>,
     finished: mpsc::UnboundedSender<()>,
@@ -322,8 +318,8 @@ struct CutUnderReject {
 impl Handler for CutUnderReject {
     type Broker = brook_runtime::kind::Rabbit;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
@@ -361,9 +357,7 @@ async fn a_cut_under_reject_on_error_on_a_quorum_queue_dead_letters_only_failure
         sub: Subscription::new(brook_runtime::BrokerKind::Rabbit, "cut-reject")
             .arg("queue", queue.clone())
             .arg("declare", false)
-            .arg("concurrency", 2u32)
-            .build()
-            .expect("valid"),
+            .arg("concurrency", 2u32),
         release: release.clone(),
         seen: seen_tx,
         finished: finished_tx,

@@ -46,7 +46,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brook_runtime::url::redact;
 use brook_runtime::{
-    Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Headers, Outgoing, Source, Subscription,
+    Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Headers, Outgoing,
+    RedisSource as RedisOptionsSource, Subscription,
 };
 use bytes::Bytes;
 use fred::prelude::*;
@@ -326,15 +327,16 @@ impl Broker for RedisBroker {
         self.client().await.map(drop)
     }
 
+    /// Refuses a `list` or `stream` key that exists and holds another type (it would fail every
+    /// read): at `App::start`, naming the subscriber, the argument and the key.
     async fn subscribe(&self, sub: &Subscription) -> Result<RedisConsumer, BrokerError> {
-        let name: Arc<str> = sub.source_name().into();
-        let batch = sub
-            .int("batch")
-            .unwrap_or(DEFAULT_BATCH)
-            .max(sub.concurrency() as u64)
-            .max(1);
-        let inner = match sub.source() {
-            Source::RedisChannel => {
+        let opts = sub
+            .options()
+            .redis()
+            .ok_or_else(|| sub.declared_for_another(BrokerKind::Redis))?;
+        let inner = match &opts.source {
+            RedisOptionsSource::Channel(channel) => {
+                let name: Arc<str> = channel.as_str().into();
                 let client = self
                     .builder()?
                     .build_subscriber_client()
@@ -366,27 +368,38 @@ impl Broker for RedisBroker {
                     manage,
                 })
             }
-            Source::RedisList => Kind::List(ListConsumer {
-                client: self.reader().await?,
-                key: name,
-                batch: sub.int("batch").unwrap_or(1).max(1) as usize,
+            RedisOptionsSource::List(list) => Kind::List(ListConsumer {
+                client: {
+                    key_holds(self.client().await?, sub, "list", list, "list").await?;
+                    self.reader().await?
+                },
+                key: list.as_str().into(),
+                batch: opts.batch.unwrap_or(1).max(1),
                 buffer: Default::default(),
                 read: None,
             }),
-            Source::RedisStream { grouped } => {
+            RedisOptionsSource::Stream(stream) => {
+                let name: Arc<str> = stream.stream.as_str().into();
+                key_holds(self.client().await?, sub, "stream", &name, "stream").await?;
+                let batch = opts
+                    .batch
+                    .map_or(DEFAULT_BATCH, |b| b as u64)
+                    .max(sub.concurrency() as u64)
+                    .max(1);
                 let shared_client = self.client().await?.clone();
-                let (group, consumer, generated) = if grouped {
-                    let group: Arc<str> = sub.str("group").unwrap_or_default().into();
-                    create_group(&shared_client, &name, &group).await?;
-                    let (consumer, generated) = match sub.str("consumer") {
-                        Some(c) => (c.to_owned(), false),
-                        None => (generated_consumer_name(), true),
-                    };
-                    (Some(group), consumer, generated)
-                } else {
-                    (None, String::new(), false)
+                let (group, consumer, generated) = match &stream.group {
+                    Some(group) => {
+                        let group: Arc<str> = group.as_str().into();
+                        create_group(&shared_client, &name, &group).await?;
+                        let (consumer, generated) = match &stream.consumer {
+                            Some(c) => (c.clone(), false),
+                            None => (generated_consumer_name(), true),
+                        };
+                        (Some(group), consumer, generated)
+                    }
+                    None => (None, String::new(), false),
                 };
-                let last_id = if grouped {
+                let last_id = if group.is_some() {
                     ">".to_owned()
                 } else {
                     // XREAD with `$` on every call would miss entries added between calls.
@@ -405,13 +418,13 @@ impl Broker for RedisBroker {
                 // Opened last: a failure above must not leave a connection (and its reconnect
                 // loop) behind.
                 let reader = self.reader().await?;
-                let min_idle = match sub.millis("min_idle_ms") {
+                let min_idle = match stream.min_idle {
                     Some(d) if d.is_zero() => None,
                     Some(d) => Some(d),
                     None => Some(DEFAULT_MIN_IDLE),
                 };
                 let reconnects = vec![reader.reconnect_rx(), shared_client.reconnect_rx()];
-                let dead_letter = sub.str("dead_letter_stream").map(Arc::from);
+                let dead_letter = stream.dead_letter_stream.as_deref().map(Arc::from);
                 tracing::debug!(stream = %name, group = ?group, consumer = %consumer, "stream consumer started");
                 Kind::Stream(Box::new(StreamConsumer {
                     shared: Arc::new(StreamShared::new(
@@ -434,16 +447,6 @@ impl Broker for RedisBroker {
                     claim_cursor: "0-0".to_owned(),
                 }))
             }
-            other => {
-                return Err(BrokerError::Invalid {
-                    broker: BrokerKind::Redis,
-                    message: format!(
-                        "subscriber `{}` reads a {}, which is not a Redis source",
-                        sub.name(),
-                        other.describe()
-                    ),
-                })
-            }
         };
         Ok(RedisConsumer { inner })
     }
@@ -460,6 +463,30 @@ impl Broker for RedisBroker {
         }
         Ok(())
     }
+}
+
+/// `key` is missing or holds a Redis `expected` (`TYPE`); otherwise the subscription is refused.
+async fn key_holds(
+    client: &Client,
+    sub: &Subscription,
+    argument: &str,
+    key: &str,
+    expected: &str,
+) -> Result<(), BrokerError> {
+    let reply = wire::call(client, "TYPE", false, vec![wire::s(key)])
+        .await
+        .map_err(|e| BrokerError::operation(BrokerKind::Redis, "TYPE", e))?;
+    let found = wire::text(reply).unwrap_or_else(|| Arc::from("none"));
+    if &*found == "none" || &*found == expected {
+        return Ok(());
+    }
+    Err(BrokerError::Invalid {
+        broker: BrokerKind::Redis,
+        message: format!(
+            "subscriber `{}`: `{argument} = {key:?}` is an existing Redis key of type {found}, not a {expected}; choose another name or remove the key",
+            sub.name()
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -4,10 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use brook_runtime::{
-    BrokerError, BrokerKind, Context, ExtractError, FromMessage, Message, SettleFuture, Settlement,
-    Settler,
-};
+use brook_runtime::{BrokerError, BrokerKind, BrokerMessage, SettleFuture, Settlement, Settler};
 use bytes::Bytes;
 
 use crate::consumer::StreamShared;
@@ -23,7 +20,7 @@ pub enum RedisSource {
     Stream,
 }
 
-/// A Redis delivery as Redis gave it, for handlers that need more than [`Message`]:
+/// A Redis delivery as Redis gave it, for handlers that need more than [`Message`](brook_runtime::Message):
 /// `async fn h(msg: &RedisMessage)`.
 ///
 /// ```
@@ -90,13 +87,8 @@ impl RedisMessage {
     }
 }
 
-impl<'a> FromMessage<'a> for &'a RedisMessage {
-    fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
-        msg.raw::<RedisMessage>().ok_or(ExtractError::WrongBroker {
-            got: msg.broker(),
-            wanted: "RedisMessage",
-        })
-    }
+impl BrokerMessage for RedisMessage {
+    type Kind = brook_runtime::kind::Redis;
 }
 
 /// Settles channel and list messages, which Redis does not acknowledge: every settlement is a
@@ -124,7 +116,7 @@ pub(crate) struct StreamSettler {
     pub deliveries: u32,
     /// Whether the entry is in the group's pending list (not read with NOACK).
     pub pending: bool,
-    /// `settle` was called (the [`Message`] calls it at most once).
+    /// `settle` was called (the [`Message`](brook_runtime::Message) calls it at most once).
     pub settled: AtomicBool,
 }
 
@@ -176,6 +168,7 @@ pub(crate) fn op_error(operation: &'static str, e: fred::error::Error) -> Broker
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brook_runtime::{Context, ExtractError, FromMessage, Message};
 
     struct Nothing;
 

@@ -4,7 +4,7 @@
 mod common;
 
 use brook_redis::RedisBroker;
-use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::conformance::{Adapter, TestSource};
 use brook_runtime::BrokerError;
 use bytes::Bytes;
 use common::*;
@@ -58,14 +58,6 @@ impl Adapter for RedisAdapter {
         let entries = xrange(&c, arg(source, "dead_letter_stream")).await;
         Ok(entries.iter().map(Entry::body).collect())
     }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            delivery_count: true,
-            nack_delay: true,
-            dead_letters: true,
-        }
-    }
 }
 
-brook_runtime::conformance_tests!(RedisAdapter::new());
+brook_runtime::conformance_tests!(RedisAdapter::new(); broker = redis, stream = _, group = _, dead_letter_stream = _);

@@ -16,7 +16,7 @@ fn stream_sub(
     stream: &str,
     policy: AckPolicy,
     extra: Vec<(&'static str, brook_runtime::ArgValue)>,
-) -> brook_runtime::Subscription {
+) -> brook_runtime::SubscriptionBuilder {
     let mut args = vec![
         ("stream", stream.to_owned().into()),
         ("group", "g".into()),
@@ -642,4 +642,26 @@ async fn a_nacked_entry_another_consumer_claimed_is_not_taken_back() {
     b.stop().await;
     a.stop().await;
     assert_eq!(pending(&c, &stream, "g").await, vec![]);
+}
+
+/// A stream name that is an existing key of another type is refused when the subscription
+/// starts, naming the subscriber, the argument and the key; nothing is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_name_that_holds_another_type_is_refused_at_start() {
+    let (key, c, broker) = (unique("wrongtype"), raw().await, RedisBroker::new(URL));
+    call(&c, "SET", vec![s(&key), s("not a stream")]).await;
+    let sub = stream_sub(&key, AckPolicy::Ack, vec![]).build().unwrap();
+    let err = broker
+        .subscribe(&sub)
+        .await
+        .err()
+        .expect("a string key cannot be read as a stream")
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "`stream = {key:?}` is an existing Redis key of type string"
+        )),
+        "{err}"
+    );
+    del(&c, &[&key]).await;
 }

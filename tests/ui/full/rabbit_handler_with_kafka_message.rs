@@ -1,8 +1,6 @@
-use brook::prelude::*;
+use brook::kafka::KafkaMessage;
 
-struct KafkaMessage;
-
-#[subscriber(broker = rabbit, queue = "orders")]
+#[brook::rabbit::subscriber(queue = "orders")]
 async fn handle(_msg: &KafkaMessage) {}
 
 fn main() {}

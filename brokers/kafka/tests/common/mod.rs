@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brook_kafka::KafkaBroker;
-use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::conformance::{Adapter, TestSource};
 use brook_runtime::ArgValue;
 use brook_runtime::{
     kind, AckPolicy, BrokerError, BrokerKind, Context, Handler, HandlerError, Message,
-    Subscription, SubscriptionError,
+    Subscription, SubscriptionBuilder,
 };
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -274,25 +274,16 @@ impl Adapter for KafkaAdapter {
     async fn dead_letters(&self, _: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
         Ok(Vec::new()) // Kafka has no dead-letter place
     }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            delivery_count: true,
-            nack_delay: false,
-            dead_letters: false,
-        }
-    }
 }
 
-/// A subscription on `topic` for `group` with `policy`, reading from the earliest offset.
-pub fn subscription(topic: &str, group: &str, policy: AckPolicy) -> Subscription {
+/// A subscription on `topic` for `group` with `policy`, reading from the earliest offset
+/// (unvalidated, as a handler gives it; the App validates it, or call `.build()`).
+pub fn subscription(topic: &str, group: &str, policy: AckPolicy) -> SubscriptionBuilder {
     Subscription::new(BrokerKind::Kafka, "test")
         .arg("topic", topic.to_owned())
         .arg("group_id", group.to_owned())
         .arg("auto_offset_reset", ArgValue::Ident("earliest".into()))
         .arg("ack_policy", policy)
-        .build()
-        .expect("valid subscription")
 }
 
 /// What a scripted handler saw.
@@ -308,7 +299,7 @@ type Script = dyn Fn(&Seen, usize) -> Result<(), HandlerError> + Send + Sync;
 
 /// A handler that reports every call and returns what its script says.
 pub struct Scripted {
-    pub sub: Subscription,
+    pub sub: SubscriptionBuilder,
     pub seen: mpsc::UnboundedSender<Seen>,
     pub script: Arc<Script>,
     pub count: AtomicU64,
@@ -316,7 +307,7 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn new(
-        sub: Subscription,
+        sub: SubscriptionBuilder,
         script: impl Fn(&Seen, usize) -> Result<(), HandlerError> + Send + Sync + 'static,
     ) -> (Self, mpsc::UnboundedReceiver<Seen>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -335,8 +326,8 @@ impl Scripted {
 impl Handler for Scripted {
     type Broker = kind::Kafka;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use brook_mqtt::{MqttBroker, ProtocolVersion};
-use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::conformance::{Adapter, TestSource};
 use brook_runtime::{kind, BrokerError, BrokerKind};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -320,14 +320,6 @@ impl Adapter for MqttAdapter {
 
     async fn dead_letters(&self, _: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
         Ok(Vec::new()) // MQTT has no dead-letter place
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            delivery_count: false,
-            nack_delay: false,
-            dead_letters: false,
-        }
     }
 }
 

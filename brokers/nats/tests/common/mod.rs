@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use brook_nats::NatsBroker;
-use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::conformance::{Adapter, TestSource};
 use brook_runtime::{
     kind, BrokerError, BrokerKind, Context, Handler, HandlerError, Message, Subscription,
-    SubscriptionError,
+    SubscriptionBuilder,
 };
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -232,14 +232,6 @@ impl Adapter for NatsAdapter {
         }
         Ok(out)
     }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            delivery_count: true,
-            nack_delay: true,
-            dead_letters: true,
-        }
-    }
 }
 
 impl Drop for NatsAdapter {
@@ -277,12 +269,15 @@ pub struct Seen {
 }
 
 pub struct Scripted<F> {
-    pub sub: Subscription,
+    pub sub: SubscriptionBuilder,
     pub script: F,
     pub tx: mpsc::UnboundedSender<Seen>,
 }
 
-pub fn scripted<F>(sub: Subscription, script: F) -> (Scripted<F>, mpsc::UnboundedReceiver<Seen>)
+pub fn scripted<F>(
+    sub: SubscriptionBuilder,
+    script: F,
+) -> (Scripted<F>, mpsc::UnboundedReceiver<Seen>)
 where
     F: Fn(&Message) -> Act + Send + Sync + 'static,
 {
@@ -296,8 +291,8 @@ where
 {
     type Broker = kind::Nats;
 
-    fn subscription(&self) -> Result<Subscription, SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
@@ -345,8 +340,12 @@ pub async fn assert_quiet(rx: &mut mpsc::UnboundedReceiver<Seen>, window: Durati
     }
 }
 
-/// A JetStream subscription for `n` with extra arguments.
-pub fn js_sub(n: &Names, extra: &[(&'static str, brook_runtime::ArgValue)]) -> Subscription {
+/// A JetStream subscription for `n` with extra arguments, unvalidated (what a handler gives
+/// the App).
+pub fn js_builder(
+    n: &Names,
+    extra: &[(&'static str, brook_runtime::ArgValue)],
+) -> SubscriptionBuilder {
     let mut b = Subscription::new(BrokerKind::Nats, "test")
         .arg("subject", n.subject.clone())
         .arg("stream", n.stream.clone())
@@ -354,7 +353,12 @@ pub fn js_sub(n: &Names, extra: &[(&'static str, brook_runtime::ArgValue)]) -> S
     for (k, v) in extra {
         b = b.arg(*k, v.clone());
     }
-    b.build().expect("valid subscription")
+    b
+}
+
+/// [`js_builder`], validated (for `Broker::subscribe`).
+pub fn js_sub(n: &Names, extra: &[(&'static str, brook_runtime::ArgValue)]) -> Subscription {
+    js_builder(n, extra).build().expect("valid subscription")
 }
 
 /// Deletes the named streams from the shared server when dropped, so tests leave nothing

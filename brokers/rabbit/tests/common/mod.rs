@@ -15,7 +15,7 @@ use brook_rabbit::lapin::options::{
 use brook_rabbit::lapin::types::{AMQPValue, FieldTable};
 use brook_rabbit::lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use brook_rabbit::RabbitBroker;
-use brook_runtime::conformance::{Adapter, Capabilities, TestSource};
+use brook_runtime::conformance::{Adapter, TestSource};
 use brook_runtime::{BrokerError, BrokerKind};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -298,12 +298,17 @@ impl Adapter for RabbitAdapter {
         let admin = Admin::new().await;
         let (dlx, _) = admin.dead_letter_place(&queue).await;
         // Declared here with x-expires (so test queues clean themselves up); the subscriber
-        // only consumes (`declare = false`).
+        // only consumes (`declare = false`) and says which type the queue is (brook-caps
+        // knows from it whether deliveries are counted).
         admin.queue(&queue, Some(self.queue_type), Some(&dlx)).await;
         Ok(TestSource {
             args: vec![
                 (Cow::Borrowed("queue"), Value::from(queue.clone())),
                 (Cow::Borrowed("declare"), Value::from(false)),
+                (
+                    Cow::Borrowed("queue_type"),
+                    Value::Ident(Cow::Borrowed(self.queue_type)),
+                ),
             ],
             destination: queue,
         })
@@ -318,15 +323,6 @@ impl Adapter for RabbitAdapter {
         let admin = Admin::new().await;
         let dlq = format!("{}.dlq", queue_of(source));
         Ok(bodies(&admin.drain(&dlq).await))
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            // Classic queues only flag redeliveries; quorum queues count them.
-            delivery_count: self.queue_type == "quorum",
-            nack_delay: false,
-            dead_letters: true,
-        }
     }
 
     /// lapin's heartbeat task notices a closed connection when its sleep ends: half of the

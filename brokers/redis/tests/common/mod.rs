@@ -204,7 +204,7 @@ use std::sync::Arc;
 use brook_redis::{RedisBroker, RedisMessage};
 use brook_runtime::{
     App, Context, FromMessage, Handler, HandlerError, Headers, Message, RunningApp, Settlement,
-    Subscription,
+    Subscription, SubscriptionBuilder,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -238,7 +238,7 @@ pub enum Act {
 pub type Script = Arc<dyn Fn(&Seen) -> Act + Send + Sync>;
 
 pub struct Probe {
-    pub sub: Subscription,
+    pub sub: SubscriptionBuilder,
     pub tx: mpsc::UnboundedSender<Seen>,
     pub script: Script,
 }
@@ -246,8 +246,8 @@ pub struct Probe {
 impl Handler for Probe {
     type Broker = brook_runtime::kind::Redis;
 
-    fn subscription(&self) -> Result<Subscription, brook_runtime::SubscriptionError> {
-        Ok(self.sub.clone())
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.sub.clone()
     }
 
     async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
@@ -293,12 +293,13 @@ impl Handler for Probe {
     }
 }
 
-pub fn subscription(args: Vec<(&'static str, brook_runtime::ArgValue)>) -> Subscription {
+/// A subscription with `args`, unvalidated (the App validates it when it starts).
+pub fn subscription(args: Vec<(&'static str, brook_runtime::ArgValue)>) -> SubscriptionBuilder {
     let mut b = Subscription::new(brook_runtime::BrokerKind::Redis, "probe");
     for (n, v) in args {
         b = b.arg(n, v);
     }
-    b.build().expect("a valid subscription")
+    b
 }
 
 /// A running App with one scripted subscriber, and the stream of what it saw.
@@ -309,7 +310,7 @@ pub struct Running {
 
 pub async fn start(
     broker: RedisBroker,
-    sub: Subscription,
+    sub: SubscriptionBuilder,
     graceful: Duration,
     script: impl Fn(&Seen) -> Act + Send + Sync + 'static,
 ) -> Running {

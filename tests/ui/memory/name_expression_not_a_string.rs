@@ -1,6 +1,10 @@
 use brook::prelude::*;
 
-#[subscriber(topic = "orders")]
+fn port() -> u16 {
+    9092
+}
+
+#[subscriber(topic = port())]
 async fn handle(_body: String) {}
 
 fn main() {}

@@ -1,0 +1,6 @@
+use brook::mqtt::subscriber;
+
+#[subscriber(topic = "sensors/#/temperature")]
+async fn handle(_body: String) {}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use brook::prelude::*;
+
+fn policy() -> AckPolicy {
+    AckPolicy::NackOnError
+}
+
+#[subscriber(topic = "orders", ack_policy = policy())]
+async fn handle(_body: String) {}
+
+fn main() {}
