@@ -327,3 +327,38 @@ fn every_message_gets_a_span_with_broker_topic_id_and_outcome() {
         assert_eq!(get(span, "outcome").as_deref(), Some(outcome), "{span:?}");
     }
 }
+
+#[subscriber(topic = "app.doomed")]
+async fn doomed(_body: String) {}
+
+/// A subscriber whose consumer ends for good (here: the broker ends it, as a deleted queue
+/// would) fails the App, naming it, instead of leaving a process that looks alive and does
+/// nothing; the other subscribers are stopped gracefully.
+#[tokio::test]
+async fn a_consumer_that_ends_for_good_fails_the_app() {
+    let broker = MemoryBroker::new();
+    let started = Arc::new(Notify::new());
+    let s = started.clone();
+    let app = App::new(broker.clone())
+        .state(Log::default())
+        .subscribe(record)
+        .subscribe(doomed)
+        .on_startup(move || async move {
+            s.notify_one();
+            Ok(())
+        });
+    let run = tokio::spawn(app.run());
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .unwrap();
+    broker.end_consumers("app.doomed", "the queue was deleted");
+    let result = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("run returns instead of running on")
+        .unwrap();
+    let err = result.expect_err("the App fails");
+    assert_eq!(
+        err.to_string(),
+        "subscriber `doomed` stopped consuming for good: the in-memory broker: the queue was deleted"
+    );
+}

@@ -131,6 +131,21 @@ async fn malformed_or_unknown_payloads_are_rejected_and_the_consumer_goes_on() {
     test.stop().await.unwrap();
 }
 
+/// FastStream publishes bytes with `content-type: ""`; like FastStream, brook reads that as no
+/// content type (JSON first) instead of refusing to decode it.
+#[tokio::test]
+async fn an_empty_content_type_is_no_content_type() {
+    let test = TestApp::start(App::new(MemoryBroker::new()).subscribe(typed))
+        .await
+        .unwrap();
+    let sent = test.publish_message(
+        Outgoing::new("harness.decode", &br#"{"id":5,"amount":1.0}"#[..])
+            .with_header("content-type", ""),
+    );
+    assert_eq!(sent.settled().await.unwrap().last(), Some(Settled::Acked));
+    test.stop().await.unwrap();
+}
+
 struct Tenant(&'static str);
 struct Seen(Arc<Mutex<Vec<String>>>);
 
@@ -324,4 +339,18 @@ async fn a_subscription_built_by_hand_is_checked_like_the_macro_checks_it() {
         .to_string();
     assert!(err.contains("NATS core subject `orders.created`"), "{err}");
     assert!(err.contains("stream = "), "{err}");
+}
+
+/// A handler may take no argument at all.
+#[subscriber(topic = "harness.nothing")]
+async fn takes_nothing() {}
+
+#[tokio::test]
+async fn a_handler_without_arguments_runs() {
+    let test = TestApp::start(App::new(MemoryBroker::new()).subscribe(takes_nothing))
+        .await
+        .unwrap();
+    let sent = test.publish("x", "harness.nothing").await.unwrap();
+    assert_eq!(sent.settled().await.unwrap().last(), Some(Settled::Acked));
+    test.stop().await.unwrap();
 }

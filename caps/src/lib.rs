@@ -406,7 +406,7 @@ const NATS_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "create",
         ArgKind::Bool,
-        "create the stream/consumer if missing",
+        "create the stream/consumer if missing (also when deleted while running)",
     )
     .default("true")
     .only_with("stream"),
@@ -440,7 +440,7 @@ const REDIS_ARGUMENTS: &[ArgSpec] = &[
     arg(
         "min_idle_ms",
         ArgKind::Int,
-        "claim other consumers' pending entries idle this long",
+        "claim live consumers' pending entries idle this long (0: off; gone consumers' entries are always taken over)",
     )
     .range(0, u32::MAX as u64)
     .only_with("stream"),
@@ -468,6 +468,11 @@ const MQTT_ARGUMENTS: &[ArgSpec] = &[
     arg("qos", ArgKind::Int, "the subscription's QoS")
         .default("1")
         .range(0, 2),
+    arg(
+        "dead_letter_topic",
+        ArgKind::Name,
+        "publish rejected messages here (QoS 1) before acknowledging them",
+    ),
 ];
 
 /// The broker-specific arguments of `broker` (the [`COMMON_ARGUMENTS`] come on top).

@@ -213,6 +213,8 @@ pub struct MqttOptions {
     pub topic: String,
     /// The subscription's QoS (0, 1 or 2).
     pub qos: u8,
+    /// Where rejected messages are published before they are acknowledged.
+    pub dead_letter_topic: Option<String>,
 }
 
 macro_rules! accessor {
@@ -322,6 +324,7 @@ impl Options {
             BrokerKind::Mqtt => Options::Mqtt(MqttOptions {
                 topic: name("topic").unwrap_or_default(),
                 qos: int("qos").map_or(1, |q| u8::try_from(q).unwrap_or(2)),
+                dead_letter_topic: name("dead_letter_topic"),
             }),
         }
     }

@@ -276,6 +276,16 @@ fn expand(
             ::brook::extract::checked(#pat, (&&&::brook::extract::Arg::<#ty, Self::Broker>::new()).check(cx))
         }
     });
+    // A handler without arguments has nothing to check: the trait's default says so.
+    let check = (!handler_args.is_empty()).then(|| {
+        quote! {
+            fn check(&self, cx: &::brook::StartCheck<'_>) -> ::std::vec::Vec<(&'static str, ::brook::ExtractError)> {
+                #[allow(unused_imports)]
+                use ::brook::extract::{ViaBrokerMessage as _, ViaDecode as _, ViaFromMessage as _};
+                [#(#checks),*].into_iter().flatten().collect()
+            }
+        }
+    });
     let warnings = [
         (resolved.warning.as_ref(), "ack_policy"),
         (resolved.max_deliveries_warning.as_ref(), "max_deliveries"),
@@ -326,11 +336,7 @@ fn expand(
                 ::brook::Subscription::from_macro(::brook::BrokerKind::#kind, #name_str, [#(#arg_values),*])
             }
 
-            fn check(&self, cx: &::brook::StartCheck<'_>) -> ::std::vec::Vec<(&'static str, ::brook::ExtractError)> {
-                #[allow(unused_imports)]
-                use ::brook::extract::{ViaBrokerMessage as _, ViaDecode as _, ViaFromMessage as _};
-                [#(#checks),*].into_iter().flatten().collect()
-            }
+            #check
 
             async fn call(&self, msg: &::brook::Message, ctx: &::brook::Context) -> ::std::result::Result<(), ::brook::HandlerError> {
                 #[allow(unused_imports)]

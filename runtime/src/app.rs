@@ -5,11 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Accepts, Broker};
-use crate::engine::run_consumer;
+use crate::engine::{run_consumer, Ended};
 use crate::error::{AppError, BrokerError, StartError, StartErrors, SubscriptionError};
 use crate::extract::{Context, StartCheck};
 use crate::handler::Handler;
@@ -42,7 +43,7 @@ trait Start<B: Broker>: Send {
         ctx: Context,
         stop: CancellationToken,
         abort: CancellationToken,
-    ) -> BoxFuture<Result<(), BrokerError>>;
+    ) -> BoxFuture<Result<Ended, BrokerError>>;
 }
 
 struct Registered<H> {
@@ -73,7 +74,7 @@ impl<B: Broker, H: Handler> Start<B> for Registered<H> {
         ctx: Context,
         stop: CancellationToken,
         abort: CancellationToken,
-    ) -> BoxFuture<Result<(), BrokerError>> {
+    ) -> BoxFuture<Result<Ended, BrokerError>> {
         Box::pin(run_consumer(
             self.handler,
             self.sub,
@@ -199,18 +200,24 @@ impl<B: Broker> App<B> {
         &self.broker
     }
 
-    /// Runs until SIGINT/SIGTERM or the shutdown handle, then shuts down gracefully.
+    /// Runs until SIGINT/SIGTERM or the shutdown handle, then shuts down gracefully. If a
+    /// subscriber's consumer ends for good first (a deleted durable that may not be recreated,
+    /// a fatal broker error), the App stops the others gracefully and returns
+    /// [`AppError::SubscriberEnded`] naming it, so the process exits instead of running on with
+    /// a subscriber that does nothing.
     pub async fn run(self) -> Result<(), AppError> {
-        let running = self.start().await?;
+        let mut running = self.start().await?;
         let handle = running.shutdown.clone();
-        tokio::select! {
+        let ended = tokio::select! {
             signal = shutdown_signal() => {
                 signal?;
                 tracing::info!("shutdown signal received");
+                None
             }
-            _ = handle.0.cancelled() => {}
-        }
-        running.stop().await
+            _ = handle.0.cancelled() => None,
+            ended = running.ended.recv() => ended,
+        };
+        running.finish(ended).await
     }
 
     /// Every problem that can be known before connecting: invalid subscribers (names from
@@ -254,6 +261,7 @@ impl<B: Broker> App<B> {
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let (ended_tx, ended) = mpsc::unbounded_channel();
         for subscriber in self.subscribers {
             let sub = subscriber.subscription();
             for warning in sub.warnings() {
@@ -276,14 +284,38 @@ impl<B: Broker> App<B> {
             );
             let name = sub.name().to_owned();
             let run = subscriber.start(consumer, self.ctx.clone(), stop.clone(), abort.clone());
+            let (stopping, ended_tx) = (stop.clone(), ended_tx.clone());
             tasks.spawn(async move {
-                if let Err(error) = run.await {
-                    tracing::error!(subscriber = name, %error, "subscriber stopped with an error");
+                let reason = match run.await {
+                    Ok(Ended::Stopped) => return,
+                    Ok(Ended::ConsumerEnded(last_error)) => {
+                        last_error.unwrap_or_else(|| "its consumer ended".to_owned())
+                    }
+                    Err(error) => error.to_string(),
+                };
+                if stopping.is_cancelled() {
+                    tracing::error!(
+                        subscriber = name,
+                        reason,
+                        "subscriber stopped with an error"
+                    );
+                    return;
                 }
+                tracing::error!(
+                    subscriber = name,
+                    reason,
+                    "subscriber ended for good; stopping the App"
+                );
+                let _ = ended_tx.send(SubscriberEnded {
+                    subscriber: name,
+                    reason,
+                });
             });
         }
         Ok(RunningApp {
             broker: self.broker,
+            ended,
+            _ended_tx: ended_tx,
             tasks,
             stop,
             abort,
@@ -294,9 +326,19 @@ impl<B: Broker> App<B> {
     }
 }
 
+/// A subscriber whose consumer ended while the App was running.
+#[derive(Debug)]
+struct SubscriberEnded {
+    subscriber: String,
+    reason: String,
+}
+
 /// A started [`App`].
 pub struct RunningApp<B: Broker> {
     broker: B,
+    ended: mpsc::UnboundedReceiver<SubscriberEnded>,
+    // Kept so that `ended` never closes: an App with no subscribers still waits.
+    _ended_tx: mpsc::UnboundedSender<SubscriberEnded>,
     tasks: JoinSet<()>,
     stop: CancellationToken,
     abort: CancellationToken,
@@ -316,10 +358,27 @@ impl<B: Broker> RunningApp<B> {
         self.shutdown.clone()
     }
 
-    /// Waits for the shutdown handle, then stops gracefully.
-    pub async fn wait(self) -> Result<(), AppError> {
-        self.shutdown.0.cancelled().await;
-        self.stop().await
+    /// Waits for the shutdown handle, then stops gracefully; like [`App::run`], returns
+    /// [`AppError::SubscriberEnded`] (after stopping the rest) if a subscriber's consumer ends
+    /// for good first.
+    pub async fn wait(mut self) -> Result<(), AppError> {
+        let handle = self.shutdown.clone();
+        let ended = tokio::select! {
+            _ = handle.0.cancelled() => None,
+            ended = self.ended.recv() => ended,
+        };
+        self.finish(ended).await
+    }
+
+    async fn finish(self, ended: Option<SubscriberEnded>) -> Result<(), AppError> {
+        let stopped = self.stop().await;
+        let Some(SubscriberEnded { subscriber, reason }) = ended else {
+            return stopped;
+        };
+        if let Err(error) = stopped {
+            tracing::error!(%error, "stopping the App after a subscriber ended failed too");
+        }
+        Err(AppError::SubscriberEnded { subscriber, reason })
     }
 
     /// Graceful shutdown: stop fetching; let in-flight handlers finish and settle within the

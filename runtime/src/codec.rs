@@ -37,9 +37,10 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// The codec for a `content-type` header value (parameters like `; charset=utf-8` ignored).
+    /// The codec for a `content-type` header value (parameters like `; charset=utf-8` ignored;
+    /// none, or an empty one as FastStream sends for bytes, means JSON first).
     pub fn for_content_type(content_type: Option<&str>) -> Result<Codec, ExtractError> {
-        let Some(full) = content_type else {
+        let Some(full) = content_type.filter(|ct| !ct.trim().is_empty()) else {
             return Ok(Codec::Json);
         };
         let essence = full.split(';').next().unwrap_or("").trim();
@@ -234,6 +235,11 @@ mod tests {
         );
         assert_eq!(
             decode::<Order>(br#"{"id":1}"#, Some("application/json; charset=utf-8")).unwrap(),
+            Order { id: 1 }
+        );
+        // FastStream's `content-type: ""` (bytes on Kafka and NATS) is no content type: JSON.
+        assert_eq!(
+            decode::<Order>(br#"{"id":1}"#, Some("")).unwrap(),
             Order { id: 1 }
         );
         assert_eq!(

@@ -73,6 +73,8 @@ pub enum Outcome {
     Cancelled,
     /// Settling failed on the broker (e.g. connection lost); the broker redelivers it.
     SettleFailed,
+    /// The broker took the delivery back before the handler ran (it comes again): skipped.
+    Superseded,
 }
 
 impl Outcome {
@@ -82,6 +84,7 @@ impl Outcome {
             Outcome::Unsettled => "unsettled",
             Outcome::Cancelled => "cancelled",
             Outcome::SettleFailed => "settle_failed",
+            Outcome::Superseded => "superseded",
         }
     }
 }
@@ -109,6 +112,12 @@ pub async fn process<H: Handler>(
 }
 
 async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &Message) -> Outcome {
+    if msg.superseded() {
+        // A seek back re-reads it (Kafka, after a nack of an earlier message of its
+        // partition): handling it now would handle it twice.
+        tracing::debug!(subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(), "delivery superseded by the broker; skipped");
+        return Outcome::Superseded;
+    }
     let policy = sub.policy();
     let count = msg.delivery_count();
     if let (Some(max), Some(n)) = (sub.max_deliveries(), count) {
@@ -214,13 +223,15 @@ pub(crate) async fn run_consumer<H: Handler, C: Consumer>(
     mut consumer: C,
     stop: CancellationToken,
     abort: CancellationToken,
-) -> Result<(), crate::BrokerError> {
+) -> Result<Ended, crate::BrokerError> {
     let workers = sub.concurrency();
+    let mut ended = Ended::Stopped;
     if workers <= 1 {
-        while let Some(msg) = next_message(&mut consumer, &sub, &stop).await {
+        while let Some(msg) = next_message(&mut consumer, &sub, &stop, &mut ended).await {
             run_until_abort(&*handler, &sub, &ctx, msg, &abort).await;
         }
-        return consumer.close().await;
+        consumer.close().await?;
+        return Ok(ended);
     }
 
     // Unkeyed messages go to whichever worker is free; keyed ones always to the same worker,
@@ -240,7 +251,7 @@ pub(crate) async fn run_consumer<H: Handler, C: Consumer>(
         };
         tasks.spawn(worker.run(rx, shared_rx.clone()));
     }
-    while let Some(msg) = next_message(&mut consumer, &sub, &stop).await {
+    while let Some(msg) = next_message(&mut consumer, &sub, &stop, &mut ended).await {
         let sent = match msg.ordering_key() {
             Some(key) => keyed[(key % workers as u64) as usize].send(msg).await,
             None => shared_tx.send(msg).await,
@@ -252,7 +263,17 @@ pub(crate) async fn run_consumer<H: Handler, C: Consumer>(
     drop(keyed);
     drop(shared_tx);
     while tasks.join_next().await.is_some() {}
-    consumer.close().await
+    consumer.close().await?;
+    Ok(ended)
+}
+
+/// Why a subscriber's loop ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The App is stopping.
+    Stopped,
+    /// The consumer ended for good on its own; the last error it reported, if any.
+    ConsumerEnded(Option<String>),
 }
 
 struct Worker<H> {
@@ -288,11 +309,15 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+/// The next message; `None` when the App stops or the consumer ended (then `ended` says so,
+/// with the consumer's last error as the reason).
 async fn next_message<C: Consumer>(
     consumer: &mut C,
     sub: &Subscription,
     stop: &CancellationToken,
+    ended: &mut Ended,
 ) -> Option<Message> {
+    let mut last_error = None;
     loop {
         let next = tokio::select! {
             biased;
@@ -301,9 +326,13 @@ async fn next_message<C: Consumer>(
         };
         match next {
             Some(Ok(msg)) => return Some(msg),
-            None => return None,
+            None => {
+                *ended = Ended::ConsumerEnded(last_error);
+                return None;
+            }
             Some(Err(error)) => {
                 tracing::error!(subscriber = sub.name(), %error, "consumer error");
+                last_error = Some(error.to_string());
                 // Back off a little so a persistent failure does not spin.
                 tokio::select! {
                     _ = stop.cancelled() => return None,

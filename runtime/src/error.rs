@@ -180,6 +180,15 @@ pub enum AppError {
     /// The broker failed (connect, subscribe, close).
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A subscriber's consumer ended for good while the App ran (a deleted JetStream durable
+    /// that may not be recreated, a fatal broker error): the App stopped the others gracefully.
+    #[error("subscriber `{subscriber}` stopped consuming for good: {reason}")]
+    SubscriberEnded {
+        /// The subscriber.
+        subscriber: String,
+        /// The consumer's last error.
+        reason: String,
+    },
     /// A startup or shutdown hook failed.
     #[error("{stage} hook failed: {source}")]
     Hook {

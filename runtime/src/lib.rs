@@ -40,6 +40,8 @@ pub mod memory;
 mod message;
 #[cfg(feature = "conformance")]
 pub mod proxy;
+#[cfg(feature = "conformance")]
+pub mod soak;
 mod subscription;
 pub mod testing;
 pub mod url;

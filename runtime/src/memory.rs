@@ -55,6 +55,16 @@ struct TopicState {
     /// Groups are never removed, so consumers and settlers address them by index.
     groups: Vec<Group>,
     dead_letters: Vec<DeadLetter>,
+    /// Set by [`MemoryBroker::end_consumers`]: consumers report this and end.
+    ended: Option<String>,
+}
+
+/// Why [`MemoryConsumer::take_ready`] has no message.
+enum Pending {
+    /// Nothing ready; the earliest delayed message is due then.
+    Until(Option<Instant>),
+    /// The topic's consumers were ended, for this reason.
+    Ended(String),
 }
 
 impl TopicState {
@@ -281,6 +291,16 @@ impl MemoryBroker {
         }
     }
 
+    /// Ends every consumer of `topic` for good, as a broker failure would (a queue deleted under
+    /// it): each reports `reason` as an error once, then ends. To test what an App does when a
+    /// subscriber stops consuming: [`App::run`](crate::App::run) returns
+    /// [`AppError::SubscriberEnded`](crate::AppError::SubscriberEnded).
+    pub fn end_consumers(&self, topic: &str, reason: impl Into<String>) {
+        let topic = self.topic(topic);
+        lock(&topic.state).ended = Some(reason.into());
+        topic.ready.notify_waiters();
+    }
+
     /// Rejected messages of `topic`, oldest first.
     pub fn dead_letters(&self, topic: &str) -> Vec<DeadLetter> {
         self.snapshot(topic).dead_letters
@@ -348,6 +368,7 @@ impl Broker for MemoryBroker {
             group,
             id: self.shared.next_consumer.fetch_add(1, Ordering::Relaxed),
             closed: false,
+            ended: false,
         })
     }
 
@@ -367,13 +388,18 @@ pub struct MemoryConsumer {
     group: usize,
     id: u64,
     closed: bool,
+    // It reported `TopicState::ended` already.
+    ended: bool,
 }
 
 impl MemoryConsumer {
-    fn take_ready(&self) -> Result<Message, Option<Instant>> {
+    fn take_ready(&self) -> Result<Message, Pending> {
         let mut state = lock(&self.topic.state);
+        if let Some(reason) = &state.ended {
+            return Err(Pending::Ended(reason.clone()));
+        }
         let Some(group) = state.groups.get_mut(self.group) else {
-            return Err(None);
+            return Err(Pending::Until(None));
         };
         if !group.delayed.is_empty() {
             let now = Instant::now();
@@ -390,7 +416,9 @@ impl MemoryConsumer {
             }
         }
         let Some(mut stored) = group.ready.pop_front() else {
-            return Err(group.delayed.iter().map(|(at, _)| *at).min());
+            return Err(Pending::Until(
+                group.delayed.iter().map(|(at, _)| *at).min(),
+            ));
         };
         stored.deliveries += 1;
         let settler = MemorySettler {
@@ -457,13 +485,23 @@ impl Consumer for MemoryConsumer {
             notified.as_mut().enable();
             match self.take_ready() {
                 Ok(msg) => return Some(Ok(msg)),
-                Err(Some(at)) => {
+                Err(Pending::Until(Some(at))) => {
                     tokio::select! {
                         _ = notified => {}
                         _ = tokio::time::sleep_until(at) => {}
                     }
                 }
-                Err(None) => notified.await,
+                Err(Pending::Until(None)) => notified.await,
+                Err(Pending::Ended(reason)) => {
+                    if self.ended {
+                        return None;
+                    }
+                    self.ended = true;
+                    return Some(Err(BrokerError::Invalid {
+                        broker: BrokerKind::Memory,
+                        message: reason,
+                    }));
+                }
             }
         }
     }

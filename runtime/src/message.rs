@@ -154,6 +154,14 @@ pub trait Settler: Send + Sync + 'static {
     fn raw(&self) -> Option<&(dyn Any + Send + Sync)> {
         None
     }
+
+    /// Whether the broker has taken this delivery back since handing it out, so that it will
+    /// be delivered again (a Kafka seek back after a nack of an earlier message of the same
+    /// partition): the engine then skips it without running the handler or settling it,
+    /// instead of handling it twice. The default: never.
+    fn superseded(&self) -> bool {
+        false
+    }
 }
 
 /// An identifier of a message, as the broker names it.
@@ -281,9 +289,18 @@ impl Message {
         self.ordering_key
     }
 
-    /// The `content-type` header.
+    /// Whether the broker took this delivery back after handing it out (see
+    /// [`Settler::superseded`]).
+    pub fn superseded(&self) -> bool {
+        self.settler.superseded()
+    }
+
+    /// The `content-type` header; an empty one counts as none (FastStream sends
+    /// `content-type: ""` for raw bytes on Kafka and NATS and reads it as unset, JSON first).
     pub fn content_type(&self) -> Option<&str> {
-        self.headers.get(CONTENT_TYPE)
+        self.headers
+            .get(CONTENT_TYPE)
+            .filter(|ct| !ct.trim().is_empty())
     }
 
     /// The `correlation_id` header.

@@ -13,6 +13,7 @@
 //! entry and is ignored, so an old owner never commits for a partition it lost.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -73,6 +74,10 @@ struct Partition {
     stored: Option<i64>,
     /// The last offset committed synchronously by us.
     committed: Option<i64>,
+    /// Bumped when deliveries handed out from this partition are superseded (a seek back after
+    /// a nack, a revocation): a settler compares it with the value at its delivery, without a
+    /// lock, so the engine skips deliveries that will come again instead of handling them twice.
+    epoch: Arc<AtomicU64>,
 }
 
 /// Messages of one partition brook holds at once (one being handled, one queued in the
@@ -135,6 +140,31 @@ struct Shared {
     /// Whether offsets are tracked by us (every policy but AckFirst / no group).
     tracking: bool,
     group: Option<String>,
+    /// When to commit besides librdkafka's background commit.
+    cadence: Cadence,
+}
+
+/// [`KafkaBroker::commit_every`]: counts ack / reject settlements (under AckFirst, the acks
+/// before the handler); every `every`th is due for a commit.
+struct Cadence {
+    /// 0: never.
+    every: u64,
+    settled: AtomicU64,
+}
+
+impl Cadence {
+    fn new(every: u64) -> Self {
+        Cadence {
+            every,
+            settled: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one settlement; whether a commit is due now.
+    fn settled(&self) -> bool {
+        self.every != 0
+            && (self.settled.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.every)
+    }
 }
 
 impl Shared {
@@ -171,6 +201,10 @@ impl ConsumerContext for Context {
             let keep = revoked.find_partition(&p.topic, p.partition).is_none();
             if !keep && p.paused {
                 paused.add_partition(&p.topic, p.partition);
+            }
+            if !keep {
+                // The partition's next owner reads what we still hold: don't handle it here.
+                p.epoch.fetch_add(1, Ordering::AcqRel);
             }
             keep
         });
@@ -309,6 +343,11 @@ pub(crate) async fn subscribe(
         freed: tokio::sync::Notify::new(),
         tracking,
         group: group.clone(),
+        cadence: Cadence::new(if group.is_some() {
+            u64::from(broker.commit_every_n())
+        } else {
+            0 // nothing to commit
+        }),
     });
     let consumer: Stream = config
         .create_with_context(Context {
@@ -462,6 +501,7 @@ impl brook_runtime::Consumer for KafkaConsumer {
             let mut seq = 0;
             let mut part_id = 0;
             let mut park = false;
+            let mut epoch = None;
             if self.shared.tracking {
                 let mut tracker = self.shared.lock();
                 seq = tracker.next_seq;
@@ -485,6 +525,7 @@ impl brook_runtime::Consumer for KafkaConsumer {
                             rewind_to: None,
                             stored: None,
                             committed: None,
+                            epoch: Arc::default(),
                         });
                         tracker
                             .partitions
@@ -508,6 +549,7 @@ impl brook_runtime::Consumer for KafkaConsumer {
                 part.pending.push_back((offset, seq, false));
                 part.held += 1;
                 part_id = part.id;
+                epoch = Some((part.epoch.clone(), part.epoch.load(Ordering::Acquire)));
                 if part.held > MAX_HELD {
                     park = true;
                     if !part.paused {
@@ -538,6 +580,7 @@ impl brook_runtime::Consumer for KafkaConsumer {
                 seq,
                 part_id,
                 deliveries,
+                epoch,
             };
             let msg = Message::new(KIND, topic.clone(), body, settler)
                 .with_headers(headers)
@@ -616,6 +659,8 @@ struct KafkaSettler {
     /// The [`Partition::id`] it was handed out under.
     part_id: u64,
     deliveries: u32,
+    /// Its partition's [`Partition::epoch`], and the value when it was handed out.
+    epoch: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl Drop for KafkaSettler {
@@ -636,10 +681,30 @@ impl Drop for KafkaSettler {
 }
 
 impl KafkaSettler {
+    /// Counts an ack / reject for [`KafkaBroker::commit_every`]: every `n`th starts an
+    /// asynchronous commit of the stored offsets (librdkafka's `rd_kafka_commit` with no
+    /// list: it only enqueues the request; the result comes to [`Context::commit_callback`]).
+    fn count_settled(&self) {
+        if !self.shared.cadence.settled() {
+            return;
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Async) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                every = self.shared.cadence.every,
+                "Kafka commit after settled messages failed"
+            ),
+        }
+    }
+
     fn settle_now(&self, settlement: Settlement) -> Result<(), BrokerError> {
         if !self.shared.tracking {
             // AckFirst: librdkafka stored the offset when it handed the message out.
-            // Without a group there is nothing to commit or rewind to.
+            // Without a group there is nothing to commit or rewind to (`commit_every` is 0).
+            if matches!(settlement, Settlement::Ack | Settlement::Reject) {
+                self.count_settled();
+            }
             return Ok(());
         }
         let KafkaMessage {
@@ -683,6 +748,8 @@ impl KafkaSettler {
                         .deliveries
                         .remove(&(topic.clone(), *partition, *offset));
                 }
+                drop(tracker);
+                self.count_settled();
                 Ok(())
             }
             Settlement::Nack { .. } => {
@@ -698,8 +765,10 @@ impl KafkaSettler {
                         Timeout::After(Duration::ZERO),
                     )
                     .map_err(|e| BrokerError::operation(KIND, "seek", e))?;
-                // Everything from the nacked offset on is read again.
+                // Everything from the nacked offset on is read again: what was handed out after
+                // it is superseded (the engine skips it rather than handling it twice).
                 part.pending.truncate(i);
+                part.epoch.fetch_add(1, Ordering::AcqRel);
                 part.rewind_to = Some(*offset);
                 tracker
                     .deliveries
@@ -717,5 +786,27 @@ impl Settler for KafkaSettler {
 
     fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         Some(&self.raw)
+    }
+
+    fn superseded(&self) -> bool {
+        self.epoch
+            .as_ref()
+            .is_some_and(|(epoch, at)| epoch.load(Ordering::Acquire) != *at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cadence;
+
+    #[test]
+    fn commit_every_n_is_due_on_every_nth_settlement() {
+        let pattern = |every| {
+            let c = Cadence::new(every);
+            (0..7).map(|_| c.settled()).collect::<Vec<_>>()
+        };
+        assert_eq!(pattern(0), [false; 7], "0: off");
+        assert_eq!(pattern(1), [true; 7]);
+        assert_eq!(pattern(3), [false, false, true, false, false, true, false]);
     }
 }

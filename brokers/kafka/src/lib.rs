@@ -5,7 +5,9 @@
 //!
 //! - **ack / reject** mark the message settled; the contiguous settled prefix of each partition
 //!   is *stored* (`store_offset`) and librdkafka commits stored offsets in the background
-//!   (`enable.auto.commit`, `enable.auto.offset.store = false`). Offsets are committed
+//!   (`enable.auto.commit`, `enable.auto.offset.store = false`) every
+//!   [`commit_interval`](KafkaBroker::commit_interval) (5 s by default), and after every N
+//!   settled messages with [`commit_every`](KafkaBroker::commit_every). Offsets are committed
 //!   synchronously on shutdown ([`Consumer::close`](brook_runtime::Consumer::close)) and when a
 //!   partition is revoked. With `concurrency > 1` nothing past the lowest unsettled offset of a
 //!   partition is ever stored. Kafka has no dead-letter place, so reject is an ack.
@@ -81,6 +83,8 @@ struct Inner {
     producer_config: Vec<(String, String)>,
     connect_timeout: Duration,
     round_robin: bool,
+    /// Commit after every this many settled messages per consumer (0: only in the background).
+    commit_every: u32,
     producer: Mutex<Option<FutureProducer>>,
     next_partition: AtomicU64,
     partitions: Mutex<Vec<(String, i32)>>,
@@ -151,6 +155,7 @@ impl KafkaBroker {
                 producer_config: Vec::new(),
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 round_robin: false,
+                commit_every: 0,
                 producer: Mutex::new(None),
                 next_partition: AtomicU64::new(0),
                 partitions: Mutex::new(Vec::new()),
@@ -169,6 +174,7 @@ impl KafkaBroker {
                 producer_config: i.producer_config.clone(),
                 connect_timeout: i.connect_timeout,
                 round_robin: i.round_robin,
+                commit_every: i.commit_every,
                 producer: Mutex::new(None),
                 next_partition: AtomicU64::new(0),
                 partitions: Mutex::new(Vec::new()),
@@ -223,6 +229,44 @@ impl KafkaBroker {
         self
     }
 
+    /// Commits each consumer's settled offsets after every `n` messages it settled (acked or
+    /// rejected; under `AckFirst`, handed out), in addition to the background commit every
+    /// [`commit_interval`](Self::commit_interval). `0` (the default) turns it off.
+    ///
+    /// The commit is asynchronous (librdkafka's `rd_kafka_commit` of the stored offsets, in
+    /// the background; a failure is logged), so it does not slow the handler down, but it is
+    /// one commit request per `n` messages. What a crash (no graceful stop) costs: a new
+    /// member of the group reads again what was settled after the last commit that reached
+    /// the broker, so at most about `n` messages per consumer (plus the messages still being
+    /// handled), instead of up to an interval's worth. A consumer without a `group_id`
+    /// commits nothing, so this does nothing there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let broker = brook_kafka::KafkaBroker::new("127.0.0.1:9092")
+    ///     .commit_every(100)                         // at most ~100 re-read after a crash
+    ///     .commit_interval(Duration::from_secs(1));  // and at most ~1 s's worth
+    /// ```
+    pub fn commit_every(mut self, n: u32) -> Self {
+        self.inner_mut().commit_every = n;
+        self
+    }
+
+    /// How often librdkafka commits every consumer's settled (stored) offsets in the
+    /// background: `auto.commit.interval.ms`, 5 s by default. Shorter: fewer messages read
+    /// again after a crash, more commit requests. [`Duration::ZERO`] turns the background
+    /// commit off (then only [`commit_every`](Self::commit_every), a revocation and a
+    /// graceful stop commit). Sugar for `with_consumer_config("auto.commit.interval.ms", ms)`
+    /// (the later of the two wins); librdkafka accepts up to 24 h, and refuses more when the
+    /// consumer is created. A non-zero interval under a millisecond counts as 1 ms.
+    pub fn commit_interval(self, interval: Duration) -> Self {
+        let mut ms = interval.as_millis();
+        if ms == 0 && !interval.is_zero() {
+            ms = 1;
+        }
+        self.with_consumer_config("auto.commit.interval.ms", ms.to_string())
+    }
+
     /// The bootstrap address, without credentials.
     pub fn address(&self) -> &str {
         &self.inner.address
@@ -239,6 +283,10 @@ impl KafkaBroker {
 
     pub(crate) fn consumer_config(&self) -> ClientConfig {
         self.client_config(&self.inner.consumer_config)
+    }
+
+    pub(crate) fn commit_every_n(&self) -> u32 {
+        self.inner.commit_every
     }
 
     fn connect_error(&self, source: impl Into<brook_runtime::BoxError>) -> BrokerError {
@@ -476,6 +524,44 @@ impl Broker for KafkaBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commit_settings() {
+        let interval = |b: &KafkaBroker| {
+            b.consumer_config()
+                .get("auto.commit.interval.ms")
+                .map(str::to_owned)
+        };
+        let b = KafkaBroker::new("h:9092");
+        assert_eq!(interval(&b), None, "librdkafka's default (5 s)");
+        assert_eq!(b.commit_every_n(), 0, "off by default");
+        let b = b
+            .commit_every(100)
+            .commit_interval(Duration::from_millis(1500));
+        assert_eq!(interval(&b).as_deref(), Some("1500"));
+        assert_eq!(b.commit_every_n(), 100);
+        let zero = KafkaBroker::new("h:9092").commit_interval(Duration::ZERO);
+        assert_eq!(
+            interval(&zero).as_deref(),
+            Some("0"),
+            "0: no background commit"
+        );
+        let tiny = KafkaBroker::new("h:9092").commit_interval(Duration::from_micros(10));
+        assert_eq!(
+            interval(&tiny).as_deref(),
+            Some("1"),
+            "not 0, which would mean off"
+        );
+        // The later of commit_interval and the passthrough wins.
+        let b = KafkaBroker::new("h:9092")
+            .with_consumer_config("auto.commit.interval.ms", "200")
+            .commit_interval(Duration::from_secs(600));
+        assert_eq!(interval(&b).as_deref(), Some("600000"));
+        // A clone shared before the builder keeps its own settings.
+        let shared = KafkaBroker::new("h:9092");
+        let _other = shared.clone();
+        assert_eq!(shared.commit_every(7).commit_every_n(), 7);
+    }
 
     #[test]
     fn urls_keep_credentials_out_of_the_address_and_debug() {

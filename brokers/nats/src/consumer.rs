@@ -6,11 +6,21 @@
 //! did not settle back to the server with `-NAK`, so a fresh consumer gets them at once instead
 //! of after `ack_wait`. It also keeps per-message work to a minimum (the delivery metadata is
 //! parsed from the ack subject; no JetStream context is cloned per message).
+//!
+//! It also watches for its consumer going away under it (deleted by an operator, or with its
+//! stream). The server says so with a 409 "Consumer Deleted" on every waiting pull request,
+//! but only to a connected client; pull requests to a consumer that no longer exists get no
+//! answer at all (not even a status, nor heartbeats). So the loop checks that the consumer
+//! exists after the server said it was deleted, and whenever a pull request stays silent while
+//! connected. A missing consumer is recreated through [`setup::ensure`] (when the subscriber
+//! may create it, with its settings), or the consumer ends: one error saying why, then `None`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_nats::connection::State;
+use async_nats::jetstream;
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use brook_runtime::headers::REPLY_TO;
 use brook_runtime::{
@@ -21,7 +31,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
 
 use crate::message::{self, JetStreamInfo, NatsMessage, KIND};
-use crate::setup::Target;
+use crate::setup::{self, Presence, Target};
 use crate::Conn;
 
 /// How long a pull request waits on the server for messages before it expires.
@@ -39,6 +49,19 @@ const CLOSE_QUIET: Duration = Duration::from_millis(250);
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How long to wait before pulling again after the server refused a pull request.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(1);
+/// How long one check of a consumer that may be gone (and its recreation) may take.
+const CHECK_LIMIT: Duration = Duration::from_secs(15);
+/// The pause after the first failed check or recreation; doubled after each further one, up to
+/// [`RECOVERY_BACKOFF_MAX`].
+const RECOVERY_BACKOFF: Duration = Duration::from_millis(250);
+const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// After this many failed checks or recreations in a row (about a minute with the pauses;
+/// attempts while disconnected do not count), the consumer gives up and ends.
+const RECOVERY_ATTEMPTS: u32 = 15;
+/// How long to wait before recreating a deleted stream.
+const STREAM_RECREATE_DELAY: Duration = Duration::from_secs(1);
+/// At most one recreation of a consumer this often (should something keep deleting it).
+const RECREATE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether a 409 status means the server refuses this kind of pull request (as opposed to
 /// ending one for a passing reason: expiry, leadership change, shutdown).
@@ -98,17 +121,26 @@ pub(crate) async fn core(conn: &Conn, opts: &NatsOptions) -> Result<NatsConsumer
     Ok(NatsConsumer(Inner::Core(CoreConsumer {
         subscriber,
         topic: opts.subject.as_str().into(),
+        ended: false,
     })))
 }
 
 struct CoreConsumer {
     subscriber: Subscriber,
     topic: Arc<str>,
+    ended: bool,
 }
 
 impl CoreConsumer {
     async fn next(&mut self) -> Option<Result<Message, BrokerError>> {
-        let msg = self.subscriber.next().await?;
+        if self.ended {
+            return None;
+        }
+        let Some(msg) = self.subscriber.next().await else {
+            // The connection was closed for good: say so once, then end.
+            self.ended = true;
+            return Some(Err(BrokerError::Closed(KIND)));
+        };
         let mut headers = message::from_nats(msg.headers.as_ref());
         // On core NATS the reply subject is where answers go (FastStream's reply_to).
         if let (None, Some(reply)) = (headers.get(REPLY_TO), msg.reply.as_ref()) {
@@ -164,6 +196,32 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn new(client: Client, confirm_ack: bool) -> Arc<Self> {
+        Arc::new(Shared {
+            client,
+            confirm_ack,
+            unsettled: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// A new pull inbox.
+async fn subscribe_inbox(client: &Client) -> Result<(Subject, Subscriber), BrokerError> {
+    let inbox = Subject::from(client.new_inbox());
+    let subscriber = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| BrokerError::operation(KIND, "subscribe", e))?;
+    Ok((inbox, subscriber))
+}
+
+fn next_subject(target: &Target) -> Subject {
+    format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        target.stream, target.consumer
+    )
+    .into()
 }
 
 pub(crate) async fn jetstream(
@@ -173,12 +231,7 @@ pub(crate) async fn jetstream(
     target: Target,
 ) -> Result<NatsConsumer, BrokerError> {
     let batch = batch_size(opts);
-    let inbox = conn.client.new_inbox();
-    let subscriber = conn
-        .client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| BrokerError::operation(KIND, "subscribe", e))?;
+    let (inbox, subscriber) = subscribe_inbox(&conn.client).await?;
     let request = serde_json::json!({
         "batch": batch,
         "expires": PULL_EXPIRES.as_nanos() as u64,
@@ -186,24 +239,83 @@ pub(crate) async fn jetstream(
     });
     tracing::debug!(broker = "nats", stream = %target.stream, consumer = %target.consumer, batch, "pull consumer ready");
     Ok(NatsConsumer(Inner::JetStream(JetStreamConsumer {
-        shared: Arc::new(Shared {
-            client: conn.client.clone(),
-            confirm_ack: sub.policy() == AckPolicy::AckFirst,
-            unsettled: Mutex::new(HashMap::new()),
-        }),
+        shared: Shared::new(conn.client.clone(), sub.policy() == AckPolicy::AckFirst),
         subscriber,
-        inbox: inbox.into(),
-        next_subject: format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            target.stream, target.consumer
-        )
-        .into(),
+        inbox,
+        next_subject: next_subject(&target),
         request: Bytes::from(request.to_string()),
         batch,
         outstanding: 0,
         topic: sub.source_name().into(),
         ended: false,
+        setup: Box::new(Setup {
+            js: conn.js.clone(),
+            sub: sub.clone(),
+            opts: opts.clone(),
+            target,
+            resumed_at: None,
+        }),
+        recovery: None,
     })))
+}
+
+/// What the pull loop needs to check and recreate its consumer.
+struct Setup {
+    js: jetstream::Context,
+    sub: Subscription,
+    opts: JetStreamOptions,
+    /// The consumer pulled from.
+    target: Target,
+    /// When the consumer was last found gone and consumption went on.
+    resumed_at: Option<tokio::time::Instant>,
+}
+
+/// Why the pull loop suspects that its consumer is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suspicion {
+    /// The server answered a pull request with 409 "Consumer Deleted": the consumer, or its
+    /// stream, was deleted.
+    Deleted,
+    /// A pull request got no answer, not even a heartbeat, while connected: what pull requests
+    /// to a missing consumer get.
+    Silent,
+    /// The server answered a pull request with this status (503 no responders, 404).
+    Status(StatusCode),
+}
+
+impl std::fmt::Display for Suspicion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Suspicion::Deleted => f.write_str("the server reported it deleted"),
+            Suspicion::Silent => f.write_str("pull requests got no answer"),
+            Suspicion::Status(code) => write!(f, "pull requests were answered with status {code}"),
+        }
+    }
+}
+
+/// A check of the consumer under way (kept across cancelled `next` calls).
+struct Recovery {
+    why: Suspicion,
+    /// Failed checks or recreations in a row.
+    failures: u32,
+}
+
+/// What checking a consumer that may be gone found.
+enum Found {
+    /// It is still there (the suspicion was wrong).
+    Unchanged,
+    /// It was gone, and exists again (recreated by brook, or by someone else).
+    Again(Target),
+}
+
+/// How a check ended, for `next`.
+enum Recovered {
+    /// Pull again.
+    Resume,
+    /// Report this error (the App logs it), then pull again.
+    Report(BrokerError),
+    /// The consumer cannot continue: yield this error, then `None`.
+    End(BrokerError),
 }
 
 struct JetStreamConsumer {
@@ -217,6 +329,10 @@ struct JetStreamConsumer {
     outstanding: usize,
     topic: Arc<str>,
     ended: bool,
+    /// What checking / recreating the consumer needs (boxed: rarely used).
+    setup: Box<Setup>,
+    /// Set while the consumer may be gone: `next` checks it (and recreates it) first.
+    recovery: Option<Recovery>,
 }
 
 impl JetStreamConsumer {
@@ -239,6 +355,16 @@ impl JetStreamConsumer {
             if self.ended {
                 return None;
             }
+            if self.recovery.is_some() {
+                match self.recover().await {
+                    Recovered::Resume => {}
+                    Recovered::Report(e) => return Some(Err(e)),
+                    Recovered::End(e) => {
+                        self.ended = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
             // Ask for more before running dry, so the next batch is on its way while this one
             // is handled.
             if self.outstanding <= self.batch / 2 {
@@ -254,13 +380,20 @@ impl JetStreamConsumer {
             let msg = match received {
                 Ok(Some(msg)) => msg,
                 Ok(None) => {
-                    // The connection was closed for good.
+                    // The connection was closed for good: say so once, then end.
                     self.ended = true;
-                    return None;
+                    return Some(Err(BrokerError::Closed(KIND)));
                 }
                 Err(_) => {
-                    tracing::debug!(broker = "nats", subject = %self.next_subject, "no heartbeat: pulling again");
                     self.outstanding = 0;
+                    if self.shared.client.connection_state() == State::Connected {
+                        // Lost (a reconnection drops pull requests on the server), or sent to
+                        // a consumer that no longer exists: those get no answer at all.
+                        tracing::debug!(broker = "nats", subject = %self.next_subject, "no heartbeat: checking the consumer, then pulling again");
+                        self.suspect(Suspicion::Silent);
+                    } else {
+                        tracing::debug!(broker = "nats", subject = %self.next_subject, "no heartbeat while disconnected: pulling again");
+                    }
                     continue;
                 }
             };
@@ -272,14 +405,9 @@ impl JetStreamConsumer {
                     self.request_ended(&msg);
                     let description = msg.description.unwrap_or_default();
                     if description.contains("Consumer Deleted") {
-                        self.ended = true;
-                        return Some(Err(BrokerError::Invalid {
-                            broker: KIND,
-                            message: format!(
-                                "the JetStream consumer behind {} was deleted",
-                                self.next_subject
-                            ),
-                        }));
+                        tracing::warn!(broker = "nats", subscriber = self.setup.sub.name(), stream = %self.setup.target.stream, consumer = %self.setup.target.consumer, "the JetStream consumer was deleted (or its stream was)");
+                        self.suspect(Suspicion::Deleted);
+                        continue;
                     }
                     if refused(&description) {
                         // The server refuses the request itself (the consumer's limits, or a
@@ -300,22 +428,146 @@ impl JetStreamConsumer {
                         tracing::debug!(broker = "nats", %description, "pull request terminated");
                     }
                 }
-                Some(StatusCode::NO_RESPONDERS) => {
-                    // JetStream is not answering (restarting, or the consumer's stream is
-                    // gone): report it, and do not hammer the server meanwhile.
+                Some(code @ (StatusCode::NO_RESPONDERS | StatusCode::NOT_FOUND)) => {
+                    // JetStream is not answering (restarting), or the consumer is gone (how
+                    // some servers answer a pull request to a missing consumer): find out.
                     self.outstanding = 0;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return Some(Err(BrokerError::operation(
-                        KIND,
-                        "pull request",
-                        format!("no responders on {}", self.next_subject),
-                    )));
+                    tracing::debug!(broker = "nats", status = %code, description = ?msg.description, subject = %self.next_subject, "pull request answered with an error status: checking the consumer");
+                    self.suspect(Suspicion::Status(code));
                 }
                 Some(other) => {
                     tracing::warn!(broker = "nats", status = %other, description = ?msg.description, "unexpected status on a pull request");
                 }
             }
         }
+    }
+
+    fn suspect(&mut self, why: Suspicion) {
+        if self.recovery.is_none() {
+            self.recovery = Some(Recovery { why, failures: 0 });
+        }
+    }
+
+    /// Finds out whether the consumer is still there; when it is not, recreates it through
+    /// [`setup::ensure`] (which refuses with `Invalid` when `create = false`, or when a
+    /// consumer recreated by someone else differs from the subscriber's settings).
+    async fn locate(&self, why: Suspicion) -> Result<Found, BrokerError> {
+        match setup::presence(&self.setup.js, &self.setup.target).await? {
+            // Still there, unless the server said it was deleted: then this is a new one
+            // (created by someone else), to be checked like any existing consumer.
+            Presence::Both if why != Suspicion::Deleted => return Ok(Found::Unchanged),
+            Presence::Both | Presence::NoConsumer => {}
+            Presence::NoStream if self.setup.opts.create => {
+                // The server removes a deleted stream's files after answering the deletion;
+                // a stream of the same name created meanwhile can lose its files to that
+                // (seen with nats-server 2.9). Give the removal a moment.
+                tokio::time::sleep(STREAM_RECREATE_DELAY).await;
+            }
+            Presence::NoStream => {}
+        }
+        let target = setup::ensure(&self.setup.js, &self.setup.sub, &self.setup.opts).await?;
+        Ok(Found::Again(target))
+    }
+
+    /// Checks (and recreates) the consumer after a suspicion, retrying failures with bounded
+    /// backoff. Cancel-safe: the state lives in `self.recovery` until the check is done.
+    async fn recover(&mut self) -> Recovered {
+        while let Some((why, failures)) = self.recovery.as_ref().map(|r| (r.why, r.failures)) {
+            if let Some(at) = self.setup.resumed_at {
+                // Gone again right after the last recreation: not in a tight loop.
+                tokio::time::sleep_until(at + RECREATE_INTERVAL).await;
+            }
+            let result = match tokio::time::timeout(CHECK_LIMIT, self.locate(why)).await {
+                Ok(result) => result,
+                Err(_) => Err(BrokerError::operation(
+                    KIND,
+                    "consumer info",
+                    format!("no answer within {CHECK_LIMIT:?}"),
+                )),
+            };
+            let error = match result {
+                Ok(Found::Unchanged) => {
+                    self.recovery = None;
+                    return match why {
+                        Suspicion::Silent => Recovered::Resume,
+                        // The consumer exists, yet pull requests fail: report it, and do not
+                        // hammer the server meanwhile.
+                        _ => {
+                            tokio::time::sleep(REFUSED_BACKOFF).await;
+                            Recovered::Report(BrokerError::operation(
+                                KIND,
+                                "pull request",
+                                format!("{why} on {}", self.next_subject),
+                            ))
+                        }
+                    };
+                }
+                Ok(Found::Again(target)) => match self.resume(target, why).await {
+                    Ok(()) => {
+                        self.recovery = None;
+                        return Recovered::Resume;
+                    }
+                    Err(e) => e,
+                },
+                Err(BrokerError::Invalid { message, .. }) => {
+                    // Not allowed to recreate it (create = false), or someone recreated it
+                    // differently: this subscriber cannot go on.
+                    return Recovered::End(BrokerError::Invalid {
+                        broker: KIND,
+                        message: format!(
+                            "the JetStream consumer `{}` on stream `{}` is gone ({why}) and cannot be recreated: {message}",
+                            self.setup.target.consumer,
+                            self.setup.target.stream
+                        ),
+                    });
+                }
+                Err(e) => e,
+            };
+            // A failure of the check itself (JetStream not answering, creation refused).
+            let connected = self.shared.client.connection_state() == State::Connected;
+            let failures = if connected { failures + 1 } else { failures };
+            if failures >= RECOVERY_ATTEMPTS {
+                return Recovered::End(BrokerError::operation(
+                    KIND,
+                    "recreate consumer",
+                    format!(
+                        "the JetStream consumer `{}` on stream `{}` may be gone ({why}); {failures} attempts to check or recreate it failed, the last with: {error}",
+                        self.setup.target.consumer,
+                        self.setup.target.stream
+                    ),
+                ));
+            }
+            if let Some(r) = self.recovery.as_mut() {
+                r.failures = failures;
+            }
+            let delay = RECOVERY_BACKOFF
+                .saturating_mul(1 << failures.saturating_sub(1).min(10))
+                .min(RECOVERY_BACKOFF_MAX);
+            tracing::warn!(broker = "nats", subscriber = self.setup.sub.name(), stream = %self.setup.target.stream, consumer = %self.setup.target.consumer, %error, attempt = failures, retry_in = ?delay, "cannot check or recreate the JetStream consumer yet");
+            tokio::time::sleep(delay).await;
+        }
+        Recovered::Resume
+    }
+
+    /// Goes on with the consumer found or recreated: a new pull inbox (what is still on its
+    /// way to the old one came from the deleted consumer), and a new list of unsettled
+    /// deliveries (those of the deleted consumer can no longer be settled).
+    async fn resume(&mut self, target: Target, why: Suspicion) -> Result<(), BrokerError> {
+        let (inbox, subscriber) = subscribe_inbox(&self.shared.client).await?;
+        if target.created {
+            tracing::info!(broker = "nats", subscriber = self.setup.sub.name(), stream = %target.stream, consumer = %target.consumer, reason = %why, "the JetStream consumer was gone: recreated it with the subscriber's settings; consuming again");
+        } else {
+            tracing::info!(broker = "nats", subscriber = self.setup.sub.name(), stream = %target.stream, consumer = %target.consumer, reason = %why, "the JetStream consumer was gone and exists again (recreated elsewhere); consuming again");
+        }
+        // Dropping the old subscriber unsubscribes its inbox.
+        self.subscriber = subscriber;
+        self.inbox = inbox;
+        self.shared = Shared::new(self.shared.client.clone(), self.shared.confirm_ack);
+        self.next_subject = next_subject(&target);
+        self.setup.target = target;
+        self.outstanding = 0;
+        self.setup.resumed_at = Some(tokio::time::Instant::now());
+        Ok(())
     }
 
     fn deliver(&mut self, msg: async_nats::Message) -> Message {

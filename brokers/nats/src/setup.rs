@@ -24,6 +24,42 @@ const EPHEMERAL_INACTIVE: Duration = Duration::from_secs(300);
 pub(crate) struct Target {
     pub(crate) stream: String,
     pub(crate) consumer: String,
+    /// Whether [`ensure`] created the consumer (or its stream) rather than finding it.
+    pub(crate) created: bool,
+}
+
+/// Whether a stream lookup failed because the stream does not exist.
+fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// What the server has of a subscriber's consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// The stream and the consumer exist.
+    Both,
+    /// The stream exists, the consumer does not.
+    NoConsumer,
+    /// The stream does not exist (nor, then, the consumer).
+    NoStream,
+}
+
+/// Whether `target`'s consumer and its stream still exist on the server. Only an answer of the
+/// server counts: a request that gets none is an error.
+pub(crate) async fn presence(
+    js: &jetstream::Context,
+    target: &Target,
+) -> Result<Presence, BrokerError> {
+    let stream = match js.get_stream(&target.stream).await {
+        Ok(stream) => stream,
+        Err(e) if stream_not_found(&e) => return Ok(Presence::NoStream),
+        Err(e) => return Err(BrokerError::operation(KIND, "stream info", e)),
+    };
+    match stream.consumer_info(&target.consumer).await {
+        Ok(_) => Ok(Presence::Both),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(Presence::NoConsumer),
+        Err(e) => Err(BrokerError::operation(KIND, "consumer info", e)),
+    }
 }
 
 fn invalid(message: String) -> BrokerError {
@@ -70,10 +106,10 @@ pub(crate) async fn ensure(
     let create = opts.create;
     let wanted = wanted(subject, opts);
 
+    let mut created = false;
     let stream = match js.get_stream(stream_name).await {
         Ok(stream) => stream,
-        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-        {
+        Err(e) if stream_not_found(&e) => {
             if !create {
                 return Err(invalid(format!(
                     "stream `{stream_name}` does not exist and create = false"
@@ -91,7 +127,10 @@ pub(crate) async fn ensure(
                 ..Default::default()
             };
             match js.create_stream(config).await {
-                Ok(stream) => stream,
+                Ok(stream) => {
+                    created = true;
+                    stream
+                }
                 // Another subscriber may have created it meanwhile: use that one.
                 Err(create_error) => js
                     .get_stream(stream_name)
@@ -111,6 +150,7 @@ pub(crate) async fn ensure(
         return Ok(Target {
             stream: stream_name.to_owned(),
             consumer: name,
+            created: true,
         });
     };
 
@@ -125,13 +165,15 @@ pub(crate) async fn ensure(
                 )));
             }
             tracing::info!(broker = "nats", stream = stream_name, consumer = %durable, subject, "creating the durable consumer");
-            if let Err(create_error) = stream.create_consumer(wanted.clone()).await {
-                // Created by a concurrent subscriber? Then it must match too.
-                let info = stream
-                    .consumer_info(&durable)
-                    .await
-                    .map_err(|_| BrokerError::operation(KIND, "create consumer", create_error))?;
-                check(stream_name, &durable, sub, opts, &wanted, &info.config)?;
+            match stream.create_consumer(wanted.clone()).await {
+                Ok(_) => created = true,
+                Err(create_error) => {
+                    // Created by a concurrent subscriber? Then it must match too.
+                    let info = stream.consumer_info(&durable).await.map_err(|_| {
+                        BrokerError::operation(KIND, "create consumer", create_error)
+                    })?;
+                    check(stream_name, &durable, sub, opts, &wanted, &info.config)?;
+                }
             }
         }
         Err(e) => return Err(BrokerError::operation(KIND, "consumer info", e)),
@@ -139,6 +181,7 @@ pub(crate) async fn ensure(
     Ok(Target {
         stream: stream_name.to_owned(),
         consumer: durable,
+        created,
     })
 }
 

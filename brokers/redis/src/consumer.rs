@@ -10,7 +10,9 @@
 //!   claims and dead-lettering go through the broker's shared connection, so they never wait
 //!   behind a blocked read. The consumer keeps the ids it has handed out (`in_flight`) and the
 //!   ones nacked and waiting for redelivery, so that re-reading its own pending entries (at start
-//!   and after a reconnect) and XAUTOCLAIM never hand out an entry twice.
+//!   and after a reconnect) and XAUTOCLAIM never hand out an entry twice. A heartbeat task keeps
+//!   the consumer's liveness key alive, and the consumer takes over what gone consumers of its
+//!   group left pending ([`crate::liveness`]).
 //!
 //! Every read that blocks is kept in the consumer across calls to `next()`, so a `next()`
 //! cancelled by shutdown loses nothing: `close()` finishes or interrupts (CLIENT UNBLOCK) the
@@ -30,6 +32,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
 use crate::envelope;
+use crate::liveness;
 use crate::message::{op_error, NoAckSettler, RedisMessage, RedisSource, StreamSettler};
 use crate::wire::{self, s, DATA_FIELD};
 
@@ -56,9 +59,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///   out are pushed back to the head of the list.
 /// - Stream with a group: XREADGROUP; nacked entries are claimed again (XCLAIM), its own stale
 ///   pending entries are re-read at start and after a reconnect, other consumers' idle ones
-///   are claimed (XAUTOCLAIM after `min_idle_ms`). On close, entries it still holds are handed
-///   back (`XCLAIM ... IDLE <ten years> JUSTID`), so the group's other consumers take them at
-///   once instead of after `min_idle_ms`.
+///   are claimed (XAUTOCLAIM after `min_idle_ms`), and those of gone consumers (see
+///   `crate::liveness`: a liveness key with a TTL per consumer) whatever `min_idle_ms` says.
+///   On close, entries it still holds are handed back (`XCLAIM ... IDLE <ten years> JUSTID`,
+///   and under AckFirst the NOACK entries no handler saw are put back with `FORCE`), and its
+///   liveness key is deleted, so the group's other consumers take them over within a second.
 /// - Stream without a group: XREAD from the entries added after the start.
 pub struct RedisConsumer {
     pub(crate) inner: Kind,
@@ -298,6 +303,10 @@ struct StreamState {
     nacked: Vec<Nacked>,
     /// Re-read this consumer's own pending entries (start, reconnect).
     rescan: bool,
+    /// Read with NOACK (AckFirst) and dropped without being settled, i.e. never handed to a
+    /// handler (still in the buffer or the engine's queue at shutdown): put back in the pending
+    /// list on close, so a graceful stop loses none.
+    abandoned: Vec<Arc<str>>,
 }
 
 struct Nacked {
@@ -344,6 +353,11 @@ impl StreamShared {
 
     pub(crate) fn forget(&self, id: &str) {
         lock(&self.state).in_flight.remove(id);
+    }
+
+    /// A NOACK entry that no handler saw (see [`StreamState::abandoned`]).
+    pub(crate) fn abandon(&self, id: Arc<str>) {
+        lock(&self.state).abandoned.push(id);
     }
 
     fn known(&self, id: &str) -> bool {
@@ -464,6 +478,18 @@ pub(crate) struct StreamConsumer {
     pub read: Option<BoxFuture<'static, Result<Value, fred::error::Error>>>,
     pub next_claim: Instant,
     pub claim_cursor: String,
+    /// With a group: this consumer's liveness key and the search for gone consumers.
+    pub liveness: Option<Liveness>,
+}
+
+/// A grouped stream consumer's part in [`crate::liveness`].
+pub(crate) struct Liveness {
+    pub keys: liveness::Keys,
+    /// Renews this consumer's liveness key; stopped first thing on close.
+    pub heartbeat: Option<liveness::Heartbeat>,
+    /// When to look for gone consumers next.
+    pub next_check: Instant,
+    pub check_every: Duration,
 }
 
 impl StreamConsumer {
@@ -645,9 +671,10 @@ impl StreamConsumer {
         let far = Instant::now() + Duration::from_secs(3600);
         let st = lock(&self.shared.state);
         let nack = st.nacked.iter().map(|n| n.due).min().unwrap_or(far);
+        let check = self.liveness.as_ref().map_or(far, |l| l.next_check);
         match self.min_idle {
-            Some(_) if self.shared.group.is_some() => nack.min(self.next_claim),
-            _ => nack,
+            Some(_) if self.shared.group.is_some() => nack.min(self.next_claim).min(check),
+            _ => nack.min(check),
         }
     }
 
@@ -670,6 +697,77 @@ impl StreamConsumer {
         if let Some(min_idle) = self.min_idle {
             if Instant::now() >= self.next_claim {
                 self.autoclaim(min_idle).await?;
+            }
+        }
+        if self
+            .liveness
+            .as_ref()
+            .is_some_and(|l| Instant::now() >= l.next_check)
+        {
+            self.take_over_gone().await?;
+        }
+        Ok(())
+    }
+
+    /// Claims the entries that gone consumers (see [`crate::liveness`]) left pending, whatever
+    /// `min_idle_ms` says, at most `batch` per call; removes gone consumers that hold nothing.
+    async fn take_over_gone(&mut self) -> Result<(), BrokerError> {
+        let Some(l) = &mut self.liveness else {
+            return Ok(());
+        };
+        l.next_check = Instant::now() + l.check_every;
+        let keys = l.keys.clone();
+        let sh = self.shared.clone();
+        let gone = liveness::gone(&sh.client, &keys, &sh.consumer).await?;
+        let mut room = self.batch;
+        for (name, generated) in gone {
+            if room == 0 {
+                // More to take: carry on at the next call rather than buffer without bound.
+                if let Some(l) = &mut self.liveness {
+                    l.next_check = Instant::now();
+                }
+                break;
+            }
+            let reply = wire::call(
+                &sh.client,
+                "XPENDING",
+                false,
+                vec![
+                    s(&sh.stream),
+                    s(sh.group()),
+                    s("-"),
+                    s("+"),
+                    Value::from(i64::try_from(room).unwrap_or(i64::MAX)),
+                    s(&name),
+                ],
+            )
+            .await
+            .map_err(|e| op_error("XPENDING", e))?;
+            let rows = wire::pending(reply);
+            let full = rows.len() as u64 >= room;
+            if !rows.is_empty() {
+                // No lower than the least idle one: an entry another consumer took over in the
+                // meantime (its idle time reset) stays with it. Never 0, which would disable the
+                // check.
+                let min_idle_ms = rows.iter().map(|r| r.idle_ms).min().unwrap_or(0).max(1);
+                let ids: Vec<_> = rows
+                    .into_iter()
+                    .filter(|r| !sh.known(&r.id))
+                    .map(|r| (r.id, r.deliveries))
+                    .collect();
+                room = room.saturating_sub(ids.len() as u64);
+                tracing::info!(stream = %sh.stream, group = %sh.group(), gone = %name, count = ids.len(), "taking over the pending entries of a consumer that is gone");
+                self.claim(ids, min_idle_ms).await?;
+            }
+            if full {
+                if let Some(l) = &mut self.liveness {
+                    l.next_check = Instant::now();
+                }
+                continue;
+            }
+            if liveness::retire(&sh.client, &sh.stream, sh.group(), &keys, &name, generated).await?
+            {
+                tracing::debug!(stream = %sh.stream, group = %sh.group(), gone = %name, "removed a gone consumer that holds nothing");
             }
         }
         Ok(())
@@ -857,17 +955,59 @@ impl StreamConsumer {
     }
 
     async fn close(mut self) -> Result<(), BrokerError> {
-        if let Some(read) = self.read.take() {
-            // Whatever it returns is in this consumer's pending list: handed back below.
-            let _ = interrupt(&self.reader, read).await;
+        // No renewal may follow the DEL of the liveness key below.
+        let liveness = self.liveness.take();
+        let (keys, heartbeat) = match liveness {
+            Some(l) => (Some(l.keys), l.heartbeat),
+            None => (None, None),
+        };
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.stop().await;
         }
+        let grouped = self.shared.group.is_some();
+        let mut unread = Vec::new();
+        if let Some(read) = self.read.take() {
+            // Without NOACK, whatever it returns is in this consumer's pending list: handed back
+            // below. With NOACK, Redis acknowledged it already: put it back.
+            if let Some(Ok(reply)) = interrupt(&self.reader, read).await {
+                if grouped && self.noack {
+                    unread.extend(
+                        wire::xread_entries(reply)
+                            .into_iter()
+                            .filter(|(_, fields)| fields.is_some())
+                            .map(|(id, _)| id),
+                    );
+                }
+            }
+        }
+        // Dropping NOACK messages unsettled records them as abandoned.
         self.buffer.clear();
         let sh = self.shared.clone();
         let mut result = Ok(());
-        // Under NOACK nothing is pending, but a generated consumer name still has to leave the
-        // group, or every restart adds one more consumer to it.
-        if sh.group.is_some() {
-            result = hand_back(&sh, self.generated_name).await;
+        if grouped {
+            unread.extend(std::mem::take(&mut lock(&sh.state).abandoned));
+            result = hand_back(&sh, unread).await;
+            if let Some(keys) = keys {
+                // Gone from now on: the group's other consumers take over what it still holds,
+                // whatever their `min_idle_ms`. Without pending entries it leaves the registry
+                // (and the group, when its name was generated: else every restart would add one
+                // more consumer to it).
+                let left = async {
+                    liveness::forget(&sh.client, &keys, &sh.consumer).await?;
+                    liveness::retire(
+                        &sh.client,
+                        &sh.stream,
+                        sh.group(),
+                        &keys,
+                        &sh.consumer,
+                        self.generated_name,
+                    )
+                    .await
+                    .map(drop)
+                }
+                .await;
+                result = result.and(left);
+            }
         }
         quit(&self.reader, "stream consumer").await;
         result
@@ -903,66 +1043,68 @@ async fn own_pending<'a>(
 }
 
 /// Marks every entry the consumer still holds as idle for years, so that the group's other
-/// consumers claim it at their next XAUTOCLAIM instead of after `min_idle`; removes the consumer
-/// from the group when it holds nothing and its name was generated.
-async fn hand_back(sh: &StreamShared, generated_name: bool) -> Result<(), BrokerError> {
-    {
-        let reply = wire::call(
-            &sh.client,
-            "XPENDING",
-            false,
-            vec![
-                s(&sh.stream),
-                s(sh.group()),
-                s("-"),
-                s("+"),
-                Value::from(1_000_000i64),
-                s(&sh.consumer),
-            ],
-        )
-        .await
-        .map_err(|e| op_error("XPENDING", e))?;
-        let held = wire::pending(reply);
-        if held.is_empty() {
-            if generated_name {
-                wire::call_at(
-                    &sh.client,
-                    "XGROUP",
-                    false,
-                    1,
-                    vec![
-                        s("DELCONSUMER"),
-                        s(&sh.stream),
-                        s(sh.group()),
-                        s(&sh.consumer),
-                    ],
-                )
-                .await
-                .map_err(|e| op_error("XGROUP DELCONSUMER", e))?;
-            }
-            return Ok(());
-        }
-        tracing::debug!(stream = %sh.stream, count = held.len(), "handing unsettled entries back to the group");
-        // As idle as the least idle one was: an entry another consumer claimed in the meantime
-        // stays with it.
-        let min_idle_ms = held.iter().map(|p| p.idle_ms).min().unwrap_or(0);
+/// consumers claim it at their next XAUTOCLAIM instead of after `min_idle`, and puts the NOACK
+/// entries no handler saw (`unread`) back in its pending list (`XCLAIM ... FORCE`), marked the
+/// same way.
+async fn hand_back(sh: &StreamShared, unread: Vec<Arc<str>>) -> Result<(), BrokerError> {
+    if !unread.is_empty() {
+        tracing::debug!(stream = %sh.stream, count = unread.len(), "putting entries read with NOACK but never handled back in the pending list");
         let mut args = vec![
             s(&sh.stream),
             s(sh.group()),
             s(&sh.consumer),
-            Value::from(i64::try_from(min_idle_ms).unwrap_or(i64::MAX)),
+            Value::from(0i64),
         ];
-        args.extend(held.iter().map(|p| s(&p.id)));
+        args.extend(unread.iter().map(|id| s(id)));
         args.extend([
             s("IDLE"),
             Value::from(HAND_BACK_IDLE_MS as i64),
+            s("FORCE"),
             s("JUSTID"),
         ]);
         wire::call(&sh.client, "XCLAIM", false, args)
             .await
-            .map_err(|e| op_error("XCLAIM (hand back)", e))?;
-        Ok(())
+            .map_err(|e| op_error("XCLAIM FORCE (put back unhandled NOACK entries)", e))?;
     }
+    let reply = wire::call(
+        &sh.client,
+        "XPENDING",
+        false,
+        vec![
+            s(&sh.stream),
+            s(sh.group()),
+            s("-"),
+            s("+"),
+            Value::from(1_000_000i64),
+            s(&sh.consumer),
+        ],
+    )
+    .await
+    .map_err(|e| op_error("XPENDING", e))?;
+    let held = wire::pending(reply);
+    if held.is_empty() {
+        return Ok(());
+    }
+    tracing::debug!(stream = %sh.stream, count = held.len(), "handing unsettled entries back to the group");
+    // As idle as the least idle one was: an entry another consumer claimed in the meantime
+    // stays with it.
+    let min_idle_ms = held.iter().map(|p| p.idle_ms).min().unwrap_or(0);
+    let mut args = vec![
+        s(&sh.stream),
+        s(sh.group()),
+        s(&sh.consumer),
+        Value::from(i64::try_from(min_idle_ms).unwrap_or(i64::MAX)),
+    ];
+    args.extend(held.iter().map(|p| s(&p.id)));
+    args.extend([
+        s("IDLE"),
+        Value::from(HAND_BACK_IDLE_MS as i64),
+        s("JUSTID"),
+    ]);
+    wire::call(&sh.client, "XCLAIM", false, args)
+        .await
+        .map_err(|e| op_error("XCLAIM (hand back)", e))?;
+    Ok(())
 }
 
 /// After NOGROUP (the stream was deleted, or the group destroyed): creates the group again, so

@@ -22,10 +22,15 @@
 //!
 //! Anything else is a raw payload with no headers, as FastStream treats it too.
 //!
-//! One deliberate difference: FastStream writes a header's *character* count as its length, which
-//! is wrong for non-ASCII names or values; brook writes the UTF-8 byte length (identical for ASCII,
-//! which is what FastStream's own headers use). On reading, brook uses the lengths as written and
-//! checks them against the buffer.
+//! One deliberate difference: FastStream (0.7.8 and earlier) writes a header's *character* count
+//! as its length (Python's `len(str)`) but the name's or value's UTF-8 bytes after it, which is
+//! wrong for non-ASCII names or values (FastStream cannot read such a message back itself); brook
+//! writes the UTF-8 byte length (identical for ASCII, which is what FastStream's own headers
+//! use). On reading, brook recovers FastStream's headers too: the header block ends where the
+//! payload starts (`data_start`, which FastStream computes from the real bytes), so brook reads
+//! the lengths as byte counts if that makes every name and value valid UTF-8 and ends exactly at
+//! `data_start`, else as character counts if *that* does, else (neither fits: neither brook nor
+//! FastStream wrote it) as byte counts checked against the buffer, invalid UTF-8 replaced.
 
 use brook_runtime::Headers;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -123,20 +128,84 @@ fn decode_binary(wire: &Bytes) -> Option<(Bytes, Headers)> {
         return None;
     }
     let count = u16_at(headers_start)?;
-    let mut at = headers_start + 2;
-    let mut headers = Headers::new();
+    let first = headers_start + 2;
+    let headers = read_headers(wire, first, count, data_start, Lengths::Bytes)
+        .or_else(|| read_headers(wire, first, count, data_start, Lengths::Chars))
+        .or_else(|| read_headers_lossy(wire, first, count))?;
+    Some((wire.slice(data_start..), headers))
+}
+
+/// What a header's `u16` length counts.
+#[derive(Clone, Copy)]
+enum Lengths {
+    /// UTF-8 bytes: brook, and FastStream for ASCII.
+    Bytes,
+    /// Characters: FastStream for non-ASCII names and values (its bytes follow in full).
+    Chars,
+}
+
+/// The headers at `at`, read strictly: every name and value valid UTF-8 and the last one ending
+/// exactly at `end` (the payload's offset).
+fn read_headers(
+    wire: &[u8],
+    mut at: usize,
+    count: u16,
+    end: usize,
+    lengths: Lengths,
+) -> Option<Headers> {
+    let block = wire.get(..end)?;
     let string = |at: &mut usize| -> Option<String> {
-        let len = u16_at(*at)? as usize;
-        let bytes = wire.get(*at + 2..*at + 2 + len)?;
-        *at += 2 + len;
-        Some(String::from_utf8_lossy(bytes).into_owned())
+        let len = u16::from_be_bytes(block.get(*at..*at + 2)?.try_into().ok()?) as usize;
+        let from = *at + 2;
+        let size = match lengths {
+            Lengths::Bytes => len,
+            Lengths::Chars => utf8_size_of_chars(block.get(from..)?, len)?,
+        };
+        let text = std::str::from_utf8(block.get(from..from + size)?).ok()?;
+        *at = from + size;
+        Some(text.to_owned())
     };
+    let mut headers = Headers::new();
     for _ in 0..count {
         let name = string(&mut at)?;
         let value = string(&mut at)?;
         headers.insert(name, value);
     }
-    Some((wire.slice(data_start..), headers))
+    (at == end).then_some(headers)
+}
+
+/// How many bytes the first `chars` UTF-8 characters of `bytes` take (by their lead bytes; the
+/// caller validates the slice).
+fn utf8_size_of_chars(bytes: &[u8], chars: usize) -> Option<usize> {
+    let mut size = 0;
+    for _ in 0..chars {
+        size += match *bytes.get(size)? {
+            0x00..=0x7f => 1,
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => return None,
+        };
+    }
+    (size <= bytes.len()).then_some(size)
+}
+
+/// The headers at `at` with the lengths taken as byte counts and checked against the buffer
+/// only; invalid UTF-8 is replaced.
+fn read_headers_lossy(wire: &[u8], mut at: usize, count: u16) -> Option<Headers> {
+    let string = |at: &mut usize| -> Option<String> {
+        let len = u16::from_be_bytes(wire.get(*at..*at + 2)?.try_into().ok()?) as usize;
+        let bytes = wire.get(*at + 2..*at + 2 + len)?;
+        *at += 2 + len;
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    };
+    let mut headers = Headers::new();
+    for _ in 0..count {
+        let name = string(&mut at)?;
+        let value = string(&mut at)?;
+        headers.insert(name, value);
+    }
+    Some(headers)
 }
 
 fn decode_json(wire: &Bytes) -> Option<(Bytes, Headers)> {
@@ -203,6 +272,60 @@ mod tests {
 
         let ours = encode(body, &pairs.iter().copied().collect()).unwrap();
         assert_eq!(ours, theirs, "brook writes exactly what FastStream writes");
+    }
+
+    /// Bytes exactly as FastStream 0.7.8's `BinaryMessageFormatV1.encode` writes them for
+    /// `str` headers: `write_string` puts `len(data)` (characters) before `data.encode()`
+    /// (bytes), while `data_start` comes from the length of the written header bytes.
+    pub(crate) fn faststream_078_bytes(headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut h = Vec::new();
+        for (k, v) in headers {
+            for s in [k, v] {
+                h.extend((s.chars().count() as u16).to_be_bytes());
+                h.extend(s.as_bytes());
+            }
+        }
+        let mut out = b"\x89BIN\r\n\x1a\n".to_vec();
+        out.extend(1u16.to_be_bytes());
+        out.extend(18u32.to_be_bytes());
+        out.extend((20 + h.len() as u32).to_be_bytes());
+        out.extend((headers.len() as u16).to_be_bytes());
+        out.extend(h);
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn faststreams_character_counted_non_ascii_headers_are_read_whole() {
+        let pairs = [
+            ("x-tenant", "acme-é"),
+            ("x-city", "Zürich"),
+            ("correlation_id", "c-1"),
+            ("x-ünïcode-name", "日本語 ok"),
+            ("x-emoji", "🦀🦀"),
+        ];
+        let wire = Bytes::from(faststream_078_bytes(&pairs, b"{\"id\":1}"));
+        let (body, headers) = decode(&wire);
+        assert_eq!(&body[..], b"{\"id\":1}");
+        assert_eq!(headers.iter().collect::<Vec<_>>(), pairs.to_vec());
+        // The last header alone (the payload right after it) is recovered as well.
+        let wire = Bytes::from(faststream_078_bytes(&[("x-tenant", "acme-é")], b"x"));
+        assert_eq!(decode(&wire).1.get("x-tenant"), Some("acme-é"));
+    }
+
+    #[test]
+    fn brook_keeps_writing_byte_lengths() {
+        let headers: Headers = [("x-city", "Zürich")].into_iter().collect();
+        let ours = encode(b"", &headers).unwrap();
+        // count, then u16 6 "x-city", then u16 7 (bytes, not FastStream's 6 characters).
+        assert_eq!(&ours[18..20], &1u16.to_be_bytes());
+        assert_eq!(&ours[28..30], &7u16.to_be_bytes());
+        assert_eq!(&ours[30..], "Zürich".as_bytes());
+        assert_eq!(decode(&ours).1, headers);
+        assert_ne!(
+            &ours[..],
+            &faststream_078_bytes(&[("x-city", "Zürich")], b"")[..]
+        );
     }
 
     #[test]

@@ -23,9 +23,13 @@
 //! | AckFirst | `XREADGROUP ... NOACK`: Redis acknowledges on delivery |
 //!
 //! The delivery count is Redis's own (XPENDING's "times delivered"), so `max_deliveries` works.
-//! Entries a crashed consumer left pending are claimed by the group's other consumers with
-//! `XAUTOCLAIM` once idle longer than `min_idle_ms` (default 60 000; 0 turns claiming off).
-//! A consumer that shuts down hands its unsettled entries back at once (see
+//! Every stream consumer of a group keeps a liveness key with a TTL
+//! ([`RedisBroker::liveness_timeout`], default 10 s); entries of a consumer that is gone (closed,
+//! or its key lapsed after a crash) are taken over by the group's other consumers within about a
+//! second, whatever their `min_idle_ms`, and the gone consumer is removed from the group once it
+//! holds nothing. `min_idle_ms` (default 60 000; 0 turns it off) is for entries of consumers that
+//! are alive but slow or stuck, and of other clients' consumers: `XAUTOCLAIM` takes them once
+//! idle that long. A consumer that shuts down hands its unsettled entries back at once (see
 //! [`RedisConsumer`]).
 //!
 //! Payloads travel in FastStream's binary envelope so headers survive ([`envelope`]); publish
@@ -36,6 +40,7 @@
 mod consumer;
 mod destination;
 pub mod envelope;
+mod liveness;
 mod message;
 mod wire;
 
@@ -71,6 +76,11 @@ use wire::s;
 pub const DEFAULT_MIN_IDLE: Duration = Duration::from_secs(60);
 /// Default `batch` for streams (at least the subscriber's concurrency).
 pub const DEFAULT_BATCH: u64 = 10;
+/// Default [`RedisBroker::liveness_timeout`]: how long after its last heartbeat a stream consumer
+/// counts as gone, so that the group's other consumers take over its pending entries.
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a stream consumer looks for gone consumers of its group, at most.
+const GONE_CHECK: Duration = Duration::from_secs(1);
 
 /// A Redis client for brook. Cheap to clone; clones share the connection used for publishing
 /// and settling. Each subscriber gets a connection of its own, since blocking reads (XREADGROUP,
@@ -102,6 +112,7 @@ struct Settings {
     reconnect_max_delay: Duration,
     envelope: Envelope,
     broadcast_capacity: usize,
+    liveness_timeout: Duration,
 }
 
 impl RedisBroker {
@@ -117,6 +128,7 @@ impl RedisBroker {
                 reconnect_max_delay: Duration::from_secs(2),
                 envelope: Envelope::Binary,
                 broadcast_capacity: 4096,
+                liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             }),
             client: Arc::new(OnceCell::new()),
         }
@@ -154,6 +166,20 @@ impl RedisBroker {
     /// dropped (default 4096).
     pub fn channel_capacity(mut self, capacity: usize) -> Self {
         self.settings_mut().broadcast_capacity = capacity.max(1);
+        self
+    }
+
+    /// How long a stream consumer of a group may go without renewing its liveness key before
+    /// the group's other consumers treat it as gone and take over its pending entries (default
+    /// [`DEFAULT_LIVENESS_TIMEOUT`], 10 s; at least 100 ms). The key is renewed four times per
+    /// timeout by a task of its own, so long handler runs do not count; a process that cannot
+    /// reach Redis for this long (or is frozen) does. This is how long entries of a crashed
+    /// consumer wait, plus up to a second; a consumer that closes hands its entries over at once.
+    ///
+    /// Set on the broker that runs the consumer: each consumer writes its own key with its own
+    /// timeout.
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.settings_mut().liveness_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 
@@ -415,8 +441,32 @@ impl Broker for RedisBroker {
                         .first()
                         .map_or_else(|| "0-0".to_owned(), |(id, _)| id.to_string())
                 };
+                // Registered (and alive) before the first read, so that no other consumer
+                // mistakes it for a gone one.
+                let liveness = match &group {
+                    Some(group) => {
+                        let ttl = self.settings.liveness_timeout;
+                        let keys = liveness::Keys::new(&name, group);
+                        let beat = liveness::Beat {
+                            client: shared_client.clone(),
+                            keys: keys.clone(),
+                            consumer: consumer.as_str().into(),
+                            generated,
+                            ttl,
+                        };
+                        beat.once().await?;
+                        Some(consumer::Liveness {
+                            keys,
+                            heartbeat: Some(beat.spawn()),
+                            next_check: Instant::now(),
+                            check_every: (ttl / 4).min(GONE_CHECK),
+                        })
+                    }
+                    None => None,
+                };
                 // Opened last: a failure above must not leave a connection (and its reconnect
-                // loop) behind.
+                // loop) behind. (A liveness key left by a failure here lapses, and the
+                // registration is removed by the group's other consumers.)
                 let reader = self.reader().await?;
                 let min_idle = match stream.min_idle {
                     Some(d) if d.is_zero() => None,
@@ -445,6 +495,7 @@ impl Broker for RedisBroker {
                     read: None,
                     next_claim: Instant::now(),
                     claim_cursor: "0-0".to_owned(),
+                    liveness,
                 }))
             }
         };

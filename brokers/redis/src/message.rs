@@ -154,9 +154,18 @@ impl Drop for StreamSettler {
     /// `min_idle_ms`, and a close hands it back. Kept as "in flight", it would never come back
     /// while this consumer runs, and this consumer's own XAUTOCLAIM would keep raising its
     /// delivery count without delivering it.
+    ///
+    /// A NOACK message (AckFirst) dropped unsettled never reached a handler (the engine acks
+    /// it first thing): Redis acknowledged it on delivery, so the consumer puts it back in the
+    /// pending list when it closes.
     fn drop(&mut self) {
-        if self.pending && !self.settled.load(Ordering::Acquire) {
+        if self.settled.load(Ordering::Acquire) {
+            return;
+        }
+        if self.pending {
             self.shared.forget(&self.id);
+        } else {
+            self.shared.abandon(self.id.clone());
         }
     }
 }

@@ -67,6 +67,28 @@ pub(crate) fn xread_entries(v: Value) -> Vec<(Arc<str>, Option<Fields>)> {
     }
 }
 
+/// A hash's field/value pairs (HGETALL: a flat array in RESP2, a map in RESP3).
+pub(crate) fn pairs(v: Value) -> Vec<(Arc<str>, Arc<str>)> {
+    match v {
+        Value::Array(flat) => {
+            let mut flat = flat.into_iter();
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    out.push((k, v));
+                }
+            }
+            out
+        }
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(Value::from(k))?, text(v)?)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// One row of the extended XPENDING form.
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {

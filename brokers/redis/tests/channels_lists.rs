@@ -248,3 +248,56 @@ async fn a_failed_list_element_is_gone_whatever_the_policy_since_lists_do_not_ac
         "nothing is put back after a failure"
     );
 }
+
+/// AckFirst on a list with LPOP COUNT and handlers running concurrently: a graceful stop hands
+/// out nothing more; what was popped and queued for a handler is handled, what was popped but
+/// not handed out is back at the head of the list, in order. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_under_ack_first_loses_no_popped_list_element() {
+    let (list, c, broker) = (unique("list-ackfirst"), raw().await, RedisBroker::new(URL));
+    for i in 0..10u32 {
+        broker.publish(&i, &format!("list:{list}")).await.unwrap();
+    }
+    let release = Arc::new(Notify::new());
+    let r = release.clone();
+    let sub = subscription(vec![
+        ("list", list.clone().into()),
+        ("batch", 10u64.into()),
+        ("concurrency", 2u64.into()),
+        ("ack_policy", AckPolicy::AckFirst.into()),
+    ]);
+    let mut run = start(broker.clone(), sub, WAIT, move |s| {
+        if s.body == Bytes::from_static(b"0") {
+            Act::WaitThenOk(r.clone())
+        } else {
+            Act::SleepThenOk(std::time::Duration::from_millis(200))
+        }
+    })
+    .await;
+    let mut handled = vec![run.next().await.body, run.next().await.body];
+    assert_eq!(llen(&c, &list).await, 0, "one LPOP took all ten");
+    let app = run.app.take().unwrap();
+    let stopping = tokio::spawn(app.stop());
+    release.notify_one();
+    stopping.await.unwrap().unwrap();
+    while let Ok(seen) = run.seen.try_recv() {
+        handled.push(seen.body);
+    }
+    handled.sort_by_key(|b| std::str::from_utf8(b).unwrap().parse::<u32>().unwrap());
+    let back: Vec<Bytes> = lrange(&c, &list)
+        .await
+        .iter()
+        .map(|b| brook_redis::envelope::decode(b).0)
+        .collect();
+    assert!(
+        !back.is_empty(),
+        "the stop came while elements were buffered"
+    );
+    assert_eq!(
+        [handled.clone(), back].concat(),
+        (0..10u32)
+            .map(|i| Bytes::from(i.to_string()))
+            .collect::<Vec<_>>(),
+        "handled {handled:?}; the rest must be back at the head, in order"
+    );
+}

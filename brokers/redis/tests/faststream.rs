@@ -30,6 +30,28 @@ fn faststream_binary(headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What FastStream 0.7.8's `BinaryMessageFormatV1.encode` really writes for `str` headers:
+/// `BinaryWriter.write_string` puts `len(data)`, the *character* count, before `data.encode()`,
+/// the UTF-8 bytes; `data_start` is computed from the length of the header bytes written. For
+/// ASCII this is [`faststream_binary`]; for "Zürich" the length says 6 where 7 bytes follow.
+fn faststream_078_binary(headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    for (k, v) in headers {
+        for s in [k, v] {
+            h.extend((s.chars().count() as u16).to_be_bytes());
+            h.extend(s.as_bytes());
+        }
+    }
+    let mut out = b"\x89BIN\r\n\x1a\n".to_vec();
+    out.extend(1u16.to_be_bytes());
+    out.extend(18u32.to_be_bytes());
+    out.extend((20 + h.len() as u32).to_be_bytes());
+    out.extend((headers.len() as u16).to_be_bytes());
+    out.extend(h);
+    out.extend(body);
+    out
+}
+
 /// FastStream's parser, step by step: magic, version, offsets, headers, data.
 fn faststream_parse(wire: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     assert_eq!(&wire[..8], b"\x89BIN\r\n\x1a\n");
@@ -78,6 +100,59 @@ async fn faststream_stream_entries_reach_brook_with_headers() {
         assert_eq!(seen.headers.get(k), Some(v), "{k}");
     }
     run.stop().await;
+}
+
+/// FastStream 0.7.8 counts characters, not bytes, in its header lengths; brook still reads its
+/// non-ASCII header values whole (the header block ends where the payload starts), wherever
+/// they are among the headers, and the payload intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faststreams_non_ascii_header_values_reach_brook_whole() {
+    let (stream, c) = (unique("fs-utf8"), raw().await);
+    let sub = subscription(vec![
+        ("stream", stream.clone().into()),
+        ("group", "g".into()),
+        ("ack_policy", AckPolicy::Ack.into()),
+    ]);
+    let mut run = start(RedisBroker::new(URL), sub, WAIT, |_| Act::Ok).await;
+    let headers = [
+        ("correlation_id", "7c4f"),
+        ("x-tenant", "acme-é"),
+        ("x-city", "Zürich"),
+        ("content-type", "application/json"),
+    ];
+    let wire = faststream_078_binary(&headers, r#"{"city": "Zürich"}"#.as_bytes());
+    call(
+        &c,
+        "XADD",
+        vec![s(&stream), s("*"), s("__data__"), Value::Bytes(wire.into())],
+    )
+    .await;
+    let seen = run.next().await;
+    assert_eq!(seen.body, Bytes::from(r#"{"city": "Zürich"}"#));
+    for (k, v) in headers {
+        assert_eq!(seen.headers.get(k), Some(v), "{k}");
+    }
+    run.stop().await;
+
+    // brook itself keeps writing byte counts: 7 for "Zürich".
+    let broker = RedisBroker::new(URL);
+    let list = unique("to-fs-utf8");
+    broker
+        .publish_message(
+            Outgoing::new(format!("list:{list}"), Bytes::from_static(b"x"))
+                .with_header("x-city", "Zürich"),
+        )
+        .await
+        .unwrap();
+    let ours = &lrange(&c, &list).await[0];
+    let (parsed, _) = faststream_parse(ours);
+    assert!(parsed.contains(&("x-city".to_owned(), "Zürich".to_owned())));
+    let at = ours
+        .windows(b"x-city".len())
+        .position(|w| w == b"x-city")
+        .unwrap()
+        + b"x-city".len();
+    assert_eq!(&ours[at..at + 2], &7u16.to_be_bytes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -400,3 +400,33 @@ impl Drop for StreamCleanup {
         delete_streams(std::mem::take(&mut self.0));
     }
 }
+
+impl brook_runtime::soak::SoakAdapter for NatsAdapter {
+    /// The stream, so the ids published before the App runs are stored (the App creates the
+    /// durable, which delivers from the start of the stream).
+    async fn prepare(&self, source: &TestSource) -> Result<(), String> {
+        let js = jetstream::new(self.client().await.clone());
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: arg(source, "stream"),
+            subjects: vec![arg(source, "subject")],
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+
+    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
+        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 4222)))
+    }
+
+    async fn broker_at(&self, addr: std::net::SocketAddr) -> NatsBroker {
+        NatsBroker::new(format!("nats://{addr}"))
+    }
+
+    /// What JetStream redelivers that was handled but not acknowledged when the consumer died:
+    /// at most one pull batch (64) plus the handlers running.
+    fn duplicate_bound(&self) -> usize {
+        64 + brook_runtime::soak::CONCURRENCY as usize
+    }
+}

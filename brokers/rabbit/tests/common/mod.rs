@@ -334,3 +334,23 @@ impl Adapter for RabbitAdapter {
 
 /// Keeps `BrokerKind` in use for files that only need the helpers.
 pub const KIND: BrokerKind = BrokerKind::Rabbit;
+
+impl brook_runtime::soak::SoakAdapter for RabbitAdapter {
+    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
+        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 5672)))
+    }
+
+    async fn broker_at(&self, addr: std::net::SocketAddr) -> RabbitBroker {
+        RabbitBroker::new(format!("amqp://guest:guest@{addr}/%2f"))
+    }
+
+    /// What RabbitMQ redelivers that was handled but not acknowledged when the connection
+    /// died: at most the prefetch window (16, below) plus the handlers running.
+    fn duplicate_bound(&self) -> usize {
+        16 + brook_runtime::soak::CONCURRENCY as usize
+    }
+
+    fn soak_args(&self) -> Vec<(Cow<'static, str>, Value)> {
+        vec![(Cow::Borrowed("prefetch"), Value::from(16u32))]
+    }
+}

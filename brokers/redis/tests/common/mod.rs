@@ -158,6 +158,48 @@ pub async fn remaining(c: &Client, stream: &str, group: &str) -> Vec<Entry> {
         .collect()
 }
 
+/// The names of the group's consumers (XINFO CONSUMERS).
+pub async fn consumers(c: &Client, stream: &str, group: &str) -> Vec<String> {
+    let v = c
+        .custom::<Value, Value>(
+            CustomCommand::new_static("XINFO", ClusterHash::Offset(1), false),
+            vec![s("CONSUMERS"), s(stream), s(group)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("XINFO CONSUMERS: {e}"));
+    v.into_array()
+        .into_iter()
+        .filter_map(|c| {
+            let flat: Vec<Value> = c.into_array();
+            flat.chunks(2)
+                .find(|kv| text(kv[0].clone()) == "name")
+                .map(|kv| text(kv[1].clone()))
+        })
+        .collect()
+}
+
+/// brook's consumer registry of a group (docs/brokers/redis.md, *Crashed consumers*).
+pub fn registry_key(stream: &str, group: &str) -> String {
+    format!(
+        "brook:{}:{}:{{{stream}}}:{group}:consumers",
+        stream.len(),
+        group.len()
+    )
+}
+
+/// A brook consumer's liveness key.
+pub fn alive_key(stream: &str, group: &str, consumer: &str) -> String {
+    format!(
+        "brook:{}:{}:{{{stream}}}:{group}:alive:{consumer}",
+        stream.len(),
+        group.len()
+    )
+}
+
+pub async fn exists(c: &Client, key: &str) -> bool {
+    call(c, "EXISTS", vec![s(key)]).await.as_i64() == Some(1)
+}
+
 pub async fn llen(c: &Client, key: &str) -> i64 {
     call(c, "LLEN", vec![s(key)]).await.as_i64().unwrap()
 }
@@ -233,6 +275,8 @@ pub enum Act {
     Settle(Settlement),
     /// Wait until notified, then settle through the message and return Ok.
     WaitThenSettle(Arc<Notify>, Settlement),
+    /// Work for a while (a slow handler), then return Ok.
+    SleepThenOk(Duration),
 }
 
 pub type Script = Arc<dyn Fn(&Seen) -> Act + Send + Sync>;
@@ -281,6 +325,10 @@ impl Handler for Probe {
                 msg.settle(s)
                     .await
                     .map_err(|e| HandlerError::Failed(e.into()))?;
+                Ok(())
+            }
+            Act::SleepThenOk(d) => {
+                tokio::time::sleep(d).await;
                 Ok(())
             }
             Act::Settle(s) => {
@@ -346,5 +394,101 @@ impl Running {
                 .expect("stop finishes")
                 .expect("clean stop");
         }
+    }
+}
+
+/// The conformance and soak adapter: a stream read through a group, with a dead-letter stream.
+pub struct RedisAdapter;
+
+impl RedisAdapter {
+    pub fn new() -> Self {
+        RedisAdapter
+    }
+}
+
+fn arg<'a>(source: &'a brook_runtime::conformance::TestSource, name: &str) -> &'a str {
+    source
+        .args
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+impl brook_runtime::conformance::Adapter for RedisAdapter {
+    type Broker = brook_redis::RedisBroker;
+    type Kind = brook_runtime::kind::Redis;
+
+    async fn broker(&self) -> brook_redis::RedisBroker {
+        brook_redis::RedisBroker::new(URL)
+    }
+
+    async fn fresh_source(
+        &self,
+        test: &str,
+    ) -> Result<brook_runtime::conformance::TestSource, brook_runtime::BrokerError> {
+        let stream = unique(test);
+        let dlq = format!("{stream}:dead");
+        Ok(brook_runtime::conformance::TestSource {
+            args: vec![
+                ("stream".into(), stream.clone().into()),
+                ("group".into(), "conformance".into()),
+                ("dead_letter_stream".into(), dlq.into()),
+            ],
+            destination: format!("stream:{stream}"),
+        })
+    }
+
+    async fn remaining(
+        &self,
+        source: &brook_runtime::conformance::TestSource,
+    ) -> Result<Vec<Bytes>, brook_runtime::BrokerError> {
+        let c = raw().await;
+        let entries = remaining(&c, arg(source, "stream"), arg(source, "group")).await;
+        Ok(entries.iter().map(Entry::body).collect())
+    }
+
+    async fn dead_letters(
+        &self,
+        source: &brook_runtime::conformance::TestSource,
+    ) -> Result<Vec<Bytes>, brook_runtime::BrokerError> {
+        let c = raw().await;
+        let entries = xrange(&c, arg(source, "dead_letter_stream")).await;
+        Ok(entries.iter().map(Entry::body).collect())
+    }
+}
+
+impl brook_runtime::soak::SoakAdapter for RedisAdapter {
+    /// The group from the start of the stream, so the ids published before the App runs are
+    /// read (the App creates missing groups at `$`, the end).
+    async fn prepare(&self, source: &brook_runtime::conformance::TestSource) -> Result<(), String> {
+        let c = raw().await;
+        call(
+            &c,
+            "XGROUP",
+            vec![
+                s("CREATE"),
+                s(arg(source, "stream")),
+                s(arg(source, "group")),
+                s("0"),
+                s("MKSTREAM"),
+            ],
+        )
+        .await;
+        Ok(())
+    }
+
+    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
+        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)))
+    }
+
+    async fn broker_at(&self, addr: std::net::SocketAddr) -> brook_redis::RedisBroker {
+        brook_redis::RedisBroker::new(format!("redis://{addr}"))
+    }
+
+    /// What a group redelivers that was handled but not acknowledged when the consumer died:
+    /// at most one read (`batch`, at least 10 and the concurrency) plus the handlers running.
+    fn duplicate_bound(&self) -> usize {
+        10 + brook_runtime::soak::CONCURRENCY as usize
     }
 }
