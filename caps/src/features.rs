@@ -227,11 +227,17 @@ impl Source {
                 ..none
             },
             Source::MqttTopic { .. } => Features {
+                delivery_count: DeliveryCount::Client,
+                nack_delay: true,
+                dead_letter: Some(DeadLetter {
+                    place: "the dead-letter topic",
+                    needs: Some("dead_letter_topic"),
+                }),
                 native_auto_ack: true,
                 wire: Wire {
-                    ack: "PUBACK / PUBREC, released in arrival order (an unsettled earlier message holds later acks back)",
-                    nack: "withhold the PUBACK and resume the session (reconnect, same client id): the broker redelivers every unacked message with DUP; needs a persistent session (refused at start otherwise); no delay, no delivery count",
-                    reject: "= ack (warning: MQTT has no reject)",
+                    ack: "PUBACK / PUBREC, released in arrival order (an unsettled earlier message holds later acks back; one being redelivered does not, and is acked after them)",
+                    nack: "withhold the PUBACK and redeliver from brook after the delay (default 100 ms, doubling to 5 s), no reconnect; delivery count kept by brook (continued across a resumed session, from 1 again after a restart)",
+                    reject: "= ack (warning: MQTT has no reject); with `dead_letter_topic`, published there (QoS 1, confirmed) before the PUBACK",
                     ack_first: "PUBACK before the handler",
                 },
                 ..none

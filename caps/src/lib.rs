@@ -755,10 +755,10 @@ pub fn check(source: Source, source_name: &str, policy: AckPolicy) -> Verdict {
             "Kafka has no reject: on {what} `{source_name}`, ack_policy = RejectOnError commits a failed message's offset exactly like Ack; write ack_policy = Ack to say so, or NackOnError to read the message again"
         )),
         (Source::MqttTopic { .. }, AckPolicy::RejectOnError) => Verdict::Degraded(format!(
-            "MQTT has no reject: on {what} `{source_name}`, ack_policy = RejectOnError acknowledges a failed message (PUBACK) exactly like Ack; write ack_policy = Ack to say so"
+            "MQTT has no reject: on {what} `{source_name}`, ack_policy = RejectOnError acknowledges a failed message (PUBACK) exactly like Ack, unless the subscriber has a dead_letter_topic (then it is published there first); write ack_policy = Ack to say so"
         )),
         (Source::MqttTopic { .. }, AckPolicy::NackOnError) => Verdict::Degraded(format!(
-            "on {what} `{source_name}`, ack_policy = NackOnError withholds the PUBACK, and an MQTT broker redelivers only when a persistent session resumes: brook reconnects after a nack, so every unacknowledged message of the connection comes back, and handlers may see duplicates; use ack_policy = Ack if a failed message need not come back"
+            "on {what} `{source_name}`, ack_policy = NackOnError withholds the PUBACK and brook redelivers a failed message itself (after a delay, counted for max_deliveries); a message still unsettled when the App stops comes back only from a persistent session, with its count starting at 1 again; set max_deliveries (and dead_letter_topic) so a message that always fails stops"
         )),
         _ => Verdict::Supported,
     }

@@ -44,6 +44,7 @@ const CHILD: &str = "BROOK_SOAK_CHILD";
 const SOURCE: &str = "BROOK_SOAK_SOURCE";
 const LOG: &str = "BROOK_SOAK_LOG";
 const VIA: &str = "BROOK_SOAK_VIA";
+const DESTINATION: &str = "BROOK_SOAK_DESTINATION";
 
 /// Messages per soak (unless the adapter says otherwise: [`SoakAdapter::messages`]).
 pub const MESSAGES: u64 = 400;
@@ -60,15 +61,21 @@ pub trait SoakAdapter: Adapter {
     /// why a proxy cannot cut this broker's connections (the soak is then reported skipped).
     fn upstream(&self) -> Result<SocketAddr, &'static str>;
 
-    /// The client the child runs its App on (default: [`Adapter::broker`]): where a broker
-    /// crate sets what the soak's duplicate bound assumes (e.g. a commit cadence).
-    fn soak_broker(&self) -> impl Future<Output = Self::Broker> + Send {
+    /// The client the child runs its App on to consume `source` (default:
+    /// [`Adapter::broker`]): where a broker crate sets what the soak's duplicate bound assumes
+    /// (e.g. a commit cadence), or the session the source lives in (an MQTT client id).
+    fn soak_broker(&self, source: &TestSource) -> impl Future<Output = Self::Broker> + Send {
+        let _ = source;
         self.broker()
     }
 
     /// A client of the broker that connects to `addr` (the proxy) instead, otherwise as
-    /// [`Adapter::broker`] configures it.
-    fn broker_at(&self, addr: SocketAddr) -> impl Future<Output = Self::Broker> + Send;
+    /// [`SoakAdapter::soak_broker`] configures it, for the child consuming `source`.
+    fn broker_at(
+        &self,
+        addr: SocketAddr,
+        source: &TestSource,
+    ) -> impl Future<Output = Self::Broker> + Send;
 
     /// The most duplicate handlings a restart may cause in these soaks (`MESSAGES` ids,
     /// `CONCURRENCY` handlers): what the broker redelivers that was handled but not yet
@@ -230,6 +237,7 @@ impl<A: SoakAdapter> Soak<A> {
         command
             .env(CHILD, "1")
             .env(SOURCE, encode_args(&self.source.args))
+            .env(DESTINATION, &self.source.destination)
             .env(LOG, &self.log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -417,6 +425,10 @@ fn child<A: SoakAdapter>(adapter: A) -> i32 {
 async fn run_child<A: SoakAdapter>(adapter: A) -> Result<(), String> {
     let env = |name| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let args = decode_args(&env(SOURCE)?);
+    let source = TestSource {
+        args: args.clone(),
+        destination: env(DESTINATION)?,
+    };
     let log = std::fs::OpenOptions::new()
         .append(true)
         .open(env(LOG)?)
@@ -424,9 +436,9 @@ async fn run_child<A: SoakAdapter>(adapter: A) -> Result<(), String> {
     let broker = match std::env::var(VIA).ok() {
         Some(addr) => {
             let addr = addr.parse().map_err(|_| format!("bad {VIA}"))?;
-            adapter.broker_at(addr).await
+            adapter.broker_at(addr, &source).await
         }
-        None => adapter.soak_broker().await,
+        None => adapter.soak_broker(&source).await,
     };
     let mut sub = Subscription::new(<A::Kind as crate::handler::kind::Kind>::KIND, "soak");
     for (n, v) in args {

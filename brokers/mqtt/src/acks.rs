@@ -1,30 +1,35 @@
-//! Acknowledgements in the order MQTT requires.
+//! Acknowledgements in the order MQTT requires, except for messages being redelivered.
 //!
-//! MQTT 3.1.1 (4.6) and 5 (4.6) require a client to send PUBACK (QoS 1) and PUBREC (QoS 2) in
-//! the order the PUBLISH packets arrived. brook settles messages whenever their handlers finish
-//! (several at once with `concurrency > 1`, or out of order under `Manual`), so acks are held
-//! here and released strictly in arrival order: an ack whose predecessors are not acked yet
-//! waits for them.
+//! MQTT 3.1.1 (4.6.0-2, 4.6.0-3) and 5 (4.6.0-2, 4.6.0-3) require a client to send PUBACK
+//! (QoS 1) and PUBREC (QoS 2) in the order the PUBLISH packets arrived. brook settles messages
+//! whenever their handlers finish (several at once with `concurrency > 1`, or out of order under
+//! `Manual`), so acks are held here and released in arrival order: an ack whose predecessors are
+//! not acked yet waits for them.
 //!
-//! A message that is *withheld* (nacked, or never settled) blocks every later ack of the same
-//! connection, because sending them would acknowledge out of order. That is harmless: a nack
-//! makes the connection resume its session (see `connection`), the broker then redelivers every
-//! message that was not acknowledged, and the queue starts over for the new connection
-//! (a new *generation*). Settlements that belong to an older generation send nothing: the
-//! broker redelivers those messages anyway (at-least-once). (Acks released *before* the
-//! connection dropped but not yet written are kept by rumqttc and sent after a session
-//! resumes, where their packet ids still name the same unacknowledged messages; after a new
-//! session rumqttc discards them.)
+//! One exception: a nacked message is redelivered to its handler by brook itself, without the
+//! broker (see `consumer`), and may keep failing for a long time. If it held back every later
+//! ack meanwhile, the broker would stop sending once its window of unacknowledged messages is
+//! full (Mosquitto: 20), and every other subscriber of the connection would stall behind one
+//! poison message. So a message being *retried* no longer holds later acks back: they go out
+//! (in arrival order among themselves), and its own ack goes out when it is finally settled,
+//! after them. That is the one place brook sends an ack out of order. Mosquitto looks a PUBACK
+//! up by packet id in the client's in-flight list (`db__message_delete_outgoing`), so it accepts
+//! it (pinned by the `poison` tests on the wire).
+//!
+//! A message nobody will handle on this connection (no subscriber claims it, or its consumer
+//! closed before handing it out) is *abandoned*: never acked, but skipped, so it does not hold
+//! back later acks. The broker resends it when the session resumes.
+//!
+//! Each connection is a *generation*; a reconnect starts a new, empty queue. Settlements that
+//! belong to an older generation send nothing: the packet ids of a connection that is gone are
+//! only meaningful again if the broker resumed the session, and then it resends those messages
+//! itself (see `connection`).
 //!
 //! Released acks are written in batches (see [`Outbox`]): rumqttc writes every request it
 //! takes from its queue with a flush of its own, one system call per PUBACK, which on loopback
 //! costs more than everything else brook does per message.
-//!
-//! A message nobody will handle on this connection (no subscriber claims it, or its consumer
-//! closed before handing it out) is *abandoned*: never acked, but skipped, so it does not hold
-//! back later acks. The acks that go out are still in arrival order.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use rumqttc::QoS;
 
@@ -35,18 +40,23 @@ pub(crate) struct AckTarget {
     pub qos: QoS,
 }
 
-/// Identifies one delivery in the queue.
+/// Identifies one delivery: the connection it arrived on (`generation`), its place in that
+/// connection's ack line (`seq`), and the broker session it belongs to (`session`; see
+/// `connection::Fate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ticket {
     pub generation: u64,
     pub seq: u64,
+    pub session: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Pending,
     Ready,
-    Withheld,
+    /// Nacked: brook redelivers it locally. It does not block later acks once it reaches the
+    /// front of the line; it then waits in [`AckQueue::retrying`] for its final settlement.
+    Retrying,
     /// Given up without an ack and without blocking later acks: a message nobody will ever
     /// handle on this connection (no subscriber for it, or its consumer closed before handing
     /// it out). The broker redelivers it when the session resumes.
@@ -56,14 +66,15 @@ enum Slot {
 /// What a settlement did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Settled {
-    /// The connection it arrived on is gone; nothing was sent (the broker redelivers it).
+    /// Not a pending message of this connection (its connection is gone, it was abandoned, or
+    /// it was settled already); nothing was sent.
     Stale,
     /// Its ack was released (with every ready ack before it).
     Released,
     /// Its ack waits for an earlier message to be acked.
     Held,
-    /// Withheld: never acked on this connection.
-    Withheld,
+    /// Nacked: kept unacknowledged for a local redelivery, not blocking later acks.
+    Retrying,
 }
 
 /// The acks of one connection, in arrival order.
@@ -72,6 +83,9 @@ pub(crate) struct AckQueue {
     generation: u64,
     front: u64,
     entries: VecDeque<(AckTarget, Slot)>,
+    /// Retried messages that left the front of the line, by `seq`: their acks go out when they
+    /// are settled.
+    retrying: HashMap<u64, AckTarget>,
 }
 
 impl AckQueue {
@@ -79,43 +93,61 @@ impl AckQueue {
         Self::default()
     }
 
-    /// Messages received and not acked yet.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// Messages received and not acked (nor abandoned) yet.
+    pub fn unacknowledged(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|(_, s)| *s != Slot::Abandoned)
+            .count()
+            + self.retrying.len()
     }
 
-    /// Records a QoS 1/2 arrival.
-    pub fn arrive(&mut self, target: AckTarget) -> Ticket {
+    /// Records a QoS 1/2 arrival in broker session `session`.
+    pub fn arrive(&mut self, target: AckTarget, session: u64) -> Ticket {
         let seq = self.front + self.entries.len() as u64;
         self.entries.push_back((target, Slot::Pending));
         Ticket {
             generation: self.generation,
             seq,
+            session,
         }
     }
 
-    /// Settles `ticket`: `ack` releases it in order (calling `send` for each ack that may go
-    /// out now, oldest first), otherwise it is withheld.
+    /// Settles `ticket`: `ack` releases it (calling `send` for each ack that may go out now,
+    /// oldest first), otherwise it is kept for a local redelivery without blocking later acks.
     pub fn settle(
         &mut self,
         ticket: Ticket,
         ack: bool,
         mut send: impl FnMut(AckTarget),
     ) -> Settled {
-        if ticket.generation != self.generation || ticket.seq < self.front {
+        if ticket.generation != self.generation {
             return Settled::Stale;
+        }
+        if ticket.seq < self.front {
+            // Past the front: only a retried message can still be settled.
+            if !self.retrying.contains_key(&ticket.seq) {
+                return Settled::Stale;
+            }
+            if !ack {
+                return Settled::Retrying;
+            }
+            if let Some(target) = self.retrying.remove(&ticket.seq) {
+                send(target); // after later acks: see the module docs
+            }
+            return Settled::Released;
         }
         let Some(entry) = self.entries.get_mut((ticket.seq - self.front) as usize) else {
             return Settled::Stale;
         };
-        if entry.1 != Slot::Pending {
+        if !matches!(entry.1, Slot::Pending | Slot::Retrying) {
             // Settled already (the Message enforces settle-once; this is a safety net).
             return Settled::Stale;
         }
         if !ack {
-            entry.1 = Slot::Withheld;
-            return Settled::Withheld;
+            entry.1 = Slot::Retrying;
+            self.release(&mut send);
+            return Settled::Retrying;
         }
         entry.1 = Slot::Ready;
         self.release(&mut send);
@@ -126,47 +158,56 @@ impl AckQueue {
         }
     }
 
-    /// Gives `ticket` up: never acked on this connection, and (unlike a withheld message) not
-    /// blocking the acks of later messages. Sending the later acks keeps the PUBACKs that do go
-    /// out in arrival order, which is all MQTT asks; the abandoned message is not acked, so the
-    /// broker still owns it. Returns whether the ticket was pending here.
+    /// Gives `ticket` up: never acked on this connection, and not blocking the acks of later
+    /// messages. Sending the later acks keeps the PUBACKs that do go out in arrival order; the
+    /// abandoned message is not acked, so the broker still owns it. Returns whether the ticket
+    /// was pending (or retrying) here.
     pub fn abandon(&mut self, ticket: Ticket, mut send: impl FnMut(AckTarget)) -> bool {
-        if ticket.generation != self.generation || ticket.seq < self.front {
+        if ticket.generation != self.generation {
             return false;
         }
+        if ticket.seq < self.front {
+            return self.retrying.remove(&ticket.seq).is_some();
+        }
         match self.entries.get_mut((ticket.seq - self.front) as usize) {
-            Some(entry) if entry.1 == Slot::Pending => entry.1 = Slot::Abandoned,
+            Some(entry) if matches!(entry.1, Slot::Pending | Slot::Retrying) => {
+                entry.1 = Slot::Abandoned
+            }
             _ => return false,
         }
         self.release(&mut send);
         true
     }
 
-    /// Sends every ready ack at the front of the line, skipping abandoned messages.
+    /// Sends every ready ack at the front of the line, skipping abandoned messages and moving
+    /// retried ones aside.
     fn release(&mut self, send: &mut impl FnMut(AckTarget)) {
         while let Some((target, slot)) = self.entries.front().copied() {
             match slot {
                 Slot::Ready => send(target),
                 Slot::Abandoned => {}
-                Slot::Pending | Slot::Withheld => break,
+                Slot::Retrying => {
+                    self.retrying.insert(self.front, target);
+                }
+                Slot::Pending => break,
             }
             self.entries.pop_front();
             self.front += 1;
         }
     }
 
-    /// Whether a withheld message blocks the queue.
-    #[cfg(test)]
-    pub fn has_withheld(&self) -> bool {
-        self.entries.iter().any(|(_, s)| *s == Slot::Withheld)
+    /// The generation of the current connection.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
-    /// A new connection: everything not acked is the broker's to redeliver. Returns the new
+    /// A new connection: nothing of the old one can be acked any more. Returns the new
     /// generation.
     pub fn reset(&mut self) -> u64 {
         self.generation += 1;
         self.front = 0;
         self.entries.clear();
+        self.retrying.clear();
         self.generation
     }
 }
@@ -352,36 +393,75 @@ mod tests {
         (r, sent)
     }
 
-    #[test]
-    fn acks_go_out_in_arrival_order() {
-        let mut q = AckQueue::new();
-        let [a, b, c] = [1, 2, 3].map(|p| q.arrive(t(p)));
-        assert_eq!(settle(&mut q, c, true), (Settled::Held, vec![]));
-        assert_eq!(settle(&mut q, b, true), (Settled::Held, vec![]));
-        assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![1, 2, 3]));
-        assert_eq!(q.len(), 0);
+    fn arrive<const N: usize>(q: &mut AckQueue, pkids: [u16; N]) -> [Ticket; N] {
+        pkids.map(|p| q.arrive(t(p), 0))
     }
 
     #[test]
-    fn a_withheld_message_blocks_later_acks_until_reset() {
+    fn acks_go_out_in_arrival_order() {
         let mut q = AckQueue::new();
-        let [a, b, c] = [1, 2, 3].map(|p| q.arrive(t(p)));
-        assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![1]));
-        assert_eq!(settle(&mut q, b, false), (Settled::Withheld, vec![]));
-        assert!(q.has_withheld());
+        let [a, b, c] = arrive(&mut q, [1, 2, 3]);
         assert_eq!(settle(&mut q, c, true), (Settled::Held, vec![]));
+        assert_eq!(settle(&mut q, b, true), (Settled::Held, vec![]));
+        assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![1, 2, 3]));
+        assert_eq!(q.unacknowledged(), 0);
+    }
+
+    #[test]
+    fn a_retried_message_lets_later_acks_out_and_is_acked_after_them() {
+        let mut q = AckQueue::new();
+        let [a, b, c] = arrive(&mut q, [1, 2, 3]);
+        assert_eq!(settle(&mut q, b, true), (Settled::Held, vec![]));
+        // a is nacked (redelivered locally): b's ack is no longer held back by it.
+        assert_eq!(settle(&mut q, a, false), (Settled::Retrying, vec![2]));
+        assert_eq!(q.unacknowledged(), 2, "a (retrying) and c");
+        // Nacked again on its redelivery: still retrying, nothing sent.
+        assert_eq!(settle(&mut q, a, false), (Settled::Retrying, vec![]));
+        assert_eq!(settle(&mut q, c, true), (Settled::Released, vec![3]));
+        // Finally acked: out of order, after the later ones.
+        assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![1]));
+        assert_eq!(settle(&mut q, a, true), (Settled::Stale, vec![]));
+        assert_eq!(q.unacknowledged(), 0);
+    }
+
+    #[test]
+    fn a_retried_message_behind_a_pending_one_is_acked_in_order_if_it_succeeds_first() {
+        let mut q = AckQueue::new();
+        let [a, b, c] = arrive(&mut q, [1, 2, 3]);
+        assert_eq!(settle(&mut q, b, false), (Settled::Retrying, vec![]));
+        assert_eq!(
+            settle(&mut q, b, true),
+            (Settled::Held, vec![]),
+            "a is pending"
+        );
+        assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![1, 2]));
+        // A retried message abandoned (its consumer closed) is never acked.
+        assert_eq!(settle(&mut q, c, false), (Settled::Retrying, vec![]));
+        assert!(q.abandon(c, |_| panic!("nothing to send")));
+        assert_eq!(settle(&mut q, c, true), (Settled::Stale, vec![]));
+        assert_eq!(q.unacknowledged(), 0);
+    }
+
+    #[test]
+    fn a_new_connection_voids_the_old_tickets() {
+        let mut q = AckQueue::new();
+        let [a, b, c] = arrive(&mut q, [1, 2, 3]);
+        assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![1]));
+        assert_eq!(settle(&mut q, b, false), (Settled::Retrying, vec![]));
         q.reset();
-        assert_eq!(q.len(), 0);
+        assert_eq!(q.unacknowledged(), 0);
         // Late settlements of the old connection send nothing.
         assert_eq!(settle(&mut q, c, true), (Settled::Stale, vec![]));
-        let d = q.arrive(t(2));
+        assert_eq!(settle(&mut q, b, true), (Settled::Stale, vec![]));
+        let d = q.arrive(t(2), 1);
+        assert_eq!(d.session, 1);
         assert_eq!(settle(&mut q, d, true), (Settled::Released, vec![2]));
     }
 
     #[test]
     fn an_abandoned_message_lets_later_acks_out_without_its_own() {
         let mut q = AckQueue::new();
-        let [a, b, c] = [1, 2, 3].map(|p| q.arrive(t(p)));
+        let [a, b, c] = arrive(&mut q, [1, 2, 3]);
         assert_eq!(settle(&mut q, b, true), (Settled::Held, vec![]));
         let mut sent = Vec::new();
         assert!(q.abandon(a, |x| sent.push(x.pkid)));
@@ -391,18 +471,17 @@ mod tests {
         assert!(!q.abandon(a, |_| panic!("nothing to send")));
         assert_eq!(settle(&mut q, c, true), (Settled::Released, vec![3]));
         // An abandoned message in the middle is skipped when the line reaches it.
-        let [d, e, f] = [4, 5, 6].map(|p| q.arrive(t(p)));
+        let [d, e, f] = arrive(&mut q, [4, 5, 6]);
         assert!(q.abandon(e, |_| panic!("d is still pending")));
         assert_eq!(settle(&mut q, f, true), (Settled::Held, vec![]));
         assert_eq!(settle(&mut q, d, true), (Settled::Released, vec![4, 6]));
-        assert_eq!(q.len(), 0);
+        assert_eq!(q.unacknowledged(), 0);
     }
 
     #[test]
     fn settling_twice_is_a_no_op() {
         let mut q = AckQueue::new();
-        let a = q.arrive(t(7));
-        let b = q.arrive(t(8));
+        let [a, b] = arrive(&mut q, [7, 8]);
         assert_eq!(settle(&mut q, b, true), (Settled::Held, vec![]));
         assert_eq!(settle(&mut q, b, true), (Settled::Stale, vec![]));
         assert_eq!(settle(&mut q, a, true), (Settled::Released, vec![7, 8]));

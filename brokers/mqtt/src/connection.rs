@@ -8,14 +8,35 @@
 //! [`crate::acks::Outbox`]), and reconnects after an error (rumqttc reconnects when polled
 //! again).
 //!
-//! A nack cannot be expressed in MQTT; the broker redelivers an unacknowledged message only when
-//! the client's session resumes. So a nack asks the driver to drop the network connection and
-//! reconnect with the same client id: with a persistent session the broker then sends every
-//! unacknowledged message again (with the DUP flag).
+//! A nack cannot be expressed in MQTT (a broker resends an unacknowledged message only when the
+//! client's session resumes), so brook redelivers a nacked message itself: its PUBACK stays
+//! withheld, the consumer hands it to the handler again after a delay (see `consumer`), and the
+//! connection is left alone. The broker resends it only if the connection is lost meanwhile or
+//! the process stops with it unsettled.
+//!
+//! **Sessions.** After a reconnect the CONNACK says whether the broker resumed the session.
+//! Messages brook received on the lost connection and still holds (waiting for a handler, being
+//! handled, waiting for a redelivery) then have a [`Fate`]: on a resumed session the broker
+//! resends every one of them (same packet ids, DUP flag), so the copies brook holds are dropped
+//! and their settlements send nothing; on a new session (the broker restarted without
+//! persistence, the session expired or was taken over by a clean-session client) nobody will
+//! resend them, so brook still hands them to their handlers, and their acks are not sent (their
+//! packet ids mean nothing in the new session).
+//!
+//! **Delivery counts.** MQTT carries no delivery count, only the DUP flag, so brook counts: a
+//! local redelivery carries its count with it; a message the broker resends after a resumed
+//! session is recognised by its packet id (unique among the session's unacknowledged messages,
+//! and kept on a resend, as MQTT requires), the DUP flag and a fingerprint of its topic and
+//! payload, and continues the count brook recorded for it when it was nacked or redelivered.
+//! Any other delivery counts as the first (a resend of a message that was never nacked, too:
+//! brook cannot tell whether a handler saw it). The counts live in the process: after a
+//! restart they start at 1 again.
 //!
 //! [`MqttBroker`]: crate::MqttBroker
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -24,7 +45,7 @@ use brook_runtime::Headers;
 use brook_runtime::{BrokerError, BrokerKind};
 use bytes::Bytes;
 use rumqttc::QoS;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::acks::{AckQueue, AckTarget, Outbox, Settled, Ticket};
 use crate::options::Config;
@@ -32,9 +53,6 @@ use crate::proto::{self, Client, Ev, Incoming, Loop};
 
 /// How long a resume waits for our own publishes to be confirmed first.
 const RESUME_GRACE: Duration = Duration::from_secs(2);
-
-/// Unsubscribed from to wake the driver (never subscribed).
-const WAKE_FILTER: &str = "brook/internal/wake";
 
 /// Most QoS 0 messages kept for a subscription that is not registered yet.
 const MAX_PARKED: usize = 10_000;
@@ -50,6 +68,22 @@ pub(crate) struct Delivery {
     pub publish: Incoming,
     /// Set for QoS 1/2: where its ack waits in line.
     pub ticket: Option<Ticket>,
+    /// How many times it has been delivered to a handler, this delivery included (1 = first).
+    pub deliveries: u32,
+}
+
+/// What became of a message received on a connection, as far as brook can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// It arrived on the current connection: its ack can be sent.
+    Live,
+    /// Its connection is gone and the broker resumed the session: the broker resends it.
+    Resumed,
+    /// Its connection is gone and so is its session: nobody resends it, and its packet id means
+    /// nothing to the broker now. brook must handle it (without an ack) or it is lost.
+    Lost,
+    /// Its connection is gone and no reconnect has said yet whether the session survived.
+    Unknown,
 }
 
 struct Route {
@@ -62,10 +96,62 @@ struct Route {
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
-/// The acks of the current connection: the ordering line and what it released.
+/// The acks of the current connection (the ordering line and what it released) and what brook
+/// knows about the broker session.
 struct Acks {
     queue: AckQueue,
     outbox: Outbox,
+    /// The broker session of the current connection: a new number each time a CONNACK says the
+    /// broker had no session for us.
+    session: u64,
+    /// The generation of the last connection that got its CONNACK.
+    connack_generation: u64,
+    /// Whether the current connection is up (got its CONNACK and was not lost since).
+    up: bool,
+    /// The last connection that was up, as (generation, session), once it is lost: events
+    /// rumqttc buffered from it are handed out after the next CONNACK.
+    last_up: (u64, u64),
+    /// Messages held unacknowledged when the last connection was lost.
+    held_at_loss: usize,
+    /// Delivery counts of the current session's nacked (or locally redelivered) messages:
+    /// packet id → (fingerprint, deliveries so far). An entry ends when the message's ack is
+    /// written or its packet id arrives on a new message. Empty unless something was nacked,
+    /// so the other messages cost nothing here.
+    counts: HashMap<u16, (u64, u32)>,
+}
+
+impl Acks {
+    /// Counts a delivery from the broker: a resend (DUP) of a packet id with a recorded count
+    /// continues it, anything else is the first delivery.
+    fn count_delivery(&mut self, publish: &Incoming) -> u32 {
+        if self.counts.is_empty() {
+            return 1;
+        }
+        if !publish.dup {
+            // A new message under this packet id: the old entry is stale.
+            self.counts.remove(&publish.pkid);
+            return 1;
+        }
+        match self.counts.get(&publish.pkid) {
+            Some(&(f, n)) if f == fingerprint(&publish.topic, &publish.payload) => {
+                let n = n.saturating_add(1);
+                self.counts.insert(publish.pkid, (f, n));
+                n
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// Identifies a message's content for the delivery count (with its packet id): its topic, its
+/// length and up to 64 bytes of its payload. Cheap, and only compared for a resend of a packet
+/// id that is still unacknowledged, where the protocol already says it is the same message.
+pub(crate) fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    topic.hash(&mut h);
+    payload.len().hash(&mut h);
+    payload[..payload.len().min(64)].hash(&mut h);
+    h.finish()
 }
 
 #[derive(Default)]
@@ -102,6 +188,9 @@ pub(crate) struct Shared {
     stopped: Notify,
     /// CONNACKs received (1 after `connect`); tests watch reconnects with it.
     pub(crate) connections: AtomicU64,
+    /// Bumped at every CONNACK and when the driver stops: consumers holding a message whose
+    /// [`Fate`] is unknown wait for it.
+    connacks: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,6 +237,12 @@ pub(crate) async fn connect(config: Config) -> Result<Arc<Shared>, BrokerError> 
         acks: Mutex::new(Acks {
             queue: AckQueue::new(),
             outbox: Outbox::new(eventloop.writes_acks()),
+            session: 0,
+            connack_generation: 0,
+            up: true,
+            last_up: (0, 0),
+            held_at_loss: 0,
+            counts: HashMap::new(),
         }),
         generation: AtomicU64::new(0),
         routes: Mutex::new(Vec::new()),
@@ -161,6 +256,7 @@ pub(crate) async fn connect(config: Config) -> Result<Arc<Shared>, BrokerError> 
         driver_done: AtomicBool::new(false),
         stopped: Notify::new(),
         connections: AtomicU64::new(1),
+        connacks: watch::Sender::new(1),
     });
     tokio::spawn(expire_parked(Arc::downgrade(&shared)));
     tokio::spawn(drive(shared.clone(), eventloop));
@@ -172,6 +268,8 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
     let mut backoff = Duration::from_millis(50);
     let mut resume_since: Option<tokio::time::Instant> = None;
     let mut disconnect_sent: Option<tokio::time::Instant> = None;
+    // Events rumqttc buffered from a lost connection and returns after the next CONNACK.
+    let mut stale_events = 0usize;
     loop {
         if shared.resume_requested.swap(false, Ordering::AcqRel) && eventloop.is_connected() {
             let since = *resume_since.get_or_insert_with(tokio::time::Instant::now);
@@ -188,7 +286,7 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
                 shared.resume_requested.store(true, Ordering::Release);
             } else {
                 resume_since = None;
-                tracing::debug!(client_id = %shared.config.client_id, "reconnecting so the broker redelivers withheld messages");
+                tracing::debug!(client_id = %shared.config.client_id, "reconnecting: the connection cannot write acknowledgements");
                 // New generation first: a settlement racing with the drop then sends nothing,
                 // instead of slipping an old connection's ack into the request queue after
                 // `clean()` drained it.
@@ -207,18 +305,30 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
             },
             None => eventloop.poll().await,
         };
+        let stale = stale_events > 0 && !matches!(event, Ok(Ev::ConnAck { .. }) | Err(_));
+        if stale {
+            stale_events -= 1;
+        }
         match event {
+            Ok(Ev::Publish(publish)) if stale => shared.route_stale(publish),
             Ok(Ev::Publish(publish)) => shared.route(publish),
             Ok(Ev::Confirmed(pkid, result)) => shared.publish_confirmed(pkid, result),
             Ok(Ev::SubAck { pkid, refused }) => shared.subscribe_confirmed(pkid, refused),
             Ok(Ev::ConnAck { session_present }) => {
                 backoff = Duration::from_millis(50);
                 shared.connections.fetch_add(1, Ordering::Relaxed);
+                stale_events = eventloop.buffered_events();
                 shared.on_connected(session_present);
             }
             Ok(Ev::SentPublish(pkid)) => shared.publish_sent(pkid),
             Ok(Ev::SentSubscribe(pkid)) => shared.subscribe_sent(pkid),
-            Ok(Ev::SentAck(pkid)) => lock(&shared.acks).outbox.sent(pkid),
+            Ok(Ev::SentAck(pkid)) => {
+                let mut acks = lock(&shared.acks);
+                acks.outbox.sent(pkid);
+                if !acks.counts.is_empty() {
+                    acks.counts.remove(&pkid);
+                }
+            }
             Ok(Ev::SentPubComp) => {
                 let _ = shared
                     .qos2_open
@@ -269,6 +379,7 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
     drop(waiters);
     shared.driver_done.store(true, Ordering::Release);
     shared.stopped.notify_waiters();
+    shared.connacks.send_modify(|n| *n += 1); // wakes consumers waiting for a fate
 }
 
 /// Periodically gives up parked messages nobody claimed (see [`PARK_TIMEOUT`]). A task of its
@@ -289,9 +400,32 @@ impl Shared {
     }
 
     fn on_connected(&self, session_present: bool) {
-        if !self.config.clean_session && !session_present {
-            tracing::warn!(client_id = %self.config.client_id, "the MQTT broker did not resume the session: unacknowledged messages of the previous connection are lost to this client");
+        let (session, generation, held) = {
+            let mut acks = lock(&self.acks);
+            if !session_present {
+                acks.session += 1;
+                acks.counts.clear();
+            }
+            acks.connack_generation = acks.queue.generation();
+            acks.up = true;
+            let held = std::mem::take(&mut acks.held_at_loss);
+            (acks.session, acks.connack_generation, held)
+        };
+        if session_present {
+            // Messages parked from the lost connection: the broker sends them again.
+            lock(&self.parked).retain(|(_, d)| {
+                d.ticket
+                    .is_none_or(|t| t.session != session || t.generation >= generation)
+            });
+        } else if !self.config.clean_session {
+            tracing::warn!(
+                client_id = %self.config.client_id,
+                held,
+                "the MQTT broker did not resume the session (it restarted without persistence, the session expired, or another client took it over): {held} messages received on the lost connection were not acknowledged yet; brook still hands those not handled yet to their handlers and sends no acknowledgements for them (their packet ids mean nothing in the new session); whatever else the old session held is gone"
+            );
         }
+        // After the bookkeeping above: a consumer waiting on this learns the fate.
+        self.connacks.send_modify(|n| *n += 1);
         if !session_present {
             // A new session has no subscriptions and forgot our unconfirmed publishes.
             let mut waiters = lock(&self.waiters);
@@ -312,22 +446,59 @@ impl Shared {
     /// The connection is gone: acks of its messages can never be sent.
     fn on_disconnected(&self) {
         let mut acks = lock(&self.acks);
+        if acks.up {
+            acks.up = false;
+            acks.last_up = (acks.queue.generation(), acks.session);
+            acks.held_at_loss = acks.queue.unacknowledged();
+        }
         acks.outbox.reset();
         let generation = acks.queue.reset();
         self.generation.store(generation, Ordering::Release);
         self.qos2_open.store(0, Ordering::Release);
-        drop(acks);
-        if !self.config.clean_session {
-            // The resumed session sends them again. A clean session will not: keep them.
-            lock(&self.parked).retain(|(_, d)| d.ticket.is_none());
+    }
+
+    /// What became of the message with `ticket` (see [`Fate`]).
+    pub fn fate(&self, ticket: Ticket) -> Fate {
+        if ticket.generation == self.generation() {
+            return Fate::Live;
+        }
+        let acks = lock(&self.acks);
+        if ticket.generation == acks.queue.generation() {
+            Fate::Live
+        } else if acks.connack_generation <= ticket.generation {
+            Fate::Unknown
+        } else if acks.session == ticket.session {
+            Fate::Resumed
+        } else {
+            Fate::Lost
         }
     }
 
-    /// Whether a delivery's ticket belongs to a connection that is gone *and* the broker will
-    /// send the message again (a persistent session). On a clean session the broker forgets
-    /// it, so it must still be handled (its ack is then a no-op).
-    pub fn redelivered_later(&self, ticket: Ticket) -> bool {
-        !self.config.clean_session && ticket.generation != self.generation()
+    /// Whether the driver has stopped (the broker was closed).
+    pub fn driver_done(&self) -> bool {
+        self.driver_done.load(Ordering::Acquire)
+    }
+
+    /// Wakes when a reconnect decided the fate of held messages (or the driver stopped).
+    pub fn connacks(&self) -> watch::Receiver<u64> {
+        self.connacks.subscribe()
+    }
+
+    /// How many QoS 1/2 messages of the current connection are unacknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        lock(&self.acks).queue.unacknowledged()
+    }
+
+    /// Records that the message with `ticket` (packet id `pkid`, `fingerprint`) has been
+    /// delivered `deliveries` times (it was nacked, or a local redelivery is handed out), so
+    /// that a resend by the broker after a resumed session continues the count.
+    pub fn record_deliveries(&self, ticket: Ticket, pkid: u16, fingerprint: u64, deliveries: u32) {
+        let mut acks = lock(&self.acks);
+        // The same session: a resend keeps the packet id, also after a reconnect.
+        if acks.session == ticket.session {
+            let entry = acks.counts.entry(pkid).or_insert((fingerprint, 0));
+            *entry = (fingerprint, entry.1.max(deliveries));
+        }
     }
 
     /// Gives up parked QoS 1/2 messages that no subscriber claimed within [`PARK_TIMEOUT`]:
@@ -348,8 +519,19 @@ impl Shared {
         });
         drop(parked);
         for (ticket, topic) in expired {
-            tracing::warn!(%topic, "no subscriber takes this MQTT message; leaving it unacknowledged (the broker keeps it for the session)");
-            self.abandon(ticket);
+            match self.fate(ticket) {
+                Fate::Live => {
+                    tracing::warn!(%topic, "no subscriber takes this MQTT message; leaving it unacknowledged (the broker keeps it for the session)");
+                    self.abandon(ticket);
+                }
+                Fate::Resumed => {}
+                Fate::Lost => {
+                    tracing::error!(%topic, "no subscriber took this MQTT message, and the broker session it came from is gone: it is lost")
+                }
+                Fate::Unknown => {
+                    tracing::warn!(%topic, "no subscriber took this MQTT message before the connection was lost; the broker resends it if it resumes the session")
+                }
+            }
         }
     }
 
@@ -359,20 +541,71 @@ impl Shared {
             .drain(..)
             .filter_map(|(_, d)| d.ticket)
             .collect();
+        let mut lost = 0usize;
         for ticket in tickets {
-            self.abandon(ticket);
+            match self.fate(ticket) {
+                Fate::Live => self.abandon(ticket),
+                Fate::Lost => lost += 1,
+                Fate::Resumed | Fate::Unknown => {}
+            }
+        }
+        if lost > 0 {
+            tracing::error!(lost, "closing with {lost} MQTT messages no subscriber took, from a broker session that is gone: they are lost");
         }
     }
 
     fn route(&self, publish: Incoming) {
+        let (ticket, deliveries) = match publish.qos {
+            QoS::AtMostOnce => (None, 1),
+            qos => {
+                let mut acks = lock(&self.acks);
+                if !acks.up {
+                    // rumqttc's v5 event loop returns what it buffered from a lost connection
+                    // before the new CONNACK: it belongs to that connection.
+                    drop(acks);
+                    return self.route_stale(publish);
+                }
+                let session = acks.session;
+                let target = AckTarget {
+                    pkid: publish.pkid,
+                    qos,
+                };
+                let ticket = acks.queue.arrive(target, session);
+                let n = acks.count_delivery(&publish);
+                (Some(ticket), n)
+            }
+        };
+        self.dispatch(Delivery {
+            publish,
+            ticket,
+            deliveries,
+        });
+    }
+
+    /// A PUBLISH that rumqttc read on a connection that is gone and returns only after it was
+    /// lost (3.1.1: right after the next CONNACK; 5: before it): it belongs to that connection
+    /// (and its session), not to the new one.
+    fn route_stale(&self, publish: Incoming) {
         let ticket = match publish.qos {
             QoS::AtMostOnce => None,
-            qos => Some(lock(&self.acks).queue.arrive(AckTarget {
-                pkid: publish.pkid,
-                qos,
-            })),
+            _ => {
+                let (generation, session) = lock(&self.acks).last_up;
+                Some(Ticket {
+                    generation,
+                    seq: u64::MAX,
+                    session,
+                })
+            }
         };
-        let delivery = Delivery { publish, ticket };
+        self.dispatch(Delivery {
+            publish,
+            ticket,
+            deliveries: 1,
+        });
+    }
+
+    /// Hands a delivery to the first route whose filter matches its topic, or parks it.
+    fn dispatch(&self, delivery: Delivery) {
         let routes = lock(&self.routes);
         let Some(route) = routes
             .iter()
@@ -456,16 +689,12 @@ impl Shared {
             .await
     }
 
-    /// Acks (in order) or withholds one delivery.
+    /// Acks one delivery (in order, see [`crate::acks`]), or keeps it unacknowledged for a
+    /// local redelivery (`ack = false`).
     pub fn settle(&self, ticket: Ticket, ack: bool) -> Settled {
         let mut acks = lock(&self.acks);
-        let Acks { queue, outbox } = &mut *acks;
-        let outcome = queue.settle(ticket, ack, |target| self.send_ack(outbox, target));
-        drop(acks);
-        if outcome == Settled::Withheld {
-            self.request_resume();
-        }
-        outcome
+        let Acks { queue, outbox, .. } = &mut *acks;
+        queue.settle(ticket, ack, |target| self.send_ack(outbox, target))
     }
 
     /// Leaves a delivery unacknowledged without blocking later acks and without asking for
@@ -473,17 +702,8 @@ impl Shared {
     /// consumer wants it).
     pub fn abandon(&self, ticket: Ticket) {
         let mut acks = lock(&self.acks);
-        let Acks { queue, outbox } = &mut *acks;
+        let Acks { queue, outbox, .. } = &mut *acks;
         queue.abandon(ticket, |target| self.send_ack(outbox, target));
-    }
-
-    /// Asks the driver to resume the session (reconnect) so the broker redelivers.
-    pub fn request_resume(&self) {
-        if !self.resume_requested.swap(true, Ordering::AcqRel) {
-            // Wakes the driver if it is idle in poll(): an UNSUBSCRIBE of a filter nobody
-            // uses is harmless, and cancelling poll() instead could cut a packet in half.
-            self.client.try_unsubscribe(WAKE_FILTER);
-        }
     }
 
     pub fn closing(&self) -> bool {

@@ -9,7 +9,7 @@
 //! use brook_runtime::Broker as _;
 //! let broker = MqttBroker::new("mqtt://127.0.0.1:1883")
 //!     .client_id("billing-1")        // a stable id ...
-//!     .persistent_session(true);     // ... and a persistent session: NackOnError redelivers
+//!     .persistent_session(true);     // ... and a persistent session: nothing unsettled is lost
 //! broker.connect().await?;
 //! broker.publish(&serde_json::json!({"id": 1}), "orders/created").await?;
 //! # Ok(()) }
@@ -17,15 +17,22 @@
 //!
 //! # How the ack policies map onto MQTT
 //! - **ack** = PUBACK (QoS 1) / PUBREC (QoS 2), sent in the order the messages arrived, as MQTT
-//!   requires; **reject** = ack (MQTT has no reject); QoS 0 has nothing to ack.
-//! - **nack** = withhold the PUBACK and resume the session: the connection is dropped and
-//!   re-established with the same client id, and the broker redelivers every unacknowledged
-//!   message (DUP flag set). That needs a persistent session (`clean_session = false`; on
-//!   MQTT 5 `clean_start = false` with a session expiry), so
-//!   `NackOnError` on a clean session is refused before anything connects
-//!   ([`Broker::check`], which `App::start` calls) and by `subscribe`.
-//! - **delivery count**: MQTT has only the DUP flag, so messages carry no delivery count and
-//!   `max_deliveries` does not apply.
+//!   requires (except after a message that is being redelivered, see below); QoS 0 has
+//!   nothing to ack.
+//! - **nack** = keep the PUBACK withheld and redeliver the message to the handler from brook,
+//!   after the nack's delay, or [`redelivery_delay`] (100 ms, doubling, at most 5 s); the
+//!   connection stays up. A message being redelivered does not hold back the acks of later
+//!   messages: its own ack goes out when it is settled, after theirs. The broker redelivers
+//!   it only if the connection is lost meanwhile, or if the App stops with it unsettled (on
+//!   the next connection with the same client id and a persistent session).
+//! - **reject** = ack (MQTT has no reject), after publishing the message to the subscriber's
+//!   `dead_letter_topic` (QoS 1, confirmed) if it has one.
+//! - **delivery count**: counted by brook (MQTT has only the DUP flag): local redeliveries,
+//!   and resends after a resumed session (by packet id), so `max_deliveries` applies. The
+//!   count lives in the process: after a restart it starts at 1 again.
+//! - `NackOnError` on a clean session is refused before anything connects ([`Broker::check`],
+//!   which `App::start` calls) and by `subscribe`: a message still waiting for its redelivery
+//!   when the App stops would be lost with the session.
 //!
 //! See `docs/brokers/mqtt.md` for the full mapping, defaults and gotchas.
 
@@ -46,7 +53,11 @@ use brook_runtime::{
 use tokio::sync::Mutex;
 
 use crate::connection::{qos_from, Shared};
-pub use crate::consumer::{MqttConsumer, MqttMessage};
+use crate::consumer::SubscriberSettings;
+pub use crate::consumer::{
+    redelivery_delay, MqttConsumer, MqttMessage, DELIVERY_COUNT_HEADER, ORIGINAL_TOPIC_HEADER,
+    REASON_HEADER,
+};
 pub use crate::options::ProtocolVersion;
 use crate::options::{generated_client_id, Config};
 
@@ -98,7 +109,8 @@ impl MqttBroker {
 
     /// `true`: connect with `clean_session = false`, so the broker keeps the subscriptions and
     /// unacknowledged messages while the client is away, and redelivers them when it comes
-    /// back (needed by `NackOnError`). Set a stable [`MqttBroker::client_id`] with it.
+    /// back (needed by `NackOnError`, so that a message waiting for its redelivery when the
+    /// App stops is not lost). Set a stable [`MqttBroker::client_id`] with it.
     pub fn persistent_session(self, persistent: bool) -> Self {
         self.with(|c| c.clean_session = !persistent)
     }
@@ -228,12 +240,22 @@ impl MqttBroker {
     }
 
     /// How many times the connection has been established (1 after connecting; more after
-    /// reconnects, including the ones a nack causes). For tests and monitoring.
+    /// reconnects). For tests and monitoring.
     pub async fn connection_count(&self) -> u64 {
         match self.conn.lock().await.as_ref() {
             Some(shared) => shared
                 .connections
                 .load(std::sync::atomic::Ordering::Relaxed),
+            None => 0,
+        }
+    }
+
+    /// How many QoS 1/2 messages of the current connection brook holds unacknowledged: being
+    /// handled, waiting for a handler or for a redelivery, or acked and waiting for an earlier
+    /// message's ack (0 when not connected). For tests and monitoring.
+    pub async fn unacknowledged(&self) -> usize {
+        match self.conn.lock().await.as_ref() {
+            Some(shared) => shared.unacknowledged(),
             None => 0,
         }
     }
@@ -252,22 +274,35 @@ impl Broker for MqttBroker {
         self.shared().await.map(drop)
     }
 
-    /// Refuses `NackOnError` on a clean session (at QoS 1 and 2): nothing would ever be
-    /// redelivered. An invalid URL is left for [`Broker::connect`] to report.
+    /// Refuses `NackOnError` on a clean session (at QoS 1 and 2): a message waiting for its
+    /// redelivery when the App stops would be lost with the session. Refuses a
+    /// `dead_letter_topic` that is not a plain topic, that the subscriber's own filter matches
+    /// (rejected messages would come back to it), or at QoS 0 (nothing is settled there). An
+    /// invalid URL is left for [`Broker::connect`] to report.
     fn check(&self, subscription: &Subscription) -> Result<(), BrokerError> {
         let opts = options(subscription)?;
+        let invalid = |message: String| BrokerError::Invalid {
+            broker: BrokerKind::Mqtt,
+            message,
+        };
+        if let Some(dead) = &opts.dead_letter_topic {
+            if let Some(problem) = dead_letter_problem(dead, opts) {
+                return Err(invalid(format!(
+                    "subscriber `{}` on `{}`: dead_letter_topic `{dead}` {problem}",
+                    subscription.name(),
+                    opts.topic
+                )));
+            }
+        }
         let Ok(config) = self.config.as_ref() else {
             return Ok(());
         };
         if opts.qos > 0 && config.clean_session && subscription.policy() == AckPolicy::NackOnError {
-            return Err(BrokerError::Invalid {
-                broker: BrokerKind::Mqtt,
-                message: format!(
-                    "subscriber `{}` on `{}` uses ack_policy = NackOnError, but the connection uses a clean session, so a withheld message would never be redelivered; give the broker a stable client id and a persistent session: MqttBroker::new(..).client_id(\"...\").persistent_session(true)",
-                    subscription.name(),
-                    opts.topic
-                ),
-            });
+            return Err(invalid(format!(
+                "subscriber `{}` on `{}` uses ack_policy = NackOnError, but the connection uses a clean session: brook redelivers a nacked message itself while the App runs, but one still waiting for its redelivery when the App stops would be lost with the session; give the broker a stable client id and a persistent session: MqttBroker::new(..).client_id(\"...\").persistent_session(true)",
+                subscription.name(),
+                opts.topic
+            )));
         }
         Ok(())
     }
@@ -279,7 +314,7 @@ impl Broker for MqttBroker {
         if opts.qos > 0 && config.clean_session && subscription.policy() == AckPolicy::Manual {
             tracing::warn!(
                 subscriber = subscription.name(),
-                "ack_policy = Manual on a clean MQTT session: msg.nack() cannot bring a message back"
+                "ack_policy = Manual on a clean MQTT session: a message nacked or left unsettled when the App stops is lost with the session"
             );
         }
         let filter = opts.topic.as_str();
@@ -288,7 +323,11 @@ impl Broker for MqttBroker {
         let (route, rx) = shared.add_route(filter, qos);
         // A consumer from here on: if subscribing fails, dropping it gives up the parked
         // messages it may have taken, which would otherwise hold later acks back for good.
-        let consumer = MqttConsumer { shared, route, rx };
+        let settings = SubscriberSettings {
+            dead_letter_topic: opts.dead_letter_topic.as_deref().map(Arc::from),
+            max_deliveries: subscription.max_deliveries(),
+        };
+        let consumer = MqttConsumer::new(shared, route, rx, settings);
         let timeout = config.connect_timeout.max(Duration::from_secs(10));
         consumer.shared.subscribe(filter, qos, timeout).await?;
         Ok(consumer)
@@ -305,6 +344,29 @@ impl Broker for MqttBroker {
             Some(shared) => shared.close(Duration::from_secs(10)).await,
             None => Ok(()),
         }
+    }
+}
+
+/// What is wrong with `dead` as the dead-letter topic of a subscriber with `opts`, if anything.
+fn dead_letter_problem(dead: &str, opts: &MqttOptions) -> Option<String> {
+    if dead.is_empty() {
+        Some("is empty".to_owned())
+    } else if dead.contains(['+', '#', '\0']) {
+        Some("holds a wildcard (`+`, `#`) or NUL: it must be a topic, not a filter".to_owned())
+    } else if dead.len() > 65_535 {
+        Some("is longer than 65535 bytes".to_owned())
+    } else if connection::filter_matches(&opts.topic, dead) {
+        Some(format!(
+            "matches the subscriber's own filter `{}`, so rejected messages would come back to it",
+            opts.topic
+        ))
+    } else if opts.qos == 0 {
+        Some(
+            "is set on a QoS 0 subscription, where nothing is settled; subscribe with qos = 1 or 2"
+                .to_owned(),
+        )
+    } else {
+        None
     }
 }
 

@@ -1,12 +1,13 @@
 //! Connection options: where the broker is, who we are (client id, credentials) and what kind
 //! of session we keep.
 //!
-//! The session matters more on MQTT than on other brokers: a message whose PUBACK was withheld
-//! (`NackOnError`, an unsettled `Manual` message) comes back only when the broker resumes the
-//! client's *persistent* session, i.e. on a reconnect with the same client id and
-//! `clean_session = false`. So the builder makes that explicit ([`MqttBroker::client_id`],
-//! [`MqttBroker::persistent_session`]), and subscribing with `NackOnError` on a clean session is
-//! refused rather than silently never redelivering.
+//! The session matters more on MQTT than on other brokers: a message left unacknowledged when
+//! the App stops (one waiting for its redelivery after a nack, an unsettled `Manual` message,
+//! one not handled yet) comes back only when the broker resumes the client's *persistent*
+//! session, i.e. on a connection with the same client id and `clean_session = false`. So the
+//! builder makes that explicit ([`MqttBroker::client_id`], [`MqttBroker::persistent_session`]),
+//! and subscribing with `NackOnError` on a clean session is refused rather than silently losing
+//! a nacked message at a stop.
 //!
 //! [`MqttBroker::client_id`]: crate::MqttBroker::client_id
 //! [`MqttBroker::persistent_session`]: crate::MqttBroker::persistent_session

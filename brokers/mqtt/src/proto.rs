@@ -130,13 +130,6 @@ impl Client {
         }
     }
 
-    pub fn try_unsubscribe(&self, filter: &str) {
-        let _ = match self {
-            Client::V4(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
-        };
-    }
-
     pub async fn disconnect(&self) -> Result<(), String> {
         match self {
             Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
@@ -165,6 +158,15 @@ impl Loop {
         match self {
             Loop::V4(el) => el.state.inflight() > 0 || !el.state.events.is_empty(),
             Loop::V5(el, _) => el.state.inflight() > 0 || !el.state.events.is_empty(),
+        }
+    }
+
+    /// Events rumqttc read and buffered but has not returned from `poll()` yet. After a
+    /// reconnect, the ones left from the lost connection come right after the CONNACK.
+    pub fn buffered_events(&self) -> usize {
+        match self {
+            Loop::V4(el) => el.state.events.len(),
+            Loop::V5(el, _) => el.state.events.len(),
         }
     }
 

@@ -383,3 +383,124 @@ async fn a_clean_session_still_handles_what_it_received_before_a_cut() {
         .unwrap();
     publisher.close().await.unwrap();
 }
+
+/// The broker loses the session while brook holds messages: 20 are delivered (as many as
+/// Mosquitto sends without acks), the first is being handled slowly and 19 wait for the
+/// handler; then a clean-session client with the same client id takes the session over (the
+/// broker deletes it), and brook reconnects to a new, empty session. Nobody will send those
+/// messages again, so brook still handles all of them, each once; their PUBACKs are not sent
+/// (their packet ids mean nothing in the new session: nothing goes on the wire for them), no
+/// log line claims the broker redelivers them, and the new session works.
+async fn messages_held_when_the_session_is_lost_are_still_handled(protocol: ProtocolVersion) {
+    const HELD: usize = 20;
+    let logs = common::LogCapture::start();
+    let sniffer = common::Sniffer::start(SHARED.parse().unwrap()).await;
+    let name = unique("lost-session");
+    let topic = format!("brook-test/{name}");
+    let client_id = format!("brook-test-{name}");
+    let broker = MqttBroker::new(&format!("mqtt://{}", sniffer.addr))
+        .client_id(client_id.clone())
+        .persistent_session(true)
+        .protocol(protocol);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let count = Arc::new(AtomicU64::new(0));
+    let handler = Recording {
+        sub: Subscription::new(brook_runtime::BrokerKind::Mqtt, "lost-session")
+            .arg("topic", topic.clone())
+            .arg("ack_policy", AckPolicy::Ack),
+        tx,
+        hold: Arc::new(Mutex::new(Some(release.clone()))),
+        count: count.clone(),
+    };
+    let hold = handler.hold.clone();
+    let app = App::new(broker.clone())
+        .subscribe(handler)
+        .start()
+        .await
+        .unwrap();
+    let publisher = MqttBroker::new(&format!("mqtt://{SHARED}"));
+    let publish = |body: String| {
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        async move {
+            publisher
+                .publish_message(Outgoing::new(topic, Bytes::from(body)))
+                .await
+                .unwrap()
+        }
+    };
+    publish("slow".into()).await;
+    assert_eq!(next(&mut rx).await.0, Bytes::from_static(b"slow"));
+    for i in 1..HELD {
+        publish(format!("m{i}")).await;
+    }
+    // All 20 are in brook's hands: one in the handler, 19 waiting for it.
+    let held = tokio::time::timeout(WAIT, async {
+        while broker.unacknowledged().await < HELD {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "brook received all {HELD}");
+    assert_eq!(count.load(Ordering::Relaxed), 1);
+
+    // A clean-session client with our client id: the broker drops our connection and the
+    // session. brook reconnects (persistent) and gets a new, empty session.
+    common::forget_session(SHARED, &client_id).await;
+    let subacks = sniffer.subacks.clone();
+    assert!(
+        common::eventually(WAIT, || subacks.load(Ordering::SeqCst) >= 2).await,
+        "brook reconnected and subscribed again in the new session"
+    );
+    assert!(broker.connection_count().await >= 2);
+    *hold.lock().unwrap() = None;
+    release.notify_one();
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < HELD - 1 {
+        let (body, dup) = next(&mut rx).await;
+        assert!(!dup, "{body:?} was delivered once");
+        assert!(got.insert(body.clone()), "{body:?} handled twice");
+    }
+    let expected: std::collections::BTreeSet<Bytes> =
+        (1..HELD).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(got, expected, "every held message handled");
+
+    // The new session works, and is the only one acknowledged on the wire.
+    publish("after".into()).await;
+    assert_eq!(next(&mut rx).await, (Bytes::from_static(b"after"), false));
+    let acks = sniffer.pubacks.clone();
+    assert!(common::eventually(WAIT, || !acks.lock().unwrap().is_empty()).await);
+    tokio::time::timeout(WAIT, app.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count.load(Ordering::Relaxed), HELD as u64 + 1, "each once");
+    let publishes = sniffer.publishes.lock().unwrap().clone();
+    assert_eq!(publishes.len(), HELD + 1);
+    assert_eq!(
+        *sniffer.pubacks.lock().unwrap(),
+        vec![publishes[HELD]],
+        "only the new session's message is acknowledged"
+    );
+    let text = logs.text();
+    assert!(
+        !text.contains("on the resumed session"),
+        "no claim that the broker redelivers: {text}"
+    );
+    assert!(text.contains("did not resume the session"), "{text}");
+    publisher.close().await.unwrap();
+    assert_eq!(
+        remaining(SHARED, &client_id).await.unwrap(),
+        Vec::<Bytes>::new()
+    );
+}
+
+#[tokio::test]
+async fn messages_held_when_the_session_is_lost_are_still_handled_v311() {
+    messages_held_when_the_session_is_lost_are_still_handled(ProtocolVersion::V311).await;
+}
+
+#[tokio::test]
+async fn messages_held_when_the_session_is_lost_are_still_handled_v5() {
+    messages_held_when_the_session_is_lost_are_still_handled(ProtocolVersion::V5).await;
+}

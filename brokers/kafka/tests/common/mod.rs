@@ -402,14 +402,18 @@ impl brook_runtime::soak::SoakAdapter for KafkaAdapter {
         Err("a Kafka client reaches the broker at its advertised listener, not through a proxy in front of the shared broker; connection cuts are tested against a private tansu in tests/connection.rs")
     }
 
-    async fn broker_at(&self, addr: std::net::SocketAddr) -> KafkaBroker {
+    async fn broker_at(
+        &self,
+        addr: std::net::SocketAddr,
+        _: &brook_runtime::conformance::TestSource,
+    ) -> KafkaBroker {
         broker_at(&addr.to_string()).commit_every(1)
     }
 
     /// The soak's App commits after every settled message (`commit_every(1)`): what a new
     /// member reads again is the message being handled when the process died, plus one
     /// whose asynchronous commit had not reached the broker.
-    async fn soak_broker(&self) -> KafkaBroker {
+    async fn soak_broker(&self, _: &TestSource) -> KafkaBroker {
         broker().commit_every(1)
     }
 

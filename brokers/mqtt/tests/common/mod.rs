@@ -1,5 +1,6 @@
 //! Test helpers: fresh names, a private Mosquitto, a raw rumqttc client that reads what a
-//! resumed session receives, and a sniffing proxy that records packet order on the wire.
+//! resumed session receives, a raw MQTT 5 subscriber that collects what reaches a topic (with
+//! its properties), a sniffing proxy that records packet order on the wire, and a log capture.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -324,11 +325,15 @@ impl Adapter for MqttAdapter {
 }
 
 /// A proxy that records, in order, the packet ids of PUBLISH packets the broker sends
-/// (QoS > 0) and of PUBACK packets the client sends, by parsing MQTT framing on the wire.
+/// (QoS > 0) and of PUBACK packets the client sends, by parsing MQTT framing on the wire, and
+/// counts the connections it forwarded.
 pub struct Sniffer {
     pub addr: SocketAddr,
     pub publishes: Arc<Mutex<Vec<u16>>>,
     pub pubacks: Arc<Mutex<Vec<u16>>>,
+    pub connections: Arc<AtomicU64>,
+    /// SUBACKs the broker sent.
+    pub subacks: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -344,22 +349,33 @@ impl Sniffer {
         let addr = listener.local_addr().expect("addr");
         let publishes = Arc::new(Mutex::new(Vec::new()));
         let pubacks = Arc::new(Mutex::new(Vec::new()));
-        let (p, a) = (publishes.clone(), pubacks.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let subacks = Arc::new(AtomicU64::new(0));
+        let (p, a, c, s) = (
+            publishes.clone(),
+            pubacks.clone(),
+            connections.clone(),
+            subacks.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let Ok(outbound) = TcpStream::connect(target).await else {
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (ci, co) = inbound.into_split();
                 let (bi, bo) = outbound.into_split();
-                tokio::spawn(pump(ci, bo, a.clone(), 4)); // client -> broker: PUBACK = type 4
-                tokio::spawn(pump(bi, co, p.clone(), 3)); // broker -> client: PUBLISH = type 3
+                // client -> broker: PUBACK = type 4; broker -> client: PUBLISH = type 3
+                tokio::spawn(pump(ci, bo, a.clone(), 4, None));
+                tokio::spawn(pump(bi, co, p.clone(), 3, Some(s.clone())));
             }
         });
         Sniffer {
             addr,
             publishes,
             pubacks,
+            connections,
+            subacks,
             task,
         }
     }
@@ -370,6 +386,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     record: Arc<Mutex<Vec<u16>>>,
     packet_type: u8,
+    subacks: Option<Arc<AtomicU64>>,
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -390,6 +407,9 @@ async fn pump(
             }
             let kind = buf[0] >> 4;
             let body = &buf[header_len..total];
+            if let (9, Some(subacks)) = (kind, &subacks) {
+                subacks.fetch_add(1, Ordering::SeqCst);
+            }
             if kind == packet_type {
                 if kind == 4 && body.len() >= 2 {
                     record
@@ -437,4 +457,155 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f()
+}
+
+/// A message a [`Collector`] received.
+#[derive(Clone, Debug)]
+pub struct Collected {
+    pub topic: String,
+    pub payload: Bytes,
+    /// MQTT 5 user properties, in order.
+    pub properties: Vec<(String, String)>,
+}
+
+/// A raw MQTT 5 subscriber (rumqttc, clean start, QoS 1, automatic acks) collecting what
+/// reaches a topic filter; stops on drop.
+pub struct Collector {
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<Collected>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Collector {
+    /// Subscribes to `filter` at `addr` (host:port) and returns once the SUBACK arrived.
+    pub async fn start(addr: &str, filter: &str) -> Collector {
+        use rumqttc::v5::mqttbytes::v5::Packet as P5;
+        use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
+        let (host, port) = split(addr);
+        let mut options = O5::new(unique("brook-collector"), host, port);
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = C5::new(options, 100);
+        client
+            .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let E5::Incoming(P5::SubAck(_)) = el.poll().await.expect("collector connects") {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("suback");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let _client = client; // keeps the request channel open
+            while let Ok(event) = el.poll().await {
+                if let E5::Incoming(P5::Publish(p)) = event {
+                    let _ = tx.send(Collected {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.clone(),
+                        properties: p.properties.map(|p| p.user_properties).unwrap_or_default(),
+                    });
+                }
+            }
+        });
+        Collector { rx, task }
+    }
+
+    /// The next message, within 15 s.
+    pub async fn next(&mut self) -> Collected {
+        tokio::time::timeout(Duration::from_secs(15), self.rx.recv())
+            .await
+            .expect("a message within 15 s")
+            .expect("collector alive")
+    }
+}
+
+/// Captures what brook logs (`tracing`, debug and up) on this thread while the guard lives:
+/// use it in a current-thread test runtime, where every task runs on the test's thread.
+pub struct LogCapture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    pub fn start() -> LogCapture {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let b = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || CaptureWriter(b.clone()))
+            .finish();
+        LogCapture {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap()).into_owned()
+    }
+}
+
+/// The persistent session's client id of a test source (as `fresh_source` names it), so a
+/// child process finds the same session.
+fn client_id_of(source: &TestSource) -> String {
+    source.destination.replacen("brook-test/", "brook-test-", 1)
+}
+
+impl brook_runtime::soak::SoakAdapter for MqttAdapter {
+    /// The source's persistent session, subscribed, so the ids published before the App runs
+    /// queue up for it (the shared Mosquitto keeps up to 1000 per session).
+    async fn prepare(&self, source: &TestSource) -> Result<(), String> {
+        prepare_session(&self.addr, &client_id_of(source), &source.destination).await;
+        Ok(())
+    }
+
+    fn upstream(&self) -> Result<SocketAddr, &'static str> {
+        self.addr
+            .parse()
+            .map_err(|_| "the Mosquitto address is not an IP address")
+    }
+
+    async fn soak_broker(&self, source: &TestSource) -> MqttBroker {
+        MqttBroker::new(&format!("mqtt://{}", self.addr))
+            .client_id(client_id_of(source))
+            .persistent_session(true)
+            .protocol(self.protocol)
+    }
+
+    async fn broker_at(&self, addr: SocketAddr, source: &TestSource) -> MqttBroker {
+        MqttBroker::new(&format!("mqtt://{addr}"))
+            .client_id(client_id_of(source))
+            .persistent_session(true)
+            .protocol(self.protocol)
+    }
+
+    /// What a resumed session resends that was handled but not acknowledged: at most
+    /// Mosquitto's in-flight window (20 messages), plus the handlers running.
+    fn duplicate_bound(&self) -> usize {
+        20 + brook_runtime::soak::CONCURRENCY as usize
+    }
 }

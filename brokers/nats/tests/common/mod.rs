@@ -420,7 +420,11 @@ impl brook_runtime::soak::SoakAdapter for NatsAdapter {
         Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 4222)))
     }
 
-    async fn broker_at(&self, addr: std::net::SocketAddr) -> NatsBroker {
+    async fn broker_at(
+        &self,
+        addr: std::net::SocketAddr,
+        _: &brook_runtime::conformance::TestSource,
+    ) -> NatsBroker {
         NatsBroker::new(format!("nats://{addr}"))
     }
 

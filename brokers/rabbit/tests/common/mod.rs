@@ -340,7 +340,11 @@ impl brook_runtime::soak::SoakAdapter for RabbitAdapter {
         Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 5672)))
     }
 
-    async fn broker_at(&self, addr: std::net::SocketAddr) -> RabbitBroker {
+    async fn broker_at(
+        &self,
+        addr: std::net::SocketAddr,
+        _: &brook_runtime::conformance::TestSource,
+    ) -> RabbitBroker {
         RabbitBroker::new(format!("amqp://guest:guest@{addr}/%2f"))
     }
 

@@ -482,7 +482,11 @@ impl brook_runtime::soak::SoakAdapter for RedisAdapter {
         Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)))
     }
 
-    async fn broker_at(&self, addr: std::net::SocketAddr) -> brook_redis::RedisBroker {
+    async fn broker_at(
+        &self,
+        addr: std::net::SocketAddr,
+        _: &brook_runtime::conformance::TestSource,
+    ) -> brook_redis::RedisBroker {
         brook_redis::RedisBroker::new(format!("redis://{addr}"))
     }
 
