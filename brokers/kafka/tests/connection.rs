@@ -2,12 +2,10 @@
 //! reconnecting after the connection to the broker is cut.
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brook_kafka::KafkaBroker;
-use brook_runtime::proxy::TcpProxy;
 use brook_runtime::{AckPolicy, App, Broker, BrokerError, Outgoing};
 use bytes::Bytes;
 use common::*;
@@ -50,55 +48,6 @@ async fn the_local_broker_connects() {
 /// A private tansu whose advertised address is a [`TcpProxy`] in front of it: Kafka clients
 /// reconnect to the *advertised* address, so the proxy must be what the broker advertises, or
 /// the client would bypass it after the first metadata response. Killed on drop.
-struct PrivateTansu {
-    child: tokio::process::Child,
-    proxy: TcpProxy,
-}
-
-impl PrivateTansu {
-    async fn start() -> PrivateTansu {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let target = format!("127.0.0.1:{port}").parse().expect("addr");
-        let proxy = TcpProxy::start(target).await.expect("proxy");
-        let tansu =
-            std::env::var("HOME").map_or("tansu".to_owned(), |h| format!("{h}/.cargo/bin/tansu"));
-        let child = tokio::process::Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://{}", proxy.addr()),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a private tansu (scripts/brokers/kafka.sh installs it)");
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(target).await.is_err() {
-            assert!(started.elapsed() < WAIT, "private tansu did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        PrivateTansu { child, proxy }
-    }
-
-    fn addr(&self) -> String {
-        self.proxy.addr().to_string()
-    }
-}
-
-impl Drop for PrivateTansu {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumption_resumes_after_the_connection_is_cut_and_nothing_is_lost() {
     let tansu = PrivateTansu::start().await;

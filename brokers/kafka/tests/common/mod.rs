@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brook_kafka::KafkaBroker;
 use brook_runtime::conformance::{Adapter, TestSource};
+use brook_runtime::proxy::TcpProxy;
 use brook_runtime::ArgValue;
 use brook_runtime::{
     kind, AckPolicy, BrokerError, BrokerKind, Context, Handler, HandlerError, Message,
@@ -397,16 +399,66 @@ pub fn failed() -> HandlerError {
     HandlerError::Failed(anyhow::anyhow!("scripted failure"))
 }
 
-impl brook_runtime::soak::SoakAdapter for KafkaAdapter {
-    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
-        Err("a Kafka client reaches the broker at its advertised listener, not through a proxy in front of the shared broker; connection cuts are tested against a private tansu in tests/connection.rs")
+/// A tansu of its own on a free port, behind a [`TcpProxy`] it advertises: Kafka clients
+/// reconnect to the advertised address, so cutting the proxy cuts every connection.
+pub struct PrivateTansu {
+    child: tokio::process::Child,
+    pub proxy: Arc<TcpProxy>,
+}
+
+impl PrivateTansu {
+    pub async fn start() -> PrivateTansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let target = format!("127.0.0.1:{port}").parse().expect("addr");
+        let proxy = TcpProxy::start(target).await.expect("proxy");
+        let tansu =
+            std::env::var("HOME").map_or("tansu".to_owned(), |h| format!("{h}/.cargo/bin/tansu"));
+        let child = tokio::process::Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://{}", proxy.addr()),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a private tansu (scripts/brokers/kafka.sh installs it)");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(target).await.is_err() {
+            assert!(started.elapsed() < WAIT, "private tansu did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PrivateTansu {
+            child,
+            proxy: Arc::new(proxy),
+        }
     }
 
-    async fn broker_at(
-        &self,
-        addr: std::net::SocketAddr,
-        _: &brook_runtime::conformance::TestSource,
-    ) -> KafkaBroker {
+    pub fn addr(&self) -> String {
+        self.proxy.addr().to_string()
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl brook_runtime::soak::SoakAdapter for KafkaAdapter {
+    fn upstream(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9092))
+    }
+
+    async fn broker_at(&self, addr: std::net::SocketAddr, _: &TestSource) -> KafkaBroker {
         broker_at(&addr.to_string()).commit_every(1)
     }
 
@@ -423,6 +475,95 @@ impl brook_runtime::soak::SoakAdapter for KafkaAdapter {
 
     /// Each nack seeks the partition back and waits for a fresh fetch: 200 ids keep the soak
     /// near 20 s.
+    fn messages(&self) -> u64 {
+        200
+    }
+}
+
+/// The connection-cut soak's adapter: a Kafka client reconnects to the broker's advertised
+/// listener, so a proxy in front of the shared tansu would be bypassed. This one runs the
+/// soak on a [`PrivateTansu`] (started in the parent when the soak creates its source) that
+/// advertises its proxy; the soak cuts that proxy.
+pub struct PrivateKafkaAdapter {
+    tansu: tokio::sync::OnceCell<PrivateTansu>,
+}
+
+impl PrivateKafkaAdapter {
+    pub fn new() -> Self {
+        PrivateKafkaAdapter {
+            tansu: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn tansu(&self) -> &PrivateTansu {
+        self.tansu.get_or_init(PrivateTansu::start).await
+    }
+}
+
+impl Adapter for PrivateKafkaAdapter {
+    type Broker = KafkaBroker;
+    type Kind = kind::Kafka;
+
+    async fn broker(&self) -> KafkaBroker {
+        broker_at(&self.tansu().await.addr())
+    }
+
+    async fn fresh_source(&self, test: &str) -> Result<TestSource, BrokerError> {
+        let addr = self.tansu().await.addr();
+        let topic = fresh(test);
+        create_topic_at(&addr, &topic, 1).await;
+        Ok(TestSource {
+            args: vec![
+                ("topic".into(), ArgValue::from(topic.clone())),
+                ("group_id".into(), ArgValue::from(format!("{topic}-group"))),
+                (
+                    "auto_offset_reset".into(),
+                    ArgValue::Ident("earliest".into()),
+                ),
+            ],
+            destination: topic,
+        })
+    }
+
+    async fn remaining(&self, source: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        let addr = self.tansu().await.addr();
+        Ok(
+            remaining_at(&addr, &group_of(source), &source.destination, 1)
+                .await
+                .into_iter()
+                .map(|(_, _, b)| b)
+                .collect(),
+        )
+    }
+
+    async fn dead_letters(&self, _: &TestSource) -> Result<Vec<Bytes>, BrokerError> {
+        Ok(Vec::new())
+    }
+}
+
+impl brook_runtime::soak::SoakAdapter for PrivateKafkaAdapter {
+    async fn cut_point(&self) -> Result<Arc<TcpProxy>, String> {
+        Ok(self.tansu().await.proxy.clone())
+    }
+
+    fn upstream(&self) -> std::net::SocketAddr {
+        unreachable!("cut_point is the private tansu's own proxy")
+    }
+
+    async fn broker_at(&self, addr: std::net::SocketAddr, _: &TestSource) -> KafkaBroker {
+        broker_at(&addr.to_string())
+            .commit_every(1)
+            .with_config("reconnect.backoff.ms", "50")
+            .with_config("reconnect.backoff.max.ms", "300")
+    }
+
+    /// As for the shared broker (`commit_every(1)`), plus what was handled while the
+    /// connection was down: acks stored locally reach the broker with the next commit after
+    /// the reconnect, so only a rebalance in between could re-read them (one per handler).
+    fn duplicate_bound(&self) -> usize {
+        2 + 2 * brook_runtime::soak::CONCURRENCY as usize
+    }
+
     fn messages(&self) -> u64 {
         200
     }

@@ -583,10 +583,10 @@ impl brook_runtime::soak::SoakAdapter for MqttAdapter {
         Ok(())
     }
 
-    fn upstream(&self) -> Result<SocketAddr, &'static str> {
+    fn upstream(&self) -> SocketAddr {
         self.addr
             .parse()
-            .map_err(|_| "the Mosquitto address is not an IP address")
+            .unwrap_or_else(|_| panic!("`{}` is an IP address and port", self.addr))
     }
 
     async fn soak_broker(&self, source: &TestSource) -> MqttBroker {

@@ -416,8 +416,8 @@ impl brook_runtime::soak::SoakAdapter for NatsAdapter {
         .map_err(|e| e.to_string())
     }
 
-    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
-        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 4222)))
+    fn upstream(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 4222))
     }
 
     async fn broker_at(

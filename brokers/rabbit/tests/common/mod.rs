@@ -336,8 +336,8 @@ impl Adapter for RabbitAdapter {
 pub const KIND: BrokerKind = BrokerKind::Rabbit;
 
 impl brook_runtime::soak::SoakAdapter for RabbitAdapter {
-    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
-        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 5672)))
+    fn upstream(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 5672))
     }
 
     async fn broker_at(

@@ -478,8 +478,8 @@ impl brook_runtime::soak::SoakAdapter for RedisAdapter {
         Ok(())
     }
 
-    fn upstream(&self) -> Result<std::net::SocketAddr, &'static str> {
-        Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 6379)))
+    fn upstream(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 6379))
     }
 
     async fn broker_at(
