@@ -10,31 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brook_redis::RedisBroker;
-use brook_runtime::{AckPolicy, Broker, Outgoing};
+use brook_runtime::AckPolicy;
 use bytes::Bytes;
 use common::*;
 use tokio::sync::Notify;
-
-fn stream_sub(
-    stream: &str,
-    policy: AckPolicy,
-    extra: Vec<(&'static str, brook_runtime::ArgValue)>,
-) -> brook_runtime::SubscriptionBuilder {
-    let mut args = vec![
-        ("stream", stream.to_owned().into()),
-        ("group", "g".into()),
-        ("ack_policy", policy.into()),
-    ];
-    args.extend(extra);
-    subscription(args)
-}
-
-async fn publish(broker: &RedisBroker, stream: &str, body: impl Into<Bytes>) {
-    broker
-        .publish_message(Outgoing::new(format!("stream:{stream}"), body.into()))
-        .await
-        .expect("publish");
-}
 
 /// The group's consumers, its pending list and brook's keys once everything is settled and
 /// every consumer closed: nothing left behind.

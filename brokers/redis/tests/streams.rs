@@ -12,30 +12,6 @@ use bytes::Bytes;
 use common::*;
 use tokio::sync::Notify;
 
-fn stream_sub(
-    stream: &str,
-    policy: AckPolicy,
-    extra: Vec<(&'static str, brook_runtime::ArgValue)>,
-) -> brook_runtime::SubscriptionBuilder {
-    let mut args = vec![
-        ("stream", stream.to_owned().into()),
-        ("group", "g".into()),
-        ("ack_policy", policy.into()),
-    ];
-    args.extend(extra);
-    subscription(args)
-}
-
-async fn publish(broker: &RedisBroker, stream: &str, body: &'static [u8]) {
-    broker
-        .publish_message(Outgoing::new(
-            format!("stream:{stream}"),
-            Bytes::from_static(body),
-        ))
-        .await
-        .expect("publish");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_removes_the_entry_from_the_pending_list() {
     let (stream, c, broker) = (unique("ack"), raw().await, RedisBroker::new(URL));

@@ -350,6 +350,33 @@ pub fn subscription(args: Vec<(&'static str, brook_runtime::ArgValue)>) -> Subsc
     b
 }
 
+/// A stream subscription through group `g` with `policy` (and `extra` arguments).
+pub fn stream_sub(
+    stream: &str,
+    policy: brook_runtime::AckPolicy,
+    extra: Vec<(&'static str, brook_runtime::ArgValue)>,
+) -> SubscriptionBuilder {
+    let mut args = vec![
+        ("stream", stream.to_owned().into()),
+        ("group", "g".into()),
+        ("ack_policy", policy.into()),
+    ];
+    args.extend(extra);
+    subscription(args)
+}
+
+/// Publishes `body` to `stream` through brook.
+pub async fn publish(broker: &brook_redis::RedisBroker, stream: &str, body: impl AsRef<[u8]>) {
+    use brook_runtime::Broker as _;
+    broker
+        .publish_message(brook_runtime::Outgoing::new(
+            format!("stream:{stream}"),
+            Bytes::copy_from_slice(body.as_ref()),
+        ))
+        .await
+        .expect("publish");
+}
+
 /// A running App with one scripted subscriber, and the stream of what it saw.
 pub struct Running {
     pub app: Option<RunningApp<RedisBroker>>,
