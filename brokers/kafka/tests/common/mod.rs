@@ -2,8 +2,8 @@
 //! offsets, what a fresh member would read), the conformance adapter and a scripted handler.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
