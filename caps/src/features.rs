@@ -184,9 +184,9 @@ impl Source {
                 }),
                 native_auto_ack: true,
                 wire: Wire {
-                    ack: "XACK",
+                    ack: "XACK; the policy's settlements are batched per consumer (`XACK key group id1 id2 …` per flush, sent as soon as nothing else is in flight); a handler's own `msg.ack()` is awaited",
                     nack: "stays pending; the consumer claims it again (XCLAIM, after the delay if given), delivery count from Redis; entries of gone consumers (liveness key lapsed, ~10 s; at once after a close) are taken over whatever `min_idle_ms`, stuck ones by XAUTOCLAIM after `min_idle_ms`",
-                    reject: "XACK (+ XADD to `dead_letter_stream` if set, XACK only after the XADD succeeded)",
+                    reject: "XACK, batched like acks (+ XADD to `dead_letter_stream` if set; an entry joins the XACK only after its XADD succeeded)",
                     ack_first: "XREADGROUP NOACK (a graceful stop puts entries read but not handled back in the pending list: XCLAIM FORCE)",
                 },
                 ..none

@@ -3,8 +3,9 @@
 //! line. Each broker crate's bench adds the raw-client loop it is compared against, measured
 //! in the same run.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use brook_caps::{AckPolicy, Value};
@@ -57,6 +58,7 @@ struct Counting<K> {
     seen: Arc<AtomicU64>,
     target: u64,
     done: Arc<Notify>,
+    first: Arc<OnceLock<Instant>>,
     kind: std::marker::PhantomData<K>,
 }
 
@@ -68,6 +70,9 @@ impl<K: Kind> Handler for Counting<K> {
     }
 
     async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
+        if self.first.get().is_none() {
+            let _ = self.first.set(Instant::now());
+        }
         let order: BenchOrder = codec::decode(msg.body(), msg.content_type())?;
         std::hint::black_box(order);
         if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
@@ -90,6 +95,44 @@ where
     B: Broker + Accepts<K>,
     K: Kind,
 {
+    let started = Instant::now();
+    let run = run_brook_until::<B, K, _>(broker, source, n, concurrency, async {}).await?;
+    Ok(run.handled - started)
+}
+
+/// When the moments of a [`run_brook_until`] run happened.
+#[derive(Clone, Copy, Debug)]
+pub struct BrookRun {
+    /// The handler was called for the first time.
+    pub first: Instant,
+    /// The handler finished the `n`-th message.
+    pub handled: Instant,
+    /// `settled` (the caller's check that the broker has every settlement) returned.
+    pub settled: Instant,
+}
+
+impl BrookRun {
+    /// From the first message received to the last one settled on the broker.
+    pub fn window(&self) -> Duration {
+        self.settled.saturating_duration_since(self.first)
+    }
+}
+
+/// [`run_brook`] for brokers whose settlements reach the server after the handler returned (a
+/// settlement pipeline): once the `n`-th message is handled, awaits `settled` (e.g. polls the
+/// broker until nothing is left unacknowledged) while the App still runs, then stops the App.
+pub async fn run_brook_until<B, K, F>(
+    broker: B,
+    source: Vec<(&'static str, Value)>,
+    n: u64,
+    concurrency: u32,
+    settled: F,
+) -> Result<BrookRun, AppError>
+where
+    B: Broker + Accepts<K>,
+    K: Kind,
+    F: Future<Output = ()>,
+{
     let mut builder = Subscription::new(K::KIND, "bench");
     for (name, value) in source {
         builder = builder.arg(name, value);
@@ -99,19 +142,26 @@ where
         .arg("concurrency", concurrency);
     sub.clone().build()?;
     let done = Arc::new(Notify::new());
+    let first = Arc::new(OnceLock::new());
     let handler = Counting::<K> {
         sub,
         seen: Arc::new(AtomicU64::new(0)),
         target: n,
         done: done.clone(),
+        first: first.clone(),
         kind: std::marker::PhantomData,
     };
-    let started = Instant::now();
     let running = App::new(broker).subscribe(handler).start().await?;
     done.notified().await;
-    let elapsed = started.elapsed();
+    let handled = Instant::now();
+    settled.await;
+    let settled = Instant::now();
     running.stop().await?;
-    Ok(elapsed)
+    Ok(BrookRun {
+        first: first.get().copied().unwrap_or(handled),
+        handled,
+        settled,
+    })
 }
 
 /// Messages per second.

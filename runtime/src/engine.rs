@@ -190,8 +190,15 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
     }
 }
 
+/// The engine's own settlements, made once the handler returned (or instead of running it:
+/// `max_deliveries`). They go through [`Settler::settle_later`](crate::Settler::settle_later),
+/// so a broker crate with a settlement pipeline queues them and the consumer moves on to the
+/// next message instead of waiting for the broker's round trip; `Settled` then means handed
+/// over, and a later failure on the wire is the broker crate's to log (the message stays
+/// unsettled and is redelivered). AckFirst's ack before the handler is not one of these: it
+/// is awaited, since the handler must not run on a message the broker did not take.
 async fn settle(sub: &Subscription, msg: &Message, settlement: Settlement) -> Outcome {
-    match msg.settle(settlement).await {
+    match msg.settle_later(settlement).await {
         Ok(SettleReport::Settled(kind)) => Outcome::Settled(kind),
         Ok(SettleReport::AlreadySettled(kind)) => {
             tracing::debug!("already settled as {kind} by the handler; the engine sends nothing");
@@ -369,6 +376,138 @@ mod tests {
     const R: Settlement = Settlement::Reject;
     const A: Settlement = Settlement::Ack;
     const N: Settlement = Settlement::NACK;
+
+    use crate::handler::kind;
+    use crate::message::{SettleFuture, Settler};
+    use crate::subscription::SubscriptionBuilder;
+    use brook_caps::BrokerKind;
+    use std::sync::Mutex as StdMutex;
+
+    /// Which settler path a settlement took.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Path {
+        Awaited(Settlement),
+        Later(Settlement),
+    }
+
+    struct Recorder(Arc<StdMutex<Vec<Path>>>);
+
+    impl Settler for Recorder {
+        fn settle(&self, s: Settlement) -> SettleFuture<'_> {
+            self.0.lock().unwrap().push(Path::Awaited(s));
+            SettleFuture::ready(Ok(()))
+        }
+
+        fn settle_later(&self, s: Settlement) -> SettleFuture<'_> {
+            self.0.lock().unwrap().push(Path::Later(s));
+            SettleFuture::ready(Ok(()))
+        }
+    }
+
+    /// Acks through the message first when `early`, then returns `result`.
+    struct Scripted {
+        sub: SubscriptionBuilder,
+        early: bool,
+        result: fn() -> Result<(), HandlerError>,
+        calls: Arc<StdMutex<u32>>,
+    }
+
+    impl Handler for Scripted {
+        type Broker = kind::Memory;
+
+        fn subscription(&self) -> SubscriptionBuilder {
+            self.sub.clone()
+        }
+
+        async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
+            *self.calls.lock().unwrap() += 1;
+            if self.early {
+                msg.ack()
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.into()))?;
+            }
+            (self.result)()
+        }
+    }
+
+    async fn run_one(
+        policy: AckPolicy,
+        early: bool,
+        result: fn() -> Result<(), HandlerError>,
+        delivery: Option<u32>,
+    ) -> (Outcome, Vec<Path>, u32) {
+        let sub = crate::subscription::Subscription::new(BrokerKind::Memory, "h")
+            .arg("topic", "t")
+            .arg("ack_policy", policy)
+            .arg("max_deliveries", 3u32);
+        let handler = Scripted {
+            sub: sub.clone(),
+            early,
+            result,
+            calls: Arc::default(),
+        };
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let mut msg = Message::new(
+            BrokerKind::Memory,
+            "t".into(),
+            bytes::Bytes::new(),
+            Recorder(seen.clone()),
+        );
+        if let Some(n) = delivery {
+            msg = msg.with_delivery_count(n);
+        }
+        let outcome = process(&handler, &sub.build().unwrap(), &Context::default(), msg).await;
+        let paths = seen.lock().unwrap().clone();
+        let calls = *handler.calls.lock().unwrap();
+        (outcome, paths, calls)
+    }
+
+    fn ok() -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    fn failed() -> Result<(), HandlerError> {
+        Err(HandlerError::Failed(anyhow::anyhow!("boom")))
+    }
+
+    fn rejected() -> Result<(), HandlerError> {
+        Err(HandlerError::Failed(crate::interrupt::Reject.into()))
+    }
+
+    #[tokio::test]
+    async fn the_engines_own_settlements_are_handed_over_and_a_handlers_are_awaited() {
+        use Path::*;
+        // Policy decisions after the handler returned: through settle_later.
+        let (outcome, paths, _) = run_one(Ack, false, ok, None).await;
+        assert_eq!(
+            (outcome, paths),
+            (Outcome::Settled(Settled::Acked), vec![Later(A)])
+        );
+        let (_, paths, _) = run_one(NackOnError, false, failed, Some(1)).await;
+        assert_eq!(paths, vec![Later(N)]);
+        let (_, paths, _) = run_one(Manual, false, rejected, None).await;
+        assert_eq!(paths, vec![Later(R)], "an interrupt");
+        // The last allowed delivery fails: rejected instead of nacked, handed over too.
+        let (_, paths, _) = run_one(NackOnError, false, failed, Some(3)).await;
+        assert_eq!(paths, vec![Later(R)]);
+        // Past max_deliveries: rejected without running the handler.
+        let (_, paths, calls) = run_one(NackOnError, false, ok, Some(4)).await;
+        assert_eq!((paths, calls), (vec![Later(R)], 0));
+        // The handler's own ack is awaited, and the engine sends nothing after it (settle once).
+        let (outcome, paths, _) = run_one(Manual, true, ok, None).await;
+        assert_eq!(
+            (outcome, paths),
+            (Outcome::Settled(Settled::Acked), vec![Awaited(A)])
+        );
+        let (outcome, paths, _) = run_one(RejectOnError, true, failed, None).await;
+        assert_eq!(
+            (outcome, paths),
+            (Outcome::Settled(Settled::Acked), vec![Awaited(A)])
+        );
+        // AckFirst acks before the handler runs: awaited.
+        let (_, paths, _) = run_one(AckFirst, false, ok, None).await;
+        assert_eq!(paths, vec![Awaited(A)]);
+    }
 
     #[test]
     fn the_policy_table() {

@@ -144,6 +144,27 @@ pub trait Settler: Send + Sync + 'static {
     /// Apply `settlement` on the broker.
     fn settle(&self, settlement: Settlement) -> SettleFuture<'_>;
 
+    /// Apply `settlement` without making the caller wait for the broker's confirmation: the
+    /// engine's hook for the settlements it makes itself once the handler has returned (the
+    /// policy's ack / nack / reject after `Ok` or `Err`, interrupts, decode-failure and
+    /// `max_deliveries` rejects).
+    ///
+    /// Why it exists: awaiting each settlement's round trip before taking the next message
+    /// makes a consumer as slow as its broker's latency. A broker crate whose protocol can
+    /// settle many messages at once (Redis: one `XACK key group id1 id2 ...`) overrides this to
+    /// put the settlement in its consumer's settlement pipeline and return at once; the pipeline
+    /// then sends it promptly (batching what accumulates meanwhile), logs a failure (the message
+    /// stays unsettled on the broker and is redelivered, as when [`Settler::settle`] fails), and
+    /// is flushed when the consumer closes, so a graceful stop loses nothing. An `Err` here
+    /// means the settlement could not even be handed over.
+    ///
+    /// A handler's own `msg.ack().await` (and nack, reject) never comes here: it keeps meaning
+    /// "the broker has it". Like `settle`, this is called at most once per message, and only
+    /// after the handler finished. The default sends it as [`Settler::settle`] does.
+    fn settle_later(&self, settlement: Settlement) -> SettleFuture<'_> {
+        self.settle(settlement)
+    }
+
     /// Tell the broker the message is still being worked on (JetStream `+WPI`); a no-op where
     /// the broker has no such thing.
     fn in_progress(&self) -> SettleFuture<'_> {
@@ -348,18 +369,43 @@ impl Message {
     /// Settle the message, unless it already was: the first settlement wins, and later calls
     /// report [`SettleReport::AlreadySettled`] without talking to the broker.
     pub async fn settle(&self, settlement: Settlement) -> Result<SettleReport, BrokerError> {
-        let kind = settlement.kind();
-        if let Err(previous) =
-            self.settled
-                .compare_exchange(0, kind.code(), Ordering::AcqRel, Ordering::Acquire)
-        {
-            // `previous` is never 0 here: only a successful exchange writes a non-zero code.
-            return Ok(SettleReport::AlreadySettled(
-                Settled::from_code(previous).unwrap_or(kind),
-            ));
-        }
+        let kind = match self.claim(settlement) {
+            Ok(kind) => kind,
+            Err(earlier) => return Ok(earlier),
+        };
         self.settler.settle(settlement).await?;
         Ok(SettleReport::Settled(kind))
+    }
+
+    /// [`Message::settle`] through [`Settler::settle_later`]: the engine's settlements after the
+    /// handler returned, handed to the broker crate's settlement pipeline where it has one.
+    /// Settle-once holds as for `settle`: both record the settlement here first.
+    pub(crate) async fn settle_later(
+        &self,
+        settlement: Settlement,
+    ) -> Result<SettleReport, BrokerError> {
+        let kind = match self.claim(settlement) {
+            Ok(kind) => kind,
+            Err(earlier) => return Ok(earlier),
+        };
+        self.settler.settle_later(settlement).await?;
+        Ok(SettleReport::Settled(kind))
+    }
+
+    /// Records `settlement` as the message's one settlement: `Ok` with its kind if it is the
+    /// first, else `Err` with the report of the earlier one.
+    fn claim(&self, settlement: Settlement) -> Result<Settled, SettleReport> {
+        let kind = settlement.kind();
+        match self
+            .settled
+            .compare_exchange(0, kind.code(), Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(kind),
+            // `previous` is never 0 here: only a successful exchange writes a non-zero code.
+            Err(previous) => Err(SettleReport::AlreadySettled(
+                Settled::from_code(previous).unwrap_or(kind),
+            )),
+        }
     }
 
     /// The broker's own delivery object, if it is a `T` (used by broker-specific extractors).
@@ -419,5 +465,29 @@ mod tests {
         );
         assert_eq!(*seen.lock().unwrap(), vec![Settlement::Reject]);
         assert_eq!(msg.settled(), Some(Settled::Rejected));
+    }
+
+    #[tokio::test]
+    async fn settle_later_defaults_to_settle_and_is_settled_once_with_it() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let msg = Message::new(
+            BrokerKind::Memory,
+            "t".into(),
+            Bytes::new(),
+            Recorder(seen.clone()),
+        );
+        assert_eq!(
+            msg.settle_later(Settlement::Ack).await.unwrap(),
+            SettleReport::Settled(Settled::Acked)
+        );
+        assert_eq!(
+            msg.reject().await.unwrap(),
+            SettleReport::AlreadySettled(Settled::Acked)
+        );
+        assert_eq!(
+            msg.settle_later(Settlement::NACK).await.unwrap(),
+            SettleReport::AlreadySettled(Settled::Acked)
+        );
+        assert_eq!(*seen.lock().unwrap(), vec![Settlement::Ack]);
     }
 }

@@ -476,14 +476,11 @@ impl Broker for RedisBroker {
                 let reconnects = vec![reader.reconnect_rx(), shared_client.reconnect_rx()];
                 let dead_letter = stream.dead_letter_stream.as_deref().map(Arc::from);
                 tracing::debug!(stream = %name, group = ?group, consumer = %consumer, "stream consumer started");
+                let (shared, pipeline) =
+                    StreamShared::start(shared_client, name, group, consumer.into(), dead_letter);
                 Kind::Stream(Box::new(StreamConsumer {
-                    shared: Arc::new(StreamShared::new(
-                        shared_client,
-                        name,
-                        group,
-                        consumer.into(),
-                        dead_letter,
-                    )),
+                    shared,
+                    pipeline,
                     reader,
                     batch,
                     noack: sub.policy() == AckPolicy::AckFirst,

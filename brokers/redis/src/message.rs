@@ -7,7 +7,7 @@ use std::sync::Arc;
 use brook_runtime::{BrokerError, BrokerKind, BrokerMessage, SettleFuture, Settlement, Settler};
 use bytes::Bytes;
 
-use crate::consumer::StreamShared;
+use crate::consumer::{Deferred, StreamShared};
 
 /// Which kind of Redis source a message came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct RedisMessage {
     pub(crate) entry_id: Option<Arc<str>>,
     pub(crate) group: Option<Arc<str>>,
     pub(crate) consumer: Option<Arc<str>>,
-    pub(crate) fields: Vec<(Bytes, Bytes)>,
+    pub(crate) fields: crate::wire::Fields,
     pub(crate) wire: Bytes,
 }
 
@@ -112,6 +112,10 @@ pub(crate) struct StreamSettler {
     pub shared: Arc<StreamShared>,
     pub raw: RedisMessage,
     pub id: Arc<str>,
+    /// The id as Redis sent it (an XACK argument without a copy).
+    pub wire_id: fred::types::Value,
+    /// The id as numbers: its key in the consumer's in-flight set.
+    pub num: (u64, u64),
     /// Deliveries so far, this one included.
     pub deliveries: u32,
     /// Whether the entry is in the group's pending list (not read with NOACK).
@@ -125,7 +129,7 @@ impl Settler for StreamSettler {
         self.settled.store(true, Ordering::Release);
         if !self.pending {
             // Read with NOACK (AckFirst): Redis acknowledged it on delivery.
-            self.shared.forget(&self.id);
+            self.shared.forget(self.num);
             return SettleFuture::ready(Ok(()));
         }
         match settlement {
@@ -139,6 +143,38 @@ impl Settler for StreamSettler {
                 self.deliveries,
                 &self.raw.fields,
             )),
+        }
+    }
+
+    /// Acks and rejects go to the consumer's settlement pipeline (see [`Deferred`]), which
+    /// acknowledges many entries with one XACK; a nack and a NOACK entry involve no command and
+    /// are settled at once, as when the pipeline is gone (the consumer closed).
+    fn settle_later(&self, settlement: Settlement) -> SettleFuture<'_> {
+        if !self.pending || matches!(settlement, Settlement::Nack { .. }) {
+            return self.settle(settlement);
+        }
+        let deferred = match (settlement, &self.shared.dead_letter) {
+            (Settlement::Reject, Some(_)) => Deferred::DeadLetter {
+                id: self.id.clone(),
+                wire_id: self.wire_id.clone(),
+                num: self.num,
+                deliveries: self.deliveries,
+                fields: self.raw.fields.clone(),
+            },
+            _ => Deferred::Ack {
+                id: self.id.clone(),
+                wire_id: self.wire_id.clone(),
+                num: self.num,
+                deliveries: self.deliveries,
+            },
+        };
+        // Settled from here on: the entry is the pipeline's, and this settler's drop must not
+        // take it out of the in-flight set.
+        self.settled.store(true, Ordering::Release);
+        if self.shared.defer(deferred) {
+            SettleFuture::ready(Ok(()))
+        } else {
+            self.settle(settlement)
         }
     }
 
@@ -163,7 +199,7 @@ impl Drop for StreamSettler {
             return;
         }
         if self.pending {
-            self.shared.forget(&self.id);
+            self.shared.forget(self.num);
         } else {
             self.shared.abandon(self.id.clone());
         }
@@ -205,7 +241,7 @@ mod tests {
             entry_id: None,
             group: None,
             consumer: None,
-            fields: Vec::new(),
+            fields: Default::default(),
             wire: Bytes::from_static(b"x"),
         };
         let ours = Message::new(
