@@ -471,14 +471,11 @@ impl MqttSettler {
             Ok(()) => self.ack(ticket),
             Err(error) => {
                 let what = match self.shared.fate(ticket) {
-                    Fate::Live => {
-                        // Unacknowledged, not holding later acks back: the broker resends it on
-                        // the next session, and it is rejected (dead-lettered) again then.
-                        self.shared.abandon(ticket);
-                        "it stays unacknowledged; the broker resends it on the next session"
-                    }
                     Fate::Resumed => "the broker resends it on the resumed session",
-                    Fate::Lost | Fate::Unknown => {
+                    // Live too: left unacknowledged, a clean session would never resend it.
+                    // Delivered again by brook (with the backoff), it is rejected and
+                    // dead-lettered again then.
+                    Fate::Live | Fate::Lost | Fate::Unknown => {
                         self.redeliver(ticket, redelivery_delay(self.deliveries));
                         "brook delivers it again"
                     }
@@ -508,6 +505,13 @@ impl Settler for MqttSettler {
                 Some(topic) => SettleFuture::new(self.dead_letter(ticket, topic)),
             },
         }
+    }
+
+    /// A message of a session that was resumed since it arrived is resent by the broker:
+    /// handling this copy too would handle it twice.
+    fn superseded(&self) -> bool {
+        self.ticket
+            .is_some_and(|t| self.shared.fate(t) == Fate::Resumed)
     }
 
     fn raw(&self) -> Option<&(dyn Any + Send + Sync)> {

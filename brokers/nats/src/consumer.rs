@@ -16,6 +16,7 @@
 //! may create it, with its settings), or the consumer ends: one error saying why, then `None`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -187,6 +188,12 @@ struct Shared {
     /// confirmed by the server (a "double ack"), not merely buffered in the client.
     confirm_ack: bool,
     unsettled: Mutex<HashMap<u64, Subject>>,
+    /// Set when the consumer that delivered these messages was deleted and brook goes on with
+    /// a recreated one of the same name: their ack subjects now reach the new consumer, where
+    /// an old `+ACK` could move its delivery past messages it has not delivered yet. So
+    /// nothing is sent for them any more, and the engine skips those not yet handled (the new
+    /// consumer delivers them again).
+    retired: AtomicBool,
 }
 
 impl Shared {
@@ -202,6 +209,7 @@ impl Shared {
             client,
             confirm_ack,
             unsettled: Mutex::new(HashMap::new()),
+            retired: AtomicBool::new(false),
         })
     }
 }
@@ -562,6 +570,7 @@ impl JetStreamConsumer {
         // Dropping the old subscriber unsubscribes its inbox.
         self.subscriber = subscriber;
         self.inbox = inbox;
+        self.shared.retired.store(true, Ordering::Release);
         self.shared = Shared::new(self.shared.client.clone(), self.shared.confirm_ack);
         self.next_subject = next_subject(&target);
         self.setup.target = target;
@@ -700,7 +709,19 @@ struct JetStreamSettler {
 }
 
 impl JetStreamSettler {
+    /// The error for a settlement of a delivery whose consumer was deleted (see
+    /// [`Shared::retired`]).
+    fn retired(&self) -> Option<BrokerError> {
+        self.shared.retired.load(Ordering::Acquire).then(|| BrokerError::Invalid {
+            broker: KIND,
+            message: "the JetStream consumer that delivered this message was deleted and recreated; nothing is sent for it, the recreated consumer delivers it again".into(),
+        })
+    }
+
     fn send(&self, payload: Bytes, operation: &'static str) -> SettleFuture<'_> {
+        if let Some(e) = self.retired() {
+            return SettleFuture::ready(Err(e));
+        }
         let Some(reply) = self.msg.message().reply.clone() else {
             return SettleFuture::ready(Err(BrokerError::Invalid {
                 broker: KIND,
@@ -719,6 +740,9 @@ impl JetStreamSettler {
     /// `+ACK` as a request: the server answers once it has recorded the ack (bounded by the
     /// client's request timeout). An error means the handler must not run.
     fn confirmed_ack(&self) -> SettleFuture<'_> {
+        if let Some(e) = self.retired() {
+            return SettleFuture::ready(Err(e));
+        }
         let Some(reply) = self.msg.message().reply.clone() else {
             return SettleFuture::ready(Err(BrokerError::Invalid {
                 broker: KIND,
@@ -770,6 +794,10 @@ impl Settler for JetStreamSettler {
 
     fn in_progress(&self) -> SettleFuture<'_> {
         self.send(Bytes::from_static(b"+WPI"), "+WPI")
+    }
+
+    fn superseded(&self) -> bool {
+        self.shared.retired.load(Ordering::Acquire)
     }
 
     fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {

@@ -257,3 +257,55 @@ async fn with_create_false_a_deleted_durable_fails_the_app() {
         "{text}"
     );
 }
+
+/// A message still being handled when its durable is deleted: its settlement must not reach the
+/// recreated durable of the same name (an old `+ACK` could move it past messages it has not
+/// delivered yet). The recreated durable delivers it again, and afterwards nothing is pending
+/// or unacknowledged on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_in_flight_across_the_deletion_is_settled_by_the_recreated_durable() {
+    init_tracing();
+    let n = fresh_names("js_deleted_in_flight");
+    let _cleanup = common::cleanup(&[&n.stream]);
+    let broker = NatsBroker::new(common::URL);
+    let (handler, mut seen) = scripted(
+        js_builder(&n, &[("concurrency", 2u32.into())]),
+        |m: &brook_runtime::Message| match &m.body()[..] {
+            b"slow" if m.delivery_count() == Some(1) => Act::WorkLong {
+                total: Duration::from_millis(1500),
+                every: Duration::from_millis(300),
+            },
+            _ => Act::Succeed,
+        },
+    );
+    let running = App::new(broker.clone())
+        .subscribe(handler)
+        .start()
+        .await
+        .unwrap();
+    broker.publish("slow", &n.subject).await.unwrap();
+    wait_for(&mut seen, b"slow").await;
+
+    let js = jetstream::new(common::client().await);
+    delete_durable(&js, &n).await;
+    broker.publish("after", &n.subject).await.unwrap();
+    wait_for(&mut seen, b"after").await;
+
+    // Every message of the stream ends acknowledged on the recreated durable.
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let c = consumer_info(&js, &n.stream, &n.durable).await;
+        if c.num_pending == 0 && c.num_ack_pending == 0 && c.ack_floor.stream_sequence >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still pending on the recreated durable: {} unread, {} unacknowledged, ack floor {}",
+            c.num_pending,
+            c.num_ack_pending,
+            c.ack_floor.stream_sequence
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await.unwrap();
+}

@@ -1196,15 +1196,11 @@ impl StreamConsumer {
     }
 
     async fn close(mut self) -> Result<(), BrokerError> {
-        // No renewal may follow the DEL of the liveness key below.
         let liveness = self.liveness.take();
         let (keys, heartbeat) = match liveness {
             Some(l) => (Some(l.keys), l.heartbeat),
             None => (None, None),
         };
-        if let Some(heartbeat) = heartbeat {
-            heartbeat.stop().await;
-        }
         let grouped = self.shared.group.is_some();
         let mut unread = Vec::new();
         if let Some(read) = self.read.take() {
@@ -1241,6 +1237,13 @@ impl StreamConsumer {
                     tracing::error!(stream = %sh.stream, %error, "the settlement pipeline failed; its entries stay pending");
                 }
             }
+        }
+        // The heartbeat runs until here: while the read is interrupted and the pipeline flushed
+        // (seconds, during a reconnect), a lapsed key would let other consumers take over
+        // entries that are handled and only wait for their XACK. No renewal may follow the
+        // DEL of the liveness key below.
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.stop().await;
         }
         let mut result = Ok(());
         if grouped {
