@@ -121,6 +121,6 @@ pub mod prelude {
     pub use crate::subscriber;
     pub use brook_runtime::{
         AckPolicy, App, Broker, Context, Headers, MemoryBroker, Message, Mount, MountNames,
-        Outgoing, Settled, State,
+        Outgoing, Publish, Publisher, Settled, State,
     };
 }

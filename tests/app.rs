@@ -96,8 +96,9 @@ impl brook::Handler for Invalid {
             .arg("topic", "t")
             .arg("concurrency", 0u32)
     }
-    async fn call(&self, _: &Message, _: &Context) -> Result<(), brook::HandlerError> {
-        Ok(())
+    async fn call(&self, _: &Message, _: &Context) -> brook::HandlerResult {
+        let done: Result<(), brook::HandlerError> = async move { Ok(()) }.await;
+        done.map(|()| None)
     }
 }
 

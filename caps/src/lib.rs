@@ -293,6 +293,24 @@ pub const COMMON_ARGUMENTS: &[ArgSpec] = &[
         "what to do with a payload that cannot be decoded",
     )
     .default("Reject"),
+    arg(
+        "publish",
+        ArgKind::Name,
+        "publish the handler's result here, before the input message is acknowledged (topic / exchange / subject / channel / list / stream of the output broker)",
+    ),
+    arg(
+        "publish_broker",
+        ArgKind::Ident(BROKER_NAMES),
+        "the App's broker the result is published on",
+    )
+    .default("the input's broker")
+    .only_with("publish"),
+    arg(
+        "reply",
+        ArgKind::Bool,
+        "publish the handler's result to a message's `reply_to`, with its `correlation_id` (FastStream's RPC); `false` never replies",
+    )
+    .default("true"),
 ];
 
 const MEMORY_ARGUMENTS: &[ArgSpec] = &[
@@ -838,7 +856,12 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
         }
         if let Value::Str(text) = value {
             if spec.is_name() {
-                check_name(broker, name, text).map_err(|why| {
+                // An output's name follows the rules of the broker it is published on.
+                let rules = match *name {
+                    "publish" => output_broker(broker, args),
+                    _ => broker,
+                };
+                check_name(rules, name, text).map_err(|why| {
                     arg_error(Some(spec.name), format!("`{name} = {text:?}`: {why}"))
                 })?;
             }
@@ -902,6 +925,15 @@ pub fn resolve(broker: BrokerKind, args: &[(&str, Value)]) -> Result<Resolved, A
     })
 }
 
+/// The broker a subscriber's result is published on: `publish_broker`, or the input's.
+pub fn output_broker(broker: BrokerKind, args: &[(&str, Value)]) -> BrokerKind {
+    args.iter()
+        .find(|(n, _)| *n == "publish_broker")
+        .and_then(|(_, v)| v.as_str())
+        .and_then(BrokerKind::from_name)
+        .unwrap_or(broker)
+}
+
 fn max_deliveries_warning(source: Source, source_name: &str, given: bool) -> Option<String> {
     if !given || source.features().delivery_count != DeliveryCount::None {
         return None;
@@ -944,6 +976,9 @@ fn not_applicable(
     source_name: &str,
 ) -> String {
     match (broker, source) {
+        _ if needed == "publish" => format!(
+            "`{arg}` says where the handler's result is published, but no output is declared; add publish = \"...\" or remove `{arg}`"
+        ),
         (BrokerKind::Nats, _) => format!(
             "`{arg}` configures a JetStream consumer; add {needed} = \"...\" to consume `{source_name}` through JetStream"
         ),

@@ -48,7 +48,26 @@ pub fn check_name(broker: BrokerKind, arg: &str, value: &str) -> Result<(), Stri
             Ok(())
         }
         (BrokerKind::Mqtt, "topic") => mqtt_filter(value),
+        // An output is one destination: no list, no wildcard.
+        (BrokerKind::Kafka, "publish") => kafka_topic(value),
+        (BrokerKind::Nats, "publish") => {
+            nats_subject(value)?;
+            no_wildcards(value, "NATS subject", &['*', '>'])
+        }
+        (BrokerKind::Mqtt, "publish") => {
+            mqtt_filter(value)?;
+            no_wildcards(value, "MQTT topic", &['+', '#'])
+        }
         _ => Ok(()),
+    }
+}
+
+fn no_wildcards(value: &str, what: &str, wildcards: &[char]) -> Result<(), String> {
+    match value.chars().find(|c| wildcards.contains(c)) {
+        Some(c) => Err(format!(
+            "{what} `{value}` contains the wildcard `{c}`, but a result is published to one destination"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -246,6 +246,20 @@ fn expand(
         syn::Error::new(span, e.message)
     })?;
 
+    // An output on another broker needs that broker compiled in, like a subscriber does.
+    if let Some(arg) = args.iter().find(|a| a.name == "publish_broker") {
+        let output = brook_caps::output_broker(broker, &pairs);
+        if !compiled_in().contains(&output) {
+            return Err(syn::Error::new(
+                arg.value_span,
+                format!(
+                    "`publish_broker = {0}`: broker `{0}` is not compiled in, so the result cannot be published there; enable brook's `{0}` feature (in Cargo.toml: brook = {{ version = \"...\", features = [\"{0}\"] }})",
+                    output.name()
+                ),
+            ));
+        }
+    }
+
     let handler_args = check_signature(&func, resolved.policy, span_of("ack_policy"))?;
 
     // Generate.
@@ -306,6 +320,16 @@ fn expand(
             };
         }
     });
+    // What the function returns is taken apart (a `Result`'s error is the failure) and what
+    // is left is published; errors about the return type point at it.
+    let returns = match &sig.output {
+        syn::ReturnType::Default => sig.ident.span(),
+        syn::ReturnType::Type(_, ty) => ty.span(),
+    };
+    let publish = quote_spanned! {returns=>
+        let value = (&returned).brook_result().split(returned)?;
+        (&value).brook_output().output(value)
+    };
     let handle_sig = syn::Signature {
         ident: format_ident!("handle", span = name.span()),
         ..sig.clone()
@@ -338,11 +362,14 @@ fn expand(
 
             #check
 
-            async fn call(&self, msg: &::brook::Message, ctx: &::brook::Context) -> ::std::result::Result<(), ::brook::HandlerError> {
+            async fn call(&self, msg: &::brook::Message, ctx: &::brook::Context) -> ::brook::HandlerResult {
                 #[allow(unused_imports)]
                 use ::brook::extract::{ViaBrokerMessage as _, ViaDecode as _, ViaFromMessage as _};
+                #[allow(unused_imports)]
+                use ::brook::output::dispatch::{ViaIntoOutput as _, ViaResult as _, ViaSerialize as _, ViaValue as _};
                 #(#extractions)*
-                ::brook::IntoHandlerResult::into_handler_result(Self::handle(#(#extracted),*).await)
+                let returned = Self::handle(#(#extracted),*).await;
+                #publish
             }
         }
 

@@ -125,11 +125,13 @@ pub struct App<B: Broker> {
 impl<B: Broker> App<B> {
     /// An App on `broker` with no subscribers yet.
     pub fn new(broker: B) -> Self {
+        let mut ctx = Context::default();
+        ctx.publishers_mut().add(broker.clone());
         App {
             broker,
             subscribers: Vec::new(),
             invalid: Vec::new(),
-            ctx: Context::default(),
+            ctx,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
             on_startup: Vec::new(),
             on_shutdown: Vec::new(),
@@ -233,6 +235,14 @@ impl<B: Broker> App<B> {
         for subscriber in &self.subscribers {
             problems.extend(subscriber.check(&cx));
             let sub = subscriber.subscription();
+            if let Some(output) = sub.output() {
+                if self.ctx.publishers().get(output.broker).is_err() {
+                    problems.push(StartError::NoOutputBroker {
+                        subscriber: sub.name().to_owned(),
+                        broker: output.broker,
+                    });
+                }
+            }
             if let Err(source) = self.broker.check(sub) {
                 problems.push(StartError::Broker {
                     subscriber: sub.name().to_owned(),

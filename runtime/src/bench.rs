@@ -17,7 +17,7 @@ use crate::codec;
 use crate::error::AppError;
 use crate::extract::Context;
 use crate::handler::kind::Kind;
-use crate::handler::{Handler, HandlerError};
+use crate::handler::Handler;
 use crate::message::Message;
 use crate::subscription::{Subscription, SubscriptionBuilder};
 
@@ -69,7 +69,7 @@ impl<K: Kind> Handler for Counting<K> {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
+    async fn call(&self, msg: &Message, _: &Context) -> crate::HandlerResult {
         if self.first.get().is_none() {
             let _ = self.first.set(Instant::now());
         }
@@ -78,7 +78,7 @@ impl<K: Kind> Handler for Counting<K> {
         if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
             self.done.notify_one();
         }
-        Ok(())
+        Ok(None)
     }
 }
 

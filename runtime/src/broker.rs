@@ -3,6 +3,7 @@
 //! settle; that is the engine's job, so broker crates only map protocol calls.
 
 use std::future::Future;
+use std::time::Duration;
 
 use brook_caps::BrokerKind;
 use bytes::Bytes;
@@ -49,6 +50,38 @@ pub trait Broker: Clone + Send + Sync + 'static {
         message: Outgoing,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// Publish a reply to a message's `reply_to`. The default publishes to it like any
+    /// destination; brokers whose reply addresses are not ordinary destinations override it
+    /// (RabbitMQ's `amq.rabbitmq.reply-to` through the default exchange, a NATS inbox on core
+    /// NATS rather than JetStream).
+    fn publish_reply(
+        &self,
+        message: Outgoing,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        self.publish_message(message)
+    }
+
+    /// Publish `message` as a request and wait at most `timeout` for its reply: the message
+    /// gets a `reply_to` the broker routes back to this client and a `correlation_id` (kept if
+    /// set), and the reply is the first message back with that id. A timeout is
+    /// [`BrokerError::RequestTimeout`], and a reply that arrives later is dropped. The default:
+    /// [`BrokerError::Unsupported`], for brokers that have no way to route a reply.
+    fn request_message(
+        &self,
+        message: Outgoing,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Message, BrokerError>> + Send {
+        let _ = (message, timeout);
+        let broker = self.kind();
+        async move {
+            Err(BrokerError::Unsupported {
+                broker,
+                what: "request/reply",
+                why: "this broker has no way to route a reply back".to_owned(),
+            })
+        }
+    }
+
     /// Disconnect (after consumers have closed).
     fn close(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
@@ -61,6 +94,26 @@ pub trait Broker: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BrokerError>> + Send {
         let message = Outgoing::encode(value, destination);
         async move { self.publish_message(message?).await }
+    }
+
+    /// Send `value` (encoded as [`publish`](Broker::publish) does) to `destination` as a
+    /// request and wait at most `timeout` for the reply; see [`Broker::request_message`].
+    ///
+    /// ```
+    /// # async fn demo(broker: impl brook_runtime::Broker) -> Result<(), brook_runtime::BrokerError> {
+    /// use std::time::Duration;
+    /// let reply = broker.request(&serde_json::json!({"n": 2}), "square", Duration::from_secs(5)).await?;
+    /// let n: u64 = serde_json::from_slice(reply.body()).unwrap_or_default();
+    /// # Ok(()) }
+    /// ```
+    fn request<T: Serialize + ?Sized + Sync>(
+        &self,
+        value: &T,
+        destination: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Message, BrokerError>> + Send {
+        let message = Outgoing::encode(value, destination);
+        async move { self.request_message(message?, timeout).await }
     }
 }
 
@@ -154,5 +207,17 @@ impl Outgoing {
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// The `correlation_id`, set to a new one first if there is none (what a request does).
+    pub fn ensure_correlation_id(&mut self) -> String {
+        match self.headers.get(CORRELATION_ID) {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = crate::output::new_correlation_id();
+                self.headers.insert(CORRELATION_ID, id.clone());
+                id
+            }
+        }
     }
 }

@@ -160,40 +160,29 @@ impl<K: Kind> Handler for Scripted<K> {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        if self.typed {
-            let _: Probe = codec::decode(msg.body(), msg.content_type())?;
-        }
-        let n = self.count.fetch_add(1, Ordering::SeqCst) as usize;
-        let step = (self.script)(msg, n);
-        let _ = self.calls.send(Call {
-            body: msg.body().clone(),
-            delivery_count: msg.delivery_count(),
-            at: Instant::now(),
-        });
-        let failed = || HandlerError::Failed(anyhow::anyhow!("scripted failure"));
-        match step {
-            Step::Succeed => Ok(()),
-            Step::Fail => Err(failed()),
-            Step::Panic => panic!("scripted panic"),
-            Step::Interrupt(s) => Err(HandlerError::Failed(match s {
-                Settlement::Ack => Ack.into(),
-                Settlement::Nack { delay } => Nack { delay }.into(),
-                Settlement::Reject => Reject.into(),
-            })),
-            Step::Settle(s) => {
-                let report = msg
-                    .settle(s)
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
-                self.reports
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(report);
-                Ok(())
+    async fn call(&self, msg: &Message, _: &Context) -> crate::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            if self.typed {
+                let _: Probe = codec::decode(msg.body(), msg.content_type())?;
             }
-            Step::SettleTwiceThenFail(first, second) => {
-                for s in [first, second] {
+            let n = self.count.fetch_add(1, Ordering::SeqCst) as usize;
+            let step = (self.script)(msg, n);
+            let _ = self.calls.send(Call {
+                body: msg.body().clone(),
+                delivery_count: msg.delivery_count(),
+                at: Instant::now(),
+            });
+            let failed = || HandlerError::Failed(anyhow::anyhow!("scripted failure"));
+            match step {
+                Step::Succeed => Ok(()),
+                Step::Fail => Err(failed()),
+                Step::Panic => panic!("scripted panic"),
+                Step::Interrupt(s) => Err(HandlerError::Failed(match s {
+                    Settlement::Ack => Ack.into(),
+                    Settlement::Nack { delay } => Nack { delay }.into(),
+                    Settlement::Reject => Reject.into(),
+                })),
+                Step::Settle(s) => {
                     let report = msg
                         .settle(s)
                         .await
@@ -202,21 +191,36 @@ impl<K: Kind> Handler for Scripted<K> {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(report);
+                    Ok(())
                 }
-                Err(failed())
+                Step::SettleTwiceThenFail(first, second) => {
+                    for s in [first, second] {
+                        let report = msg
+                            .settle(s)
+                            .await
+                            .map_err(|e| HandlerError::Failed(e.into()))?;
+                        self.reports
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(report);
+                    }
+                    Err(failed())
+                }
+                Step::WaitFor(n) => {
+                    n.notified().await;
+                    Ok(())
+                }
+                Step::Meet(b) => match tokio::time::timeout(WAIT, b.wait()).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(HandlerError::Failed(anyhow::anyhow!(
+                        "concurrent handlers never met"
+                    ))),
+                },
+                Step::Hang => std::future::pending().await,
             }
-            Step::WaitFor(n) => {
-                n.notified().await;
-                Ok(())
-            }
-            Step::Meet(b) => match tokio::time::timeout(WAIT, b.wait()).await {
-                Ok(_) => Ok(()),
-                Err(_) => Err(HandlerError::Failed(anyhow::anyhow!(
-                    "concurrent handlers never met"
-                ))),
-            },
-            Step::Hang => std::future::pending().await,
         }
+        .await;
+        done.map(|()| None)
     }
 }
 

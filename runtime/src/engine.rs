@@ -17,8 +17,10 @@ use tracing::Instrument as _;
 use crate::broker::Consumer;
 use crate::extract::Context;
 use crate::handler::{Handler, HandlerError};
+use crate::headers::CORRELATION_ID;
 use crate::interrupt::find_interrupt;
 use crate::message::{Message, SettleReport, Settled, Settlement};
+use crate::output::{new_correlation_id, Output};
 use crate::subscription::Subscription;
 
 /// How a handler run ended, as far as settlement is concerned.
@@ -142,7 +144,13 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         .catch_unwind()
         .await
     {
-        Ok(Ok(())) => (Completion::Succeeded, None),
+        Ok(Ok(output)) => match publish_results(sub, ctx, msg, output).await {
+            Ok(()) => (Completion::Succeeded, None),
+            // The input is not acked when its result is not on the broker: the policy's error
+            // path applies, as for a failed handler.
+            Err(error) => (Completion::Failed, Some(error)),
+        },
+        Ok(Err(HandlerError::Output(error))) => (Completion::Failed, Some(error.to_string())),
         Ok(Err(HandlerError::Extract(error))) => (
             Completion::Undecodable,
             Some(format!(
@@ -188,6 +196,81 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         Some(settlement) => settle(sub, msg, settlement).await,
         None => msg.settled().map_or(Outcome::Unsettled, Outcome::Settled),
     }
+}
+
+/// Publishes what the handler returned, before the input is settled: the reply to the input's
+/// `reply_to` (unless `reply = false`; an empty one for a handler that returned nothing), then
+/// the output to the subscriber's `publish` (or the [`Publish::to`](crate::Publish::to)
+/// destination). Both carry the input's `correlation_id`, or a new one. An `Err` says what
+/// could not be published.
+async fn publish_results(
+    sub: &Subscription,
+    ctx: &Context,
+    msg: &Message,
+    output: Option<Output>,
+) -> Result<(), String> {
+    let reply_to = msg.reply_to().filter(|_| sub.replies());
+    let target = output.as_ref().and_then(|out| {
+        let broker = sub.output().map_or(msg.broker(), |t| t.broker);
+        match (&out.destination, sub.output()) {
+            (Some(destination), _) => Some((destination.as_str(), broker)),
+            (None, Some(t)) => Some((t.destination.as_str(), broker)),
+            (None, None) => None,
+        }
+    });
+    if reply_to.is_none() && target.is_none() {
+        return Ok(());
+    }
+    let generated;
+    let correlation_id = match msg.correlation_id() {
+        Some(id) => id,
+        None => {
+            generated = new_correlation_id();
+            &generated
+        }
+    };
+    if let Some(reply_to) = reply_to {
+        let mut reply = output
+            .as_ref()
+            .map_or_else(Output::default, Clone::clone)
+            .to_outgoing(reply_to, correlation_id);
+        // The requester matches the reply by the request's id, whatever the handler set.
+        reply.headers.insert(CORRELATION_ID, correlation_id);
+        let published = match ctx.publishers().get(msg.broker()) {
+            Ok(broker) => broker.publish_reply(reply).await,
+            Err(e) => Err(e),
+        };
+        published.map_err(|e| format!("could not publish the reply to `{reply_to}`: {e}"))?;
+        tracing::debug!(
+            subscriber = sub.name(),
+            reply_to,
+            correlation_id,
+            "reply published"
+        );
+    }
+    if let (Some(out), Some((destination, broker))) = (&output, target) {
+        let published = match ctx.publishers().get(broker) {
+            Ok(publisher) => {
+                publisher
+                    .publish(out.to_outgoing(destination, correlation_id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        published.map_err(|e| {
+            format!(
+                "could not publish the result to `{destination}` on {}: {e}",
+                broker.display_name()
+            )
+        })?;
+        tracing::debug!(
+            subscriber = sub.name(),
+            destination,
+            correlation_id,
+            "result published"
+        );
+    }
+    Ok(())
 }
 
 /// The engine's own settlements, made once the handler returned (or instead of running it:
@@ -419,14 +502,18 @@ mod tests {
             self.sub.clone()
         }
 
-        async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-            *self.calls.lock().unwrap() += 1;
-            if self.early {
-                msg.ack()
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
+        async fn call(&self, msg: &Message, _: &Context) -> crate::HandlerResult {
+            let done: Result<(), HandlerError> = async move {
+                *self.calls.lock().unwrap() += 1;
+                if self.early {
+                    msg.ack()
+                        .await
+                        .map_err(|e| HandlerError::Failed(e.into()))?;
+                }
+                (self.result)()
             }
-            (self.result)()
+            .await;
+            done.map(|()| None)
         }
     }
 

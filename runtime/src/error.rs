@@ -48,6 +48,31 @@ pub enum BrokerError {
     /// The broker was closed.
     #[error("{} is closed", .0.display_name())]
     Closed(BrokerKind),
+    /// No reply to a request arrived in time. A reply that comes later is dropped.
+    #[error("no reply from `{destination}` on {} within {timeout:?}", .broker.display_name())]
+    RequestTimeout {
+        /// Which broker.
+        broker: BrokerKind,
+        /// Where the request was sent.
+        destination: String,
+        /// How long brook waited.
+        timeout: std::time::Duration,
+    },
+    /// The broker, as configured, cannot do this at all (request/reply on MQTT 3.1.1, which
+    /// carries no reply address).
+    #[error("{} cannot {what}: {why}", .broker.display_name())]
+    Unsupported {
+        /// Which broker.
+        broker: BrokerKind,
+        /// What was asked, e.g. "request/reply".
+        what: &'static str,
+        /// Why, and what to do instead.
+        why: String,
+    },
+    /// The App has no broker of this kind (an output's `publish_broker`, a
+    /// [`Publisher::on`](crate::Publisher::on)).
+    #[error("the App has no {} broker: add it with App::broker(...)", .0.display_name())]
+    NoSuchBroker(BrokerKind),
 }
 
 impl BrokerError {
@@ -142,6 +167,14 @@ pub enum StartError {
         /// Why.
         #[source]
         source: BrokerError,
+    },
+    /// A subscriber publishes its result on a broker the App does not have.
+    #[error("subscriber `{subscriber}` publishes its result on {} (publish_broker = {}), but the App has no {} broker: add it with App::broker(...)", .broker.display_name(), .broker.name(), .broker.display_name())]
+    NoOutputBroker {
+        /// The subscriber.
+        subscriber: String,
+        /// The broker it publishes on.
+        broker: BrokerKind,
     },
 }
 

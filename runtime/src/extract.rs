@@ -32,14 +32,24 @@ use crate::error::ExtractError;
 use crate::handler::kind::Kind;
 use crate::headers::Headers;
 use crate::message::Message;
+use crate::publisher::Publishers;
 
 /// Shared application state and services, available to every handler.
 #[derive(Clone, Default)]
 pub struct Context {
     states: Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    publishers: Publishers,
 }
 
 impl Context {
+    pub(crate) fn publishers(&self) -> &Publishers {
+        &self.publishers
+    }
+
+    pub(crate) fn publishers_mut(&mut self) -> &mut Publishers {
+        &mut self.publishers
+    }
+
     /// The state of type `T`, if the App has one.
     pub fn state<T: Send + Sync + 'static>(&self) -> Option<State<T>> {
         let any = self.states.get(&TypeId::of::<T>())?.clone();

@@ -2,9 +2,10 @@
 
 use std::future::Future;
 
-use crate::error::ExtractError;
+use crate::error::{BrokerError, ExtractError};
 use crate::extract::{Context, StartCheck};
 use crate::message::Message;
+use crate::output::Output;
 use crate::subscription::SubscriptionBuilder;
 
 /// Type-level broker names: a handler declares which broker it was checked against, and
@@ -50,13 +51,18 @@ pub trait Handler: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Extract the arguments from `msg` and run the function.
+    /// Extract the arguments from `msg` and run the function; its result, if any, is what the
+    /// engine publishes (see [`output`](crate::output)). A hand-written handler that publishes
+    /// nothing returns `Ok(None)`.
     fn call<'a>(
         &'a self,
         msg: &'a Message,
         ctx: &'a Context,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+    ) -> impl Future<Output = HandlerResult> + Send + 'a;
 }
+
+/// What a handler run produced: nothing to publish, or its [`Output`].
+pub type HandlerResult = Result<Option<Output>, HandlerError>;
 
 /// How a handler invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,24 +74,9 @@ pub enum HandlerError {
     /// The handler returned an error (which may be an interrupt: `brook::Reject`, ...).
     #[error(transparent)]
     Failed(anyhow::Error),
-}
-
-/// What a handler function may return: `()` or `Result<(), E>` with `E: Into<anyhow::Error>`.
-pub trait IntoHandlerResult {
-    /// Convert to the engine's view.
-    fn into_handler_result(self) -> Result<(), HandlerError>;
-}
-
-impl IntoHandlerResult for () {
-    fn into_handler_result(self) -> Result<(), HandlerError> {
-        Ok(())
-    }
-}
-
-impl<E: Into<anyhow::Error>> IntoHandlerResult for Result<(), E> {
-    fn into_handler_result(self) -> Result<(), HandlerError> {
-        self.map_err(|e| HandlerError::Failed(e.into()))
-    }
+    /// The handler's result could not be encoded for publishing.
+    #[error("cannot publish the handler's result: {0}")]
+    Output(#[source] BrokerError),
 }
 
 /// A subscriber with names given where it is mounted: `bill.topic(&cfg.orders)`. The attribute
@@ -102,7 +93,7 @@ impl<E: Into<anyhow::Error>> IntoHandlerResult for Result<(), E> {
 /// #     fn subscription(&self) -> SubscriptionBuilder {
 /// #         Subscription::new(BrokerKind::Memory, "bill").arg("topic", ArgValue::AtMount)
 /// #     }
-/// #     async fn call(&self, _: &Message, _: &Context) -> Result<(), HandlerError> { Ok(()) }
+/// #     async fn call(&self, _: &Message, _: &Context) -> Result<Option<brook_runtime::output::Output>, HandlerError> { Ok(None) }
 /// # }
 /// # let bill = Bill;
 /// let topic = std::env::var("ORDERS_TOPIC").unwrap_or_else(|_| "orders".into());
@@ -196,7 +187,7 @@ impl<H: Handler> Handler for Mounted<H> {
         &'a self,
         msg: &'a Message,
         ctx: &'a Context,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
         self.inner.call(msg, ctx)
     }
 }

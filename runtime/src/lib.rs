@@ -35,11 +35,15 @@ mod error;
 pub mod extract;
 mod handler;
 pub mod headers;
+#[cfg(feature = "conformance")]
+pub mod interop;
 mod interrupt;
 pub mod memory;
 mod message;
+pub mod output;
 #[cfg(feature = "conformance")]
 pub mod proxy;
+mod publisher;
 #[cfg(feature = "conformance")]
 pub mod soak;
 mod subscription;
@@ -57,12 +61,14 @@ pub use error::{
     AppError, BoxError, BrokerError, ExtractError, StartError, StartErrors, SubscriptionError,
 };
 pub use extract::{BrokerMessage, Context, FromMessage, StartCheck, State};
-pub use handler::{kind, Handler, HandlerError, IntoHandlerResult, Mount, MountNames, Mounted};
+pub use handler::{kind, Handler, HandlerError, HandlerResult, Mount, MountNames, Mounted};
 pub use headers::Headers;
 pub use interrupt::{Ack, Nack, Reject};
 pub use memory::MemoryBroker;
 pub use message::{Message, MessageId, SettleFuture, SettleReport, Settled, Settlement, Settler};
-pub use subscription::{Subscription, SubscriptionBuilder};
+pub use output::Publish;
+pub use publisher::Publisher;
+pub use subscription::{OutputTarget, Subscription, SubscriptionBuilder};
 
 pub use brook_caps::{
     DeliverPolicy, ExchangeType, JetStreamOptions, KafkaOptions, MemoryOptions, MqttOptions,

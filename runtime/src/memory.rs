@@ -19,13 +19,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use brook_caps::BrokerKind;
 use bytes::Bytes;
-use tokio::sync::Notify;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::broker::{Accepts, Broker, Consumer, Outgoing};
 use crate::error::BrokerError;
 use crate::handler::kind::Kind;
-use crate::headers::Headers;
+use crate::headers::{Headers, REPLY_TO};
 use crate::message::{Message, MessageId, SettleFuture, Settled, Settlement, Settler};
 use crate::subscription::Subscription;
 
@@ -41,7 +43,12 @@ struct Shared {
     next_id: AtomicU64,
     next_consumer: AtomicU64,
     recorder: Arc<Recorder>,
+    /// Requests waiting for their reply, by reply address.
+    inboxes: Mutex<HashMap<String, oneshot::Sender<Outgoing>>>,
 }
+
+/// Where a request's reply is addressed: one address per request.
+const INBOX_PREFIX: &str = "brook.inbox.";
 
 struct Topic {
     name: Arc<str>,
@@ -167,6 +174,7 @@ impl TopicSnapshot {
 struct Recorder {
     enabled: AtomicBool,
     traces: Mutex<HashMap<u64, Trace>>,
+    published: Mutex<Vec<Outgoing>>,
     changed: Notify,
 }
 
@@ -235,6 +243,22 @@ impl MemoryBroker {
     /// Publishes and returns the message's id (for [`MemoryBroker::trace`]).
     pub fn publish_traced(&self, message: Outgoing) -> u64 {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let recorder = &self.shared.recorder;
+        if recorder.enabled.load(Ordering::Relaxed) {
+            lock(&recorder.published).push(message.clone());
+            recorder.changed.notify_waiters();
+        }
+        if message.destination.starts_with(INBOX_PREFIX) {
+            // A reply: to the request waiting for it, or dropped if it gave up.
+            match lock(&self.shared.inboxes).remove(&message.destination) {
+                Some(waiting) => drop(waiting.send(message)),
+                None => tracing::debug!(
+                    reply_to = message.destination,
+                    "a reply arrived after its request timed out; dropped"
+                ),
+            }
+            return id;
+        }
         let topic = self.topic(&message.destination);
         let key = message.key.as_ref().map(|k| {
             let mut h = DefaultHasher::new();
@@ -306,6 +330,32 @@ impl MemoryBroker {
         self.snapshot(topic).dead_letters
     }
 
+    /// Every message published to `destination` while recording (see
+    /// [`MemoryBroker::record`]), oldest first: what handlers' outputs, replies and
+    /// [`Publisher`](crate::Publisher)s sent, with their headers.
+    pub fn published(&self, destination: &str) -> Vec<Outgoing> {
+        lock(&self.shared.recorder.published)
+            .iter()
+            .filter(|m| m.destination == destination)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `n` messages have been published to `destination` while recording; returns
+    /// them all.
+    pub async fn wait_for_published(&self, destination: &str, n: usize) -> Vec<Outgoing> {
+        loop {
+            let changed = self.shared.recorder.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let published = self.published(destination);
+            if published.len() >= n {
+                return published;
+            }
+            changed.await;
+        }
+    }
+
     /// Starts recording deliveries and settlements per message (the test harness does this).
     pub fn record(&self) {
         self.shared.recorder.enabled.store(true, Ordering::Relaxed);
@@ -375,6 +425,37 @@ impl Broker for MemoryBroker {
     async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
         self.publish_traced(message);
         Ok(())
+    }
+
+    /// The reply comes to an address of its own (`brook.inbox.<n>`), which only this request
+    /// listens on; a reply after the timeout is dropped.
+    async fn request_message(
+        &self,
+        mut message: Outgoing,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let inbox = format!("{INBOX_PREFIX}{n}");
+        message.ensure_correlation_id();
+        message.headers.insert(REPLY_TO, inbox.clone());
+        let destination = message.destination.clone();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared.inboxes).insert(inbox.clone(), tx);
+        self.publish_traced(message);
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(
+                Message::detached(BrokerKind::Memory, inbox.into(), reply.body)
+                    .with_headers(reply.headers),
+            ),
+            _ => {
+                lock(&self.shared.inboxes).remove(&inbox);
+                Err(BrokerError::RequestTimeout {
+                    broker: BrokerKind::Memory,
+                    destination,
+                    timeout,
+                })
+            }
+        }
     }
 
     async fn close(&self) -> Result<(), BrokerError> {

@@ -185,6 +185,15 @@ pub trait Settler: Send + Sync + 'static {
     }
 }
 
+/// The settler of a [`Message::detached`].
+struct Detached;
+
+impl Settler for Detached {
+    fn settle(&self, _: Settlement) -> SettleFuture<'_> {
+        SettleFuture::ready(Ok(()))
+    }
+}
+
 /// An identifier of a message, as the broker names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MessageId {
@@ -246,6 +255,12 @@ impl Message {
             settled: AtomicU8::new(0),
             settler: Box::new(settler),
         }
+    }
+
+    /// A message with nothing to settle: a reply to a request, which no consumer group holds.
+    /// Settling it does nothing.
+    pub fn detached(broker: BrokerKind, topic: Arc<str>, body: Bytes) -> Message {
+        Message::new(broker, topic, body, Detached)
     }
 
     /// Sets the headers.

@@ -488,24 +488,28 @@ impl<K: crate::handler::kind::Kind> Handler for Recorder<K> {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let id: u64 = std::str::from_utf8(msg.body())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| failed_with("not an id"))?;
-        // A little work, so several handlers overlap and a kill lands mid-stream.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if id.is_multiple_of(FAIL_EVERY)
-            && self
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
-        {
-            return Err(failed_with("fails on its first delivery here"));
+    async fn call(&self, msg: &Message, _: &Context) -> crate::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let id: u64 = std::str::from_utf8(msg.body())
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| failed_with("not an id"))?;
+            // A little work, so several handlers overlap and a kill lands mid-stream.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if id.is_multiple_of(FAIL_EVERY)
+                && self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id)
+            {
+                return Err(failed_with("fails on its first delivery here"));
+            }
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            log.write_all(format!("{id}\n").as_bytes())
+                .map_err(|e| failed_with(e.to_string()))
         }
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.write_all(format!("{id}\n").as_bytes())
-            .map_err(|e| failed_with(e.to_string()))
+        .await;
+        done.map(|()| None)
     }
 }

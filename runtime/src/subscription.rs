@@ -36,6 +36,17 @@ pub struct Subscription {
     concurrency: usize,
     max_deliveries: Option<u32>,
     on_decode_error: Settlement,
+    output: Option<OutputTarget>,
+    reply: bool,
+}
+
+/// Where a subscriber publishes its handler's result (`publish = "..."`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputTarget {
+    /// The topic / exchange / subject / channel / list / stream.
+    pub destination: String,
+    /// The broker it is on (`publish_broker`, or the input's).
+    pub broker: BrokerKind,
 }
 
 /// Collects arguments for a [`Subscription`]; [`build`](SubscriptionBuilder::build) validates.
@@ -141,6 +152,13 @@ impl SubscriptionBuilder {
             Some("Nack") => Settlement::NACK,
             _ => Settlement::Reject,
         };
+        let output = value("publish")
+            .and_then(Value::as_str)
+            .map(|destination| OutputTarget {
+                destination: destination.to_owned(),
+                broker: brook_caps::output_broker(self.broker, &borrowed),
+            });
+        let reply = value("reply").and_then(Value::as_bool).unwrap_or(true);
         Ok(Subscription {
             name: self.name,
             broker: self.broker,
@@ -148,6 +166,8 @@ impl SubscriptionBuilder {
             concurrency,
             max_deliveries,
             on_decode_error,
+            output,
+            reply,
         })
     }
 }
@@ -251,6 +271,17 @@ impl Subscription {
     /// What a payload that cannot be decoded gets: `Reject` unless `on_decode_error = Nack`.
     pub fn on_decode_error(&self) -> Settlement {
         self.on_decode_error
+    }
+
+    /// Where the handler's result is published (`publish`, `publish_broker`), if anywhere.
+    pub fn output(&self) -> Option<&OutputTarget> {
+        self.output.as_ref()
+    }
+
+    /// Whether the handler's result is published to a message's `reply_to` (`reply`, default
+    /// true).
+    pub fn replies(&self) -> bool {
+        self.reply
     }
 }
 

@@ -19,9 +19,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::app::{App, RunningApp};
-use crate::broker::Outgoing;
+use crate::broker::{Broker, Outgoing};
 use crate::error::{AppError, BrokerError};
 use crate::memory::{MemoryBroker, Trace};
+use crate::message::Message;
 
 /// How long the harness waits for a message's fate by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
@@ -38,6 +39,18 @@ pub struct WaitTimeout {
     pub timeout: Duration,
     /// What had happened by then.
     pub trace: Trace,
+}
+
+/// Fewer messages than awaited were published in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{wanted} messages were not published to `{destination}` within {DEFAULT_WAIT:?}; so far {}: {published:?}", .published.len())]
+pub struct PublishTimeout {
+    /// The destination.
+    pub destination: String,
+    /// How many were awaited.
+    pub wanted: usize,
+    /// What was published by then.
+    pub published: Vec<Outgoing>,
 }
 
 /// An [`App`] on a [`MemoryBroker`], started for a test.
@@ -76,6 +89,38 @@ impl TestApp {
             id: self.broker.publish_traced(message),
             broker: self.broker.clone(),
         }
+    }
+
+    /// Every message published to `destination` since the App started: handlers' outputs,
+    /// replies and [`Publisher`](crate::Publisher) publishes, with headers and body.
+    pub fn published(&self, destination: &str) -> Vec<Outgoing> {
+        self.broker.published(destination)
+    }
+
+    /// Waits (at most [`DEFAULT_WAIT`]) until `n` messages have been published to
+    /// `destination`; returns them all.
+    pub async fn wait_published(
+        &self,
+        destination: &str,
+        n: usize,
+    ) -> Result<Vec<Outgoing>, PublishTimeout> {
+        tokio::time::timeout(DEFAULT_WAIT, self.broker.wait_for_published(destination, n))
+            .await
+            .map_err(|_| PublishTimeout {
+                destination: destination.to_owned(),
+                wanted: n,
+                published: self.published(destination),
+            })
+    }
+
+    /// Sends `value` to `destination` as a request and waits (at most [`DEFAULT_WAIT`]) for
+    /// the reply, as [`Broker::request`](crate::Broker::request) does on a real broker.
+    pub async fn request<T: Serialize + ?Sized + Sync>(
+        &self,
+        value: &T,
+        destination: &str,
+    ) -> Result<Message, BrokerError> {
+        self.broker.request(value, destination, DEFAULT_WAIT).await
     }
 
     /// Stops the App gracefully.

@@ -76,12 +76,16 @@ async fn consumption_resumes_after_the_connection_is_cut_and_nothing_is_lost() {
             &self,
             msg: &brook_runtime::Message,
             _: &brook_runtime::Context,
-        ) -> Result<(), brook_runtime::HandlerError> {
-            let _ = self.1.send(msg.body().clone());
-            if msg.body() == "in-flight" {
-                self.2.notified().await; // still being handled while the connection is down
+        ) -> brook_runtime::HandlerResult {
+            let done: Result<(), brook_runtime::HandlerError> = async move {
+                let _ = self.1.send(msg.body().clone());
+                if msg.body() == "in-flight" {
+                    self.2.notified().await; // still being handled while the connection is down
+                }
+                Ok(())
             }
-            Ok(())
+            .await;
+            done.map(|()| None)
         }
     }
     let app = App::new(broker.clone())

@@ -57,16 +57,20 @@ impl Handler for Reporter {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let offset = msg
-            .raw::<brook_kafka::KafkaMessage>()
-            .expect("a Kafka message")
-            .offset();
-        println!("{CALL}{offset}");
-        if offset >= self.block_at {
-            std::future::pending::<()>().await;
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let offset = msg
+                .raw::<brook_kafka::KafkaMessage>()
+                .expect("a Kafka message")
+                .offset();
+            println!("{CALL}{offset}");
+            if offset >= self.block_at {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 

@@ -292,14 +292,18 @@ impl Handler for ManualHandler {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        if msg.body() != "skip" {
-            msg.ack()
-                .await
-                .map_err(|e| HandlerError::Failed(e.into()))?;
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            if msg.body() != "skip" {
+                msg.ack()
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.into()))?;
+            }
+            let _ = self.calls.send(msg.body().clone());
+            Ok(())
         }
-        let _ = self.calls.send(msg.body().clone());
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 
@@ -352,14 +356,18 @@ impl Handler for BlockingHandler {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let raw = msg.raw::<brook_kafka::KafkaMessage>().expect("kafka");
-        let _ = self.calls.send((raw.partition(), msg.body().clone()));
-        if msg.body() == "block" {
-            self.blocked.store(true, Ordering::SeqCst);
-            self.release.notified().await;
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let raw = msg.raw::<brook_kafka::KafkaMessage>().expect("kafka");
+            let _ = self.calls.send((raw.partition(), msg.body().clone()));
+            if msg.body() == "block" {
+                self.blocked.store(true, Ordering::SeqCst);
+                self.release.notified().await;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 
@@ -513,15 +521,19 @@ async fn publish_carries_key_headers_and_partition() {
         fn subscription(&self) -> brook_runtime::SubscriptionBuilder {
             self.0.clone()
         }
-        async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-            let raw = msg.raw::<brook_kafka::KafkaMessage>().expect("kafka");
-            let headers = msg
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-            let _ = self.1.send((raw.key().cloned(), raw.partition(), headers));
-            Ok(())
+        async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+            let done: Result<(), HandlerError> = async move {
+                let raw = msg.raw::<brook_kafka::KafkaMessage>().expect("kafka");
+                let headers = msg
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                let _ = self.1.send((raw.key().cloned(), raw.partition(), headers));
+                Ok(())
+            }
+            .await;
+            done.map(|()| None)
         }
     }
     let app = App::new(broker())

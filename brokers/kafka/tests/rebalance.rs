@@ -23,13 +23,17 @@ impl Handler for Slow {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        // Slow enough that a rebalance finds messages in flight.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let _ = self
-            .seen
-            .send((self.who, String::from_utf8_lossy(msg.body()).into_owned()));
-        Ok(())
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            // Slow enough that a rebalance finds messages in flight.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = self
+                .seen
+                .send((self.who, String::from_utf8_lossy(msg.body()).into_owned()));
+            Ok(())
+        }
+        .await;
+        done.map(|()| None)
     }
 }
 
@@ -123,21 +127,27 @@ impl Handler for Holder {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let body = String::from_utf8_lossy(msg.body()).into_owned();
-        let partition = msg
-            .raw::<brook_kafka::KafkaMessage>()
-            .map_or(-1, |k| k.partition());
-        let block = match self.who {
-            1 => body.starts_with("hold") && self.held.lock().expect("lock").insert(body.clone()),
-            _ => true,
-        };
-        let released = self.release.notified();
-        let _ = self.seen.send((self.who, partition, body));
-        if block {
-            released.await;
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let body = String::from_utf8_lossy(msg.body()).into_owned();
+            let partition = msg
+                .raw::<brook_kafka::KafkaMessage>()
+                .map_or(-1, |k| k.partition());
+            let block = match self.who {
+                1 => {
+                    body.starts_with("hold") && self.held.lock().expect("lock").insert(body.clone())
+                }
+                _ => true,
+            };
+            let released = self.release.notified();
+            let _ = self.seen.send((self.who, partition, body));
+            if block {
+                released.await;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 
@@ -256,20 +266,24 @@ impl Handler for PauseHolder {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let body = String::from_utf8_lossy(msg.body()).into_owned();
-        let partition = msg
-            .raw::<brook_kafka::KafkaMessage>()
-            .map_or(-1, |k| k.partition());
-        let block = self.who == 1
-            && body.starts_with("hold")
-            && self.held.lock().expect("lock").insert(body.clone());
-        let released = self.release.notified();
-        let _ = self.seen.send((self.who, partition, body));
-        if block {
-            released.await;
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let body = String::from_utf8_lossy(msg.body()).into_owned();
+            let partition = msg
+                .raw::<brook_kafka::KafkaMessage>()
+                .map_or(-1, |k| k.partition());
+            let block = self.who == 1
+                && body.starts_with("hold")
+                && self.held.lock().expect("lock").insert(body.clone());
+            let released = self.release.notified();
+            let _ = self.seen.send((self.who, partition, body));
+            if block {
+                released.await;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 

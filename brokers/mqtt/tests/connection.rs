@@ -119,15 +119,19 @@ impl Handler for Recording {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let dup = <&MqttMessage>::from_message(msg, ctx)?.dup();
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send((msg.body().clone(), dup));
-        let hold = self.hold.lock().unwrap().clone();
-        if let (Some(n), b"slow") = (hold, &msg.body()[..]) {
-            n.notified().await;
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let dup = <&MqttMessage>::from_message(msg, ctx)?.dup();
+            self.count.fetch_add(1, Ordering::Relaxed);
+            let _ = self.tx.send((msg.body().clone(), dup));
+            let hold = self.hold.lock().unwrap().clone();
+            if let (Some(n), b"slow") = (hold, &msg.body()[..]) {
+                n.notified().await;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 

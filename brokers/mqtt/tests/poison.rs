@@ -72,20 +72,26 @@ impl Handler for Scripted {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let raw = <&MqttMessage>::from_message(msg, ctx)?;
-        let _ = self.tx.send(Call {
-            subscriber: self.name,
-            body: msg.body().clone(),
-            deliveries: msg.delivery_count(),
-            dup: raw.dup(),
-            at: Instant::now(),
-        });
-        match (self.script)(msg) {
-            Step::Ok => Ok(()),
-            Step::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
-            Step::NackAfter(delay) => Err(HandlerError::Failed(Nack { delay: Some(delay) }.into())),
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let raw = <&MqttMessage>::from_message(msg, ctx)?;
+            let _ = self.tx.send(Call {
+                subscriber: self.name,
+                body: msg.body().clone(),
+                deliveries: msg.delivery_count(),
+                dup: raw.dup(),
+                at: Instant::now(),
+            });
+            match (self.script)(msg) {
+                Step::Ok => Ok(()),
+                Step::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
+                Step::NackAfter(delay) => {
+                    Err(HandlerError::Failed(Nack { delay: Some(delay) }.into()))
+                }
+            }
         }
+        .await;
+        done.map(|()| None)
     }
 }
 

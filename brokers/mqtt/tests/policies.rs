@@ -56,41 +56,45 @@ impl Handler for TestHandler {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let raw = <&MqttMessage>::from_message(msg, ctx)?;
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let _ = self.tx.send(Seen {
-            body: msg.body().clone(),
-            dup: raw.dup(),
-            qos: raw.qos(),
-            deliveries: msg.delivery_count(),
-            at: std::time::Instant::now(),
-        });
-        let fail = || HandlerError::Failed(anyhow::anyhow!("scripted failure"));
-        match (self.script)(msg, n) {
-            Step::Ok | Step::Nothing => Ok(()),
-            Step::Fail => Err(fail()),
-            Step::Ack => {
-                msg.ack()
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
-                Ok(())
-            }
-            Step::Nack => {
-                msg.nack()
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
-                Ok(())
-            }
-            Step::Wait(n) => {
-                n.notified().await;
-                Ok(())
-            }
-            Step::Sleep(d) => {
-                tokio::time::sleep(d).await;
-                Ok(())
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let raw = <&MqttMessage>::from_message(msg, ctx)?;
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let _ = self.tx.send(Seen {
+                body: msg.body().clone(),
+                dup: raw.dup(),
+                qos: raw.qos(),
+                deliveries: msg.delivery_count(),
+                at: std::time::Instant::now(),
+            });
+            let fail = || HandlerError::Failed(anyhow::anyhow!("scripted failure"));
+            match (self.script)(msg, n) {
+                Step::Ok | Step::Nothing => Ok(()),
+                Step::Fail => Err(fail()),
+                Step::Ack => {
+                    msg.ack()
+                        .await
+                        .map_err(|e| HandlerError::Failed(e.into()))?;
+                    Ok(())
+                }
+                Step::Nack => {
+                    msg.nack()
+                        .await
+                        .map_err(|e| HandlerError::Failed(e.into()))?;
+                    Ok(())
+                }
+                Step::Wait(n) => {
+                    n.notified().await;
+                    Ok(())
+                }
+                Step::Sleep(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(())
+                }
             }
         }
+        .await;
+        done.map(|()| None)
     }
 }
 

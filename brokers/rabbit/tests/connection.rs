@@ -96,21 +96,25 @@ impl Handler for Holding {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let _ = self.seen.send((msg.body().clone(), rabbit.redelivered()));
-        if &msg.body()[..] == self.hold && !rabbit.redelivered() {
-            self.release.notified().await;
-            // Settle here (Manual) to observe how a settlement on the dead channel fails.
-            let result = msg.ack().await.map(drop).map_err(|e| e.to_string());
-            let _ = self.settled.send(result);
-            return Ok(());
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let _ = self.seen.send((msg.body().clone(), rabbit.redelivered()));
+            if &msg.body()[..] == self.hold && !rabbit.redelivered() {
+                self.release.notified().await;
+                // Settle here (Manual) to observe how a settlement on the dead channel fails.
+                let result = msg.ack().await.map(drop).map_err(|e| e.to_string());
+                let _ = self.settled.send(result);
+                return Ok(());
+            }
+            msg.ack()
+                .await
+                .map_err(|e| HandlerError::Failed(e.into()))?;
+            Ok(())
         }
-        msg.ack()
-            .await
-            .map_err(|e| HandlerError::Failed(e.into()))?;
-        Ok(())
+        .await;
+        done.map(|()| None)
     }
 }
 
@@ -322,18 +326,22 @@ impl Handler for CutUnderReject {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
-        let _ = self.seen.send((msg.body().clone(), rabbit.redelivered()));
-        match &msg.body()[..] {
-            b"bad" => Err(HandlerError::Failed(anyhow::anyhow!("bad"))),
-            b"held" if !rabbit.redelivered() => {
-                self.release.notified().await;
-                let _ = self.finished.send(());
-                Ok(())
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
+            let _ = self.seen.send((msg.body().clone(), rabbit.redelivered()));
+            match &msg.body()[..] {
+                b"bad" => Err(HandlerError::Failed(anyhow::anyhow!("bad"))),
+                b"held" if !rabbit.redelivered() => {
+                    self.release.notified().await;
+                    let _ = self.finished.send(());
+                    Ok(())
+                }
+                _ => Ok(()),
             }
-            _ => Ok(()),
         }
+        .await;
+        done.map(|()| None)
     }
 }
 

@@ -52,24 +52,28 @@ impl Handler for Scripted {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let _ = self.seen.send(Seen {
-            body: msg.body().clone(),
-            count: msg.delivery_count(),
-            redelivered: rabbit.redelivered(),
-            no_ack: rabbit.no_ack(),
-            headers: msg.headers().clone(),
-        });
-        match (self.script)(n) {
-            Act::Ok => Ok(()),
-            Act::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
-            Act::Wait(n) => {
-                n.notified().await;
-                Ok(())
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let _ = self.seen.send(Seen {
+                body: msg.body().clone(),
+                count: msg.delivery_count(),
+                redelivered: rabbit.redelivered(),
+                no_ack: rabbit.no_ack(),
+                headers: msg.headers().clone(),
+            });
+            match (self.script)(n) {
+                Act::Ok => Ok(()),
+                Act::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
+                Act::Wait(n) => {
+                    n.notified().await;
+                    Ok(())
+                }
             }
         }
+        .await;
+        done.map(|()| None)
     }
 }
 

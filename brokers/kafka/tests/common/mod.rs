@@ -364,19 +364,23 @@ impl Handler for Scripted {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let raw = msg
-            .raw::<brook_kafka::KafkaMessage>()
-            .expect("a Kafka message");
-        let seen = Seen {
-            body: msg.body().clone(),
-            partition: raw.partition(),
-            offset: raw.offset(),
-            delivery: msg.delivery_count(),
-        };
-        let n = self.count.fetch_add(1, Ordering::SeqCst) as usize;
-        let _ = self.seen.send(seen.clone());
-        (self.script)(&seen, n)
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let raw = msg
+                .raw::<brook_kafka::KafkaMessage>()
+                .expect("a Kafka message");
+            let seen = Seen {
+                body: msg.body().clone(),
+                partition: raw.partition(),
+                offset: raw.offset(),
+                delivery: msg.delivery_count(),
+            };
+            let n = self.count.fetch_add(1, Ordering::SeqCst) as usize;
+            let _ = self.seen.send(seen.clone());
+            (self.script)(&seen, n)
+        }
+        .await;
+        done.map(|()| None)
     }
 }
 

@@ -295,33 +295,37 @@ where
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, _: &Context) -> Result<(), HandlerError> {
-        let raw = msg.raw::<brook_nats::NatsMessage>();
-        let _ = self.tx.send(Seen {
-            body: msg.body().clone(),
-            delivery_count: msg.delivery_count(),
-            headers: msg.headers().clone(),
-            stream_seq: raw.and_then(|r| r.info()).map(|i| i.stream_sequence),
-        });
-        match (self.script)(msg) {
-            Act::Succeed => Ok(()),
-            Act::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
-            Act::Ack => msg
-                .ack()
-                .await
-                .map(|_| ())
-                .map_err(|e| HandlerError::Failed(e.into())),
-            Act::WorkLong { total, every } => {
-                let start = Instant::now();
-                while start.elapsed() < total {
-                    tokio::time::sleep(every).await;
-                    msg.in_progress()
-                        .await
-                        .map_err(|e| HandlerError::Failed(e.into()))?;
+    async fn call(&self, msg: &Message, _: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let raw = msg.raw::<brook_nats::NatsMessage>();
+            let _ = self.tx.send(Seen {
+                body: msg.body().clone(),
+                delivery_count: msg.delivery_count(),
+                headers: msg.headers().clone(),
+                stream_seq: raw.and_then(|r| r.info()).map(|i| i.stream_sequence),
+            });
+            match (self.script)(msg) {
+                Act::Succeed => Ok(()),
+                Act::Fail => Err(HandlerError::Failed(anyhow::anyhow!("scripted failure"))),
+                Act::Ack => msg
+                    .ack()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| HandlerError::Failed(e.into())),
+                Act::WorkLong { total, every } => {
+                    let start = Instant::now();
+                    while start.elapsed() < total {
+                        tokio::time::sleep(every).await;
+                        msg.in_progress()
+                            .await
+                            .map_err(|e| HandlerError::Failed(e.into()))?;
+                    }
+                    Ok(())
                 }
-                Ok(())
             }
         }
+        .await;
+        done.map(|()| None)
     }
 }
 

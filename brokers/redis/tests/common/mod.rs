@@ -294,50 +294,54 @@ impl Handler for Probe {
         self.sub.clone()
     }
 
-    async fn call(&self, msg: &Message, ctx: &Context) -> Result<(), HandlerError> {
-        let raw = <&RedisMessage>::from_message(msg, ctx)?;
-        let seen = Seen {
-            body: msg.body().clone(),
-            headers: msg.headers().clone(),
-            deliveries: msg.delivery_count(),
-            id: msg.id().to_string(),
-            topic: msg.topic().to_owned(),
-            pattern: raw.pattern().map(str::to_owned),
-            consumer: raw.consumer().map(str::to_owned),
-        };
-        let act = (self.script)(&seen);
-        let _ = self.tx.send(seen);
-        let fail = || Err(HandlerError::Failed(anyhow::anyhow!("scripted failure")));
-        match act {
-            Act::Ok => Ok(()),
-            Act::Fail => fail(),
-            Act::Hang => std::future::pending().await,
-            Act::WaitThenOk(n) => {
-                n.notified().await;
-                Ok(())
-            }
-            Act::WaitThenFail(n) => {
-                n.notified().await;
-                fail()
-            }
-            Act::WaitThenSettle(n, s) => {
-                n.notified().await;
-                msg.settle(s)
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
-                Ok(())
-            }
-            Act::SleepThenOk(d) => {
-                tokio::time::sleep(d).await;
-                Ok(())
-            }
-            Act::Settle(s) => {
-                msg.settle(s)
-                    .await
-                    .map_err(|e| HandlerError::Failed(e.into()))?;
-                Ok(())
+    async fn call(&self, msg: &Message, ctx: &Context) -> brook_runtime::HandlerResult {
+        let done: Result<(), HandlerError> = async move {
+            let raw = <&RedisMessage>::from_message(msg, ctx)?;
+            let seen = Seen {
+                body: msg.body().clone(),
+                headers: msg.headers().clone(),
+                deliveries: msg.delivery_count(),
+                id: msg.id().to_string(),
+                topic: msg.topic().to_owned(),
+                pattern: raw.pattern().map(str::to_owned),
+                consumer: raw.consumer().map(str::to_owned),
+            };
+            let act = (self.script)(&seen);
+            let _ = self.tx.send(seen);
+            let fail = || Err(HandlerError::Failed(anyhow::anyhow!("scripted failure")));
+            match act {
+                Act::Ok => Ok(()),
+                Act::Fail => fail(),
+                Act::Hang => std::future::pending().await,
+                Act::WaitThenOk(n) => {
+                    n.notified().await;
+                    Ok(())
+                }
+                Act::WaitThenFail(n) => {
+                    n.notified().await;
+                    fail()
+                }
+                Act::WaitThenSettle(n, s) => {
+                    n.notified().await;
+                    msg.settle(s)
+                        .await
+                        .map_err(|e| HandlerError::Failed(e.into()))?;
+                    Ok(())
+                }
+                Act::SleepThenOk(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(())
+                }
+                Act::Settle(s) => {
+                    msg.settle(s)
+                        .await
+                        .map_err(|e| HandlerError::Failed(e.into()))?;
+                    Ok(())
+                }
             }
         }
+        .await;
+        done.map(|()| None)
     }
 }
 
