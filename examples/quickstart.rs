@@ -1,7 +1,9 @@
-//! brook on the in-memory broker: three subscribers with different ack policies.
+//! brook on the in-memory broker: subscribers with different ack policies, one that publishes
+//! its result to the next topic, and a request answered by a handler.
 //!
 //! `cargo run --example quickstart` (no broker needed). It publishes a few orders and prints
-//! what happened to each message: acked, nacked and redelivered, or rejected.
+//! what happened to each message (acked, nacked and redelivered, or rejected), what the
+//! confirming handler published, and the reply to a request.
 
 use std::time::Duration;
 
@@ -20,11 +22,27 @@ fn orders_topic() -> String {
     std::env::var("ORDERS_TOPIC").unwrap_or_else(|_| "orders.created".into())
 }
 
-/// Always succeeds: acked. The topic name is an expression, evaluated when the App is built.
-#[subscriber(topic = orders_topic(), ack_policy = NackOnError)]
-async fn confirm(order: Order) -> anyhow::Result<()> {
+#[derive(Debug, Serialize, Deserialize)]
+struct Confirmation {
+    order: u64,
+    total_cents: u64,
+}
+
+/// Always succeeds, and publishes a `Confirmation` to `orders.confirmed` before the order is
+/// acked. The topic name is an expression, evaluated when the App is built.
+#[subscriber(topic = orders_topic(), publish = "orders.confirmed", ack_policy = NackOnError)]
+async fn confirm(order: Order) -> anyhow::Result<Confirmation> {
     tracing::info!(id = order.id, "order confirmed");
-    Ok(())
+    Ok(Confirmation {
+        order: order.id,
+        total_cents: (order.amount * 100.0).round() as u64,
+    })
+}
+
+/// Answers requests: its result goes back to the requester's `reply_to`.
+#[subscriber(topic = "orders.quote")]
+async fn quote(order: Order) -> f64 {
+    order.amount * 1.2
 }
 
 /// The payment backend fails on the first attempt: NackOnError redelivers, and the second
@@ -64,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .subscribe(confirm)
         .subscribe(charge)
         .subscribe(ship)
+        .subscribe(quote)
         .start()
         .await?;
 
@@ -102,6 +121,27 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "dead letters on orders.ship: {}",
         broker.dead_letters("orders.ship").len()
+    );
+    for confirmation in broker.published("orders.confirmed") {
+        println!(
+            "published to orders.confirmed: {} (correlation_id {})",
+            String::from_utf8_lossy(&confirmation.body),
+            confirmation.headers.get("correlation_id").unwrap_or("-")
+        );
+    }
+    let reply = broker
+        .request(
+            &Order {
+                id: 5,
+                amount: 10.0,
+            },
+            "orders.quote",
+            Duration::from_secs(5),
+        )
+        .await?;
+    println!(
+        "request to orders.quote -> reply {}",
+        String::from_utf8_lossy(reply.body())
     );
     app.stop().await?;
     Ok(())

@@ -94,7 +94,7 @@ async fn an_input_without_correlation_id_gets_a_new_one_on_its_output() {
 
 #[subscriber(topic = "out.maybe", publish = "out.kept")]
 async fn keep_even(n: u64) -> Option<u64> {
-    (n % 2 == 0).then_some(n)
+    n.is_multiple_of(2).then_some(n)
 }
 
 #[tokio::test]

@@ -362,6 +362,8 @@ fn expand(
 
             #check
 
+            // The borrows pick an impl (autoref specialization): they are not needless.
+            #[allow(clippy::needless_borrow, clippy::let_unit_value)]
             async fn call(&self, msg: &::brook::Message, ctx: &::brook::Context) -> ::brook::HandlerResult {
                 #[allow(unused_imports)]
                 use ::brook::extract::{ViaBrokerMessage as _, ViaDecode as _, ViaFromMessage as _};

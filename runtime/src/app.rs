@@ -1,4 +1,4 @@
-//! The application: handlers on one broker, their lifecycle and graceful shutdown.
+//! The application: handlers on one broker or several, their lifecycle and graceful shutdown.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +9,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use std::marker::PhantomData;
+
+use brook_caps::BrokerKind;
+
 use crate::broker::{Accepts, Broker};
 use crate::engine::{run_consumer, Ended};
 use crate::error::{AppError, BrokerError, StartError, StartErrors, SubscriptionError};
 use crate::extract::{Context, StartCheck};
+use crate::handler::kind::Kind;
 use crate::handler::Handler;
+use crate::publisher::Publishers;
 use crate::subscription::Subscription;
 
 /// The default graceful-shutdown timeout, the same for every broker.
@@ -33,56 +39,185 @@ where
     Box::new(move || Box::pin(hook()))
 }
 
-/// Starts one subscriber's consumer loop, with its handler type erased.
-trait Start<B: Broker>: Send {
+/// Subscribes one subscriber on its broker and runs its consumer loop, with the handler and
+/// broker types erased (the loop itself is generic: nothing is boxed per message).
+trait Start: Send {
     fn subscription(&self) -> &Subscription;
-    fn check(&self, cx: &StartCheck<'_>) -> Vec<StartError>;
-    fn start(
+    fn kind(&self) -> BrokerKind;
+    fn check(&self, context: &Context) -> Vec<StartError>;
+    fn subscribe(
         self: Box<Self>,
-        consumer: B::Consumer,
         ctx: Context,
         stop: CancellationToken,
         abort: CancellationToken,
-    ) -> BoxFuture<Result<Ended, BrokerError>>;
+    ) -> BoxFuture<Result<BoxFuture<Result<Ended, BrokerError>>, BrokerError>>;
 }
 
-struct Registered<H> {
+struct Registered<H, X> {
     handler: Arc<H>,
     sub: Arc<Subscription>,
+    broker: X,
 }
 
-impl<B: Broker, H: Handler> Start<B> for Registered<H> {
+impl<H: Handler, X: Broker> Start for Registered<H, X> {
     fn subscription(&self) -> &Subscription {
         &self.sub
     }
 
-    fn check(&self, cx: &StartCheck<'_>) -> Vec<StartError> {
-        self.handler
-            .check(cx)
+    fn kind(&self) -> BrokerKind {
+        self.broker.kind()
+    }
+
+    fn check(&self, context: &Context) -> Vec<StartError> {
+        let cx = StartCheck {
+            broker: self.broker.kind(),
+            context,
+        };
+        let subscriber = || self.sub.name().to_owned();
+        let mut problems: Vec<StartError> = self
+            .handler
+            .check(&cx)
             .into_iter()
             .map(|(argument, source)| StartError::Argument {
-                subscriber: self.sub.name().to_owned(),
+                subscriber: subscriber(),
                 argument,
                 source,
             })
-            .collect()
+            .collect();
+        if let Some(output) = self.sub.output() {
+            if context.publishers().get(output.broker).is_err() {
+                problems.push(StartError::NoOutputBroker {
+                    subscriber: subscriber(),
+                    broker: output.broker,
+                });
+            }
+        }
+        if let Err(source) = self.broker.check(&self.sub) {
+            problems.push(StartError::Broker {
+                subscriber: subscriber(),
+                source,
+            });
+        }
+        problems
     }
 
-    fn start(
+    fn subscribe(
         self: Box<Self>,
-        consumer: B::Consumer,
         ctx: Context,
         stop: CancellationToken,
         abort: CancellationToken,
-    ) -> BoxFuture<Result<Ended, BrokerError>> {
-        Box::pin(run_consumer(
-            self.handler,
-            self.sub,
-            ctx,
-            consumer,
-            stop,
-            abort,
-        ))
+    ) -> BoxFuture<Result<BoxFuture<Result<Ended, BrokerError>>, BrokerError>> {
+        Box::pin(async move {
+            let consumer = self.broker.subscribe(&self.sub).await?;
+            let run: BoxFuture<Result<Ended, BrokerError>> = Box::pin(run_consumer(
+                self.handler,
+                self.sub,
+                ctx,
+                consumer,
+                stop,
+                abort,
+            ));
+            Ok(run)
+        })
+    }
+}
+
+/// The brokers of an [`App`]: one [`Broker`], or several joined by [`App::with_broker`] (as
+/// [`With`]). Implemented by brook, not by users.
+pub trait Brokers: Send + Sync + 'static {
+    #[doc(hidden)]
+    fn register(&self, publishers: &mut Publishers);
+    #[doc(hidden)]
+    fn connect_all(&self) -> BoxFuture<Result<(), BrokerError>>;
+    #[doc(hidden)]
+    fn close_all(&self) -> BoxFuture<Result<(), BrokerError>>;
+}
+
+impl<B: Broker> Brokers for B {
+    fn register(&self, publishers: &mut Publishers) {
+        publishers.add(self.clone());
+    }
+
+    fn connect_all(&self) -> BoxFuture<Result<(), BrokerError>> {
+        let broker = self.clone();
+        Box::pin(async move { broker.connect().await })
+    }
+
+    fn close_all(&self) -> BoxFuture<Result<(), BrokerError>> {
+        let broker = self.clone();
+        Box::pin(async move { broker.close().await })
+    }
+}
+
+/// The brokers `A`, and the broker `B` added with [`App::with_broker`].
+#[derive(Clone, Debug)]
+pub struct With<A, B>(pub A, pub B);
+
+impl<A: Brokers + Clone, B: Broker> Brokers for With<A, B> {
+    fn register(&self, publishers: &mut Publishers) {
+        self.0.register(publishers);
+        self.1.register(publishers);
+    }
+
+    fn connect_all(&self) -> BoxFuture<Result<(), BrokerError>> {
+        let With(first, last) = self.clone();
+        Box::pin(async move {
+            first.connect_all().await?;
+            last.connect().await
+        })
+    }
+
+    /// In the reverse order of connecting; every broker is closed, the first error reported.
+    fn close_all(&self) -> BoxFuture<Result<(), BrokerError>> {
+        let With(first, last) = self.clone();
+        Box::pin(async move {
+            let closed = last.close().await;
+            let rest = first.close_all().await;
+            closed.and(rest)
+        })
+    }
+}
+
+/// Which of an App's brokers runs handlers declared for `K`: `Index` is inferred (the App's
+/// one broker that accepts them), so `App::subscribe` picks the broker by the handler's type.
+#[diagnostic::on_unimplemented(
+    message = "no broker of this App can run a handler declared for `{K}`",
+    label = "the handler was checked against `{K}`'s rules",
+    note = "add that broker to the App with App::with_broker(...), declare the subscriber for one of the App's brokers, or test it on an App of MemoryBroker (which runs every handler)"
+)]
+pub trait Hosts<K: Kind, Index> {
+    /// The broker that runs them.
+    type Host: Broker;
+    /// That broker.
+    fn host(&self) -> &Self::Host;
+}
+
+/// [`Hosts`] index: this broker.
+#[derive(Debug)]
+pub struct Here;
+
+/// [`Hosts`] index: one of the brokers added before.
+#[derive(Debug)]
+pub struct Before<I>(PhantomData<I>);
+
+impl<K: Kind, B: Broker + Accepts<K>> Hosts<K, Here> for B {
+    type Host = B;
+    fn host(&self) -> &B {
+        self
+    }
+}
+
+impl<K: Kind, A, B: Broker + Accepts<K>> Hosts<K, Here> for With<A, B> {
+    type Host = B;
+    fn host(&self) -> &B {
+        &self.1
+    }
+}
+
+impl<K: Kind, I, A: Hosts<K, I>, B> Hosts<K, Before<I>> for With<A, B> {
+    type Host = A::Host;
+    fn host(&self) -> &A::Host {
+        self.0.host()
     }
 }
 
@@ -111,9 +246,9 @@ impl ShutdownHandle {
 /// app.run().await
 /// # }
 /// ```
-pub struct App<B: Broker> {
+pub struct App<B: Brokers> {
     broker: B,
-    subscribers: Vec<Box<dyn Start<B>>>,
+    subscribers: Vec<Box<dyn Start>>,
     invalid: Vec<SubscriptionError>,
     ctx: Context,
     graceful_timeout: Duration,
@@ -126,7 +261,7 @@ impl<B: Broker> App<B> {
     /// An App on `broker` with no subscribers yet.
     pub fn new(broker: B) -> Self {
         let mut ctx = Context::default();
-        ctx.publishers_mut().add(broker.clone());
+        broker.register(ctx.publishers_mut());
         App {
             broker,
             subscribers: Vec::new(),
@@ -138,19 +273,54 @@ impl<B: Broker> App<B> {
             shutdown: ShutdownHandle::default(),
         }
     }
+}
 
+impl<B: Brokers + Clone> App<B> {
+    /// Adds another broker: handlers declared for it are subscribed on it, outputs may be
+    /// published on it (`publish_broker = ...`, [`Publisher::on`](crate::Publisher::on)), and
+    /// the App connects, drains and closes every broker together. One broker per kind:
+    /// `App::new(rabbit).with_broker(kafka)`.
+    ///
+    /// ```
+    /// use brook_runtime::{App, MemoryBroker};
+    /// # #[derive(Clone)] struct Other(MemoryBroker);
+    /// # let other = MemoryBroker::new();
+    /// let app = App::new(MemoryBroker::new()).with_broker(other);
+    /// ```
+    pub fn with_broker<C: Broker>(self, broker: C) -> App<With<B, C>> {
+        let mut ctx = self.ctx;
+        broker.register(ctx.publishers_mut());
+        App {
+            broker: With(self.broker, broker),
+            subscribers: self.subscribers,
+            invalid: self.invalid,
+            ctx,
+            graceful_timeout: self.graceful_timeout,
+            on_startup: self.on_startup,
+            on_shutdown: self.on_shutdown,
+            shutdown: self.shutdown,
+        }
+    }
+}
+
+impl<B: Brokers> App<B> {
     /// Adds a subscriber (a `#[subscriber]` function, by name, or one with mount-site names:
     /// `bill.topic(&cfg.orders)`, see [`Mount`](crate::Mount)). Names from expressions are
     /// evaluated here; whatever is wrong is reported by [`start`](App::start), with every
     /// other problem.
-    pub fn subscribe<H: Handler>(mut self, handler: H) -> Self
+    ///
+    /// On an App of several brokers, the handler runs on the one its declaration names (a
+    /// `brook::kafka::subscriber` on the Kafka broker); the compiler refuses a handler no
+    /// broker of the App can run.
+    pub fn subscribe<H: Handler, I>(mut self, handler: H) -> Self
     where
-        B: Accepts<H::Broker>,
+        B: Hosts<H::Broker, I>,
     {
         match handler.subscription().build() {
             Ok(sub) => self.subscribers.push(Box::new(Registered {
                 handler: Arc::new(handler),
                 sub: Arc::new(sub),
+                broker: self.broker.host().clone(),
             })),
             // Reported by `start`, with every other invalid subscriber.
             Err(e) => self.invalid.push(e),
@@ -228,27 +398,8 @@ impl<B: Broker> App<B> {
     /// connection settings cannot serve.
     fn check(&mut self) -> Result<(), AppError> {
         let mut problems: Vec<StartError> = self.invalid.drain(..).map(Into::into).collect();
-        let cx = StartCheck {
-            broker: self.broker.kind(),
-            context: &self.ctx,
-        };
         for subscriber in &self.subscribers {
-            problems.extend(subscriber.check(&cx));
-            let sub = subscriber.subscription();
-            if let Some(output) = sub.output() {
-                if self.ctx.publishers().get(output.broker).is_err() {
-                    problems.push(StartError::NoOutputBroker {
-                        subscriber: sub.name().to_owned(),
-                        broker: output.broker,
-                    });
-                }
-            }
-            if let Err(source) = self.broker.check(sub) {
-                problems.push(StartError::Broker {
-                    subscriber: sub.name().to_owned(),
-                    source,
-                });
-            }
+            problems.extend(subscriber.check(&self.ctx));
         }
         match problems.is_empty() {
             true => Ok(()),
@@ -261,7 +412,7 @@ impl<B: Broker> App<B> {
     /// [`RunningApp`] to stop later (tests, embedding).
     pub async fn start(mut self) -> Result<RunningApp<B>, AppError> {
         self.check()?;
-        self.broker.connect().await?;
+        self.broker.connect_all().await?;
         for hook in self.on_startup {
             hook().await.map_err(|source| AppError::Hook {
                 stage: "startup",
@@ -277,8 +428,13 @@ impl<B: Broker> App<B> {
             for warning in sub.warnings() {
                 tracing::warn!(subscriber = sub.name(), "{warning}");
             }
-            let consumer = match self.broker.subscribe(sub).await {
-                Ok(consumer) => consumer,
+            let (name, kind) = (sub.name().to_owned(), subscriber.kind());
+            let (source, policy) = (sub.source_name().to_owned(), sub.policy());
+            let run = match subscriber
+                .subscribe(self.ctx.clone(), stop.clone(), abort.clone())
+                .await
+            {
+                Ok(run) => run,
                 Err(e) => {
                     stop.cancel();
                     while tasks.join_next().await.is_some() {}
@@ -286,14 +442,12 @@ impl<B: Broker> App<B> {
                 }
             };
             tracing::info!(
-                subscriber = sub.name(),
-                broker = self.broker.kind().name(),
-                source = sub.source_name(),
-                ack_policy = %sub.policy(),
+                subscriber = name,
+                broker = kind.name(),
+                source,
+                ack_policy = %policy,
                 "subscribed"
             );
-            let name = sub.name().to_owned();
-            let run = subscriber.start(consumer, self.ctx.clone(), stop.clone(), abort.clone());
             let (stopping, ended_tx) = (stop.clone(), ended_tx.clone());
             tasks.spawn(async move {
                 let reason = match run.await {
@@ -344,7 +498,7 @@ struct SubscriberEnded {
 }
 
 /// A started [`App`].
-pub struct RunningApp<B: Broker> {
+pub struct RunningApp<B: Brokers> {
     broker: B,
     ended: mpsc::UnboundedReceiver<SubscriberEnded>,
     // Kept so that `ended` never closes: an App with no subscribers still waits.
@@ -357,7 +511,7 @@ pub struct RunningApp<B: Broker> {
     shutdown: ShutdownHandle,
 }
 
-impl<B: Broker> RunningApp<B> {
+impl<B: Brokers> RunningApp<B> {
     /// The broker.
     pub fn broker(&self) -> &B {
         &self.broker
@@ -430,7 +584,7 @@ impl<B: Broker> RunningApp<B> {
                 }
             }
         }
-        self.broker.close().await?;
+        self.broker.close_all().await?;
         self.shutdown.shutdown();
         result
     }

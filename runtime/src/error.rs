@@ -71,7 +71,7 @@ pub enum BrokerError {
     },
     /// The App has no broker of this kind (an output's `publish_broker`, a
     /// [`Publisher::on`](crate::Publisher::on)).
-    #[error("the App has no {} broker: add it with App::broker(...)", .0.display_name())]
+    #[error("the App has no {} broker: add it with App::with_broker(...)", .0.display_name())]
     NoSuchBroker(BrokerKind),
 }
 
@@ -169,7 +169,7 @@ pub enum StartError {
         source: BrokerError,
     },
     /// A subscriber publishes its result on a broker the App does not have.
-    #[error("subscriber `{subscriber}` publishes its result on {} (publish_broker = {}), but the App has no {} broker: add it with App::broker(...)", .broker.display_name(), .broker.name(), .broker.display_name())]
+    #[error("subscriber `{subscriber}` publishes its result on {} (publish_broker = {}), but the App has no {} broker: add it with App::with_broker(...)", .broker.display_name(), .broker.name(), .broker.display_name())]
     NoOutputBroker {
         /// The subscriber.
         subscriber: String,

@@ -154,6 +154,7 @@ name_methods!(
     routing_key,
     dead_letter_exchange,
     dead_letter_stream,
+    publish,
 );
 
 impl<H: Handler> MountNames for H {}

@@ -50,7 +50,9 @@ mod subscription;
 pub mod testing;
 pub mod url;
 
-pub use app::{App, RunningApp, ShutdownHandle, DEFAULT_GRACEFUL_TIMEOUT};
+pub use app::{
+    App, Before, Brokers, Here, Hosts, RunningApp, ShutdownHandle, With, DEFAULT_GRACEFUL_TIMEOUT,
+};
 pub use broker::{Accepts, Broker, Consumer, Outgoing};
 /// A subscriber argument's value, for [`Subscription::new`]`(...).arg(name, value)`: strings,
 /// integers and booleans convert with `.into()`; names from a fixed set (`on_decode_error =

@@ -317,6 +317,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_borrow, clippy::let_unit_value)] // as the macro writes it
     fn the_macro_dispatch_splits_results_and_encodes_values() {
         let returned: anyhow::Result<Invoice> = Ok(Invoice { order: 2 });
         let value = (&returned).brook_result().split(returned).unwrap();

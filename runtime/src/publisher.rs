@@ -49,7 +49,7 @@ impl<B: Broker> DynBroker for B {
 
 /// The App's brokers, by kind.
 #[derive(Clone, Default)]
-pub(crate) struct Publishers {
+pub struct Publishers {
     brokers: Arc<Vec<(BrokerKind, Arc<dyn DynBroker>)>>,
 }
 
