@@ -19,6 +19,8 @@ use crate::error::{AppError, BrokerError, StartError, StartErrors, SubscriptionE
 use crate::extract::{Context, StartCheck};
 use crate::handler::kind::Kind;
 use crate::handler::Handler;
+use crate::health::{Health, HealthHandle, SharedHealth, SAMPLE_EVERY};
+use crate::layer::{Layer, Layers};
 use crate::publisher::Publishers;
 use crate::subscription::Subscription;
 
@@ -43,6 +45,8 @@ where
 /// broker types erased (the loop itself is generic: nothing is boxed per message).
 trait Start: Send {
     fn subscription(&self) -> &Subscription;
+    /// Puts the App's layers around the subscriber's own; returns its health cell.
+    fn prepare(&mut self, app_layers: &[Arc<dyn Layer>]) -> SharedHealth;
     fn kind(&self) -> BrokerKind;
     fn check(&self, context: &Context) -> Vec<StartError>;
     fn subscribe(
@@ -62,6 +66,14 @@ struct Registered<H, X> {
 impl<H: Handler, X: Broker> Start for Registered<H, X> {
     fn subscription(&self) -> &Subscription {
         &self.sub
+    }
+
+    fn prepare(&mut self, app_layers: &[Arc<dyn Layer>]) -> SharedHealth {
+        let mut layers = app_layers.to_vec();
+        layers.extend(self.handler.layers());
+        let sub = Arc::make_mut(&mut self.sub);
+        sub.set_layers(Layers::new(layers));
+        sub.health().clone()
     }
 
     fn kind(&self) -> BrokerKind {
@@ -124,13 +136,15 @@ impl<H: Handler, X: Broker> Start for Registered<H, X> {
 
 /// The brokers of an [`App`]: one [`Broker`], or several joined by [`App::with_broker`] (as
 /// [`With`]). Implemented by brook, not by users.
-pub trait Brokers: Send + Sync + 'static {
+pub trait Brokers: Clone + Send + Sync + 'static {
     #[doc(hidden)]
     fn register(&self, publishers: &mut Publishers);
     #[doc(hidden)]
     fn connect_all(&self) -> BoxFuture<Result<(), BrokerError>>;
     #[doc(hidden)]
     fn close_all(&self) -> BoxFuture<Result<(), BrokerError>>;
+    #[doc(hidden)]
+    fn connected(&self, out: &mut Vec<(BrokerKind, Option<bool>)>);
 }
 
 impl<B: Broker> Brokers for B {
@@ -147,13 +161,17 @@ impl<B: Broker> Brokers for B {
         let broker = self.clone();
         Box::pin(async move { broker.close().await })
     }
+
+    fn connected(&self, out: &mut Vec<(BrokerKind, Option<bool>)>) {
+        out.push((self.kind(), self.is_connected()));
+    }
 }
 
 /// The brokers `A`, and the broker `B` added with [`App::with_broker`].
 #[derive(Clone, Debug)]
 pub struct With<A, B>(pub A, pub B);
 
-impl<A: Brokers + Clone, B: Broker> Brokers for With<A, B> {
+impl<A: Brokers, B: Broker> Brokers for With<A, B> {
     fn register(&self, publishers: &mut Publishers) {
         self.0.register(publishers);
         self.1.register(publishers);
@@ -175,6 +193,11 @@ impl<A: Brokers + Clone, B: Broker> Brokers for With<A, B> {
             let rest = first.close_all().await;
             closed.and(rest)
         })
+    }
+
+    fn connected(&self, out: &mut Vec<(BrokerKind, Option<bool>)>) {
+        self.0.connected(out);
+        self.1.connected(out);
     }
 }
 
@@ -250,6 +273,7 @@ pub struct App<B: Brokers> {
     broker: B,
     subscribers: Vec<Box<dyn Start>>,
     invalid: Vec<SubscriptionError>,
+    layers: Vec<Arc<dyn Layer>>,
     ctx: Context,
     graceful_timeout: Duration,
     on_startup: Vec<Hook>,
@@ -266,6 +290,7 @@ impl<B: Broker> App<B> {
             broker,
             subscribers: Vec::new(),
             invalid: Vec::new(),
+            layers: Vec::new(),
             ctx,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
             on_startup: Vec::new(),
@@ -275,7 +300,7 @@ impl<B: Broker> App<B> {
     }
 }
 
-impl<B: Brokers + Clone> App<B> {
+impl<B: Brokers> App<B> {
     /// Adds another broker: handlers declared for it are subscribed on it, outputs may be
     /// published on it (`publish_broker = ...`, [`Publisher::on`](crate::Publisher::on)), and
     /// the App connects, drains and closes every broker together. One broker per kind:
@@ -294,6 +319,7 @@ impl<B: Brokers + Clone> App<B> {
             broker: With(self.broker, broker),
             subscribers: self.subscribers,
             invalid: self.invalid,
+            layers: self.layers,
             ctx,
             graceful_timeout: self.graceful_timeout,
             on_startup: self.on_startup,
@@ -325,6 +351,14 @@ impl<B: Brokers> App<B> {
             // Reported by `start`, with every other invalid subscriber.
             Err(e) => self.invalid.push(e),
         }
+        self
+    }
+
+    /// Adds a layer around every subscriber's handler (outside the subscribers' own; the first
+    /// added is the outermost), which also hears of every publish from inside the App. See
+    /// [`layer`](crate::layer).
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
         self
     }
 
@@ -423,8 +457,19 @@ impl<B: Brokers> App<B> {
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let (ended_tx, ended) = mpsc::unbounded_channel();
-        for subscriber in self.subscribers {
+        self.ctx
+            .publishers_mut()
+            .set_layers(Layers::new(self.layers.clone()));
+        let mut health = Vec::with_capacity(self.subscribers.len());
+        for mut subscriber in self.subscribers {
+            let cell = subscriber.prepare(&self.layers);
             let sub = subscriber.subscription();
+            health.push((
+                sub.name().to_owned(),
+                subscriber.kind(),
+                sub.source_name().to_owned(),
+                cell.clone(),
+            ));
             for warning in sub.warnings() {
                 tracing::warn!(subscriber = sub.name(), "{warning}");
             }
@@ -448,9 +493,19 @@ impl<B: Brokers> App<B> {
                 ack_policy = %policy,
                 "subscribed"
             );
+            cell.consuming(true);
             let (stopping, ended_tx) = (stop.clone(), ended_tx.clone());
             tasks.spawn(async move {
-                let reason = match run.await {
+                let result = run.await;
+                let reason = match &result {
+                    Ok(Ended::Stopped) => "the App stopped".to_owned(),
+                    Ok(Ended::ConsumerEnded(last_error)) => last_error
+                        .clone()
+                        .unwrap_or_else(|| "its consumer ended".to_owned()),
+                    Err(error) => error.to_string(),
+                };
+                cell.ended(reason);
+                let reason = match result {
                     Ok(Ended::Stopped) => return,
                     Ok(Ended::ConsumerEnded(last_error)) => {
                         last_error.unwrap_or_else(|| "its consumer ended".to_owned())
@@ -476,7 +531,25 @@ impl<B: Brokers> App<B> {
                 });
             });
         }
+        // Once a second, note which subscribers received messages since the last look, so the
+        // engine reads no clock per message.
+        let cells: Vec<SharedHealth> = health.iter().map(|(.., cell)| cell.clone()).collect();
+        let sampler = tokio::spawn(async move {
+            let mut every = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                every.tick().await;
+                let now = std::time::SystemTime::now();
+                cells.iter().for_each(|cell| cell.sample(now));
+            }
+        });
+        let brokers = self.broker.clone();
         Ok(RunningApp {
+            health: HealthHandle::new(health, move || {
+                let mut connected = Vec::new();
+                brokers.connected(&mut connected);
+                connected
+            }),
+            sampler: sampler.abort_handle(),
             broker: self.broker,
             ended,
             _ended_tx: ended_tx,
@@ -499,6 +572,8 @@ struct SubscriberEnded {
 
 /// A started [`App`].
 pub struct RunningApp<B: Brokers> {
+    health: HealthHandle,
+    sampler: tokio::task::AbortHandle,
     broker: B,
     ended: mpsc::UnboundedReceiver<SubscriberEnded>,
     // Kept so that `ended` never closes: an App with no subscribers still waits.
@@ -515,6 +590,19 @@ impl<B: Brokers> RunningApp<B> {
     /// The broker.
     pub fn broker(&self) -> &B {
         &self.broker
+    }
+
+    /// Each broker's connection (where its client can tell) and each subscriber: consuming,
+    /// messages received, the last one's time, failures in a row. For readiness and liveness
+    /// endpoints ([`Health::is_ready`], [`Health::is_alive`]).
+    pub fn health(&self) -> Health {
+        self.health.health()
+    }
+
+    /// A cheap handle to the same health, for an HTTP endpoint or a probe task that outlives a
+    /// borrow of the App.
+    pub fn health_handle(&self) -> HealthHandle {
+        self.health.clone()
     }
 
     /// A handle that makes [`RunningApp::wait`] return.
@@ -584,6 +672,7 @@ impl<B: Brokers> RunningApp<B> {
                 }
             }
         }
+        self.sampler.abort();
         self.broker.close_all().await?;
         self.shutdown.shutdown();
         result

@@ -50,6 +50,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
         message: Outgoing,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// Whether the client is connected right now, where it can tell (`None`: it cannot), for
+    /// [`RunningApp::health`](crate::RunningApp::health). The default: `None`.
+    fn is_connected(&self) -> Option<bool> {
+        None
+    }
+
     /// Publish a reply to a message's `reply_to`. The default publishes to it like any
     /// destination; brokers whose reply addresses are not ordinary destinations override it
     /// (RabbitMQ's `amq.rabbitmq.reply-to` through the default exchange, a NATS inbox on core

@@ -8,17 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brook_caps::AckPolicy;
+use brook_caps::BrokerKind;
+use futures_util::future::Either;
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::broker::Consumer;
+use crate::error::BrokerError;
 use crate::extract::Context;
 use crate::handler::{Handler, HandlerError};
 use crate::headers::CORRELATION_ID;
 use crate::interrupt::find_interrupt;
+use crate::layer::{Delivery, Layers, PublishKind, Published};
 use crate::message::{Message, SettleReport, Settled, Settlement};
 use crate::output::{new_correlation_id, Output};
 use crate::subscription::Subscription;
@@ -108,8 +113,19 @@ pub async fn process<H: Handler>(
         delivery = msg.delivery_count(),
         outcome = tracing::field::Empty,
     );
+    let layers = sub.layers();
+    let received = (!layers.is_empty()).then(|| {
+        layers.each("received", |l| l.received(Delivery::new(&msg, sub, ctx)));
+        Instant::now()
+    });
     let outcome = run(handler, sub, ctx, &msg).instrument(span.clone()).await;
     span.record("outcome", outcome.as_str());
+    if let Some(received) = received {
+        let elapsed = received.elapsed();
+        layers.each("settled", |l| {
+            l.settled(Delivery::new(&msg, sub, ctx), outcome, elapsed)
+        });
+    }
     outcome
 }
 
@@ -120,6 +136,8 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         tracing::debug!(subscriber = sub.name(), topic = msg.topic(), message_id = %msg.id(), "delivery superseded by the broker; skipped");
         return Outcome::Superseded;
     }
+    let health = sub.health();
+    health.received();
     let policy = sub.policy();
     let count = msg.delivery_count();
     if let (Some(max), Some(n)) = (sub.max_deliveries(), count) {
@@ -140,10 +158,12 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         }
     }
 
-    let (completion, failure) = match AssertUnwindSafe(handler.call(msg, ctx))
-        .catch_unwind()
-        .await
-    {
+    let layers = sub.layers();
+    let call = match layers.is_empty() {
+        true => Either::Left(handler.call(msg, ctx)),
+        false => Either::Right(layers.call(handler, msg, sub, ctx)),
+    };
+    let (completion, failure) = match AssertUnwindSafe(call).catch_unwind().await {
         Ok(Ok(output)) => match publish_results(sub, ctx, msg, output).await {
             Ok(()) => (Completion::Succeeded, None),
             // The input is not acked when its result is not on the broker: the policy's error
@@ -172,6 +192,10 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         ),
     };
 
+    health.handled(matches!(
+        completion,
+        Completion::Succeeded | Completion::Interrupted(_)
+    ));
     let mut decision = decide(policy, completion, sub.on_decode_error());
     if let (Some(Settlement::Nack { .. }), Some(max), Some(n)) =
         (decision, sub.max_deliveries(), count)
@@ -236,10 +260,19 @@ async fn publish_results(
             .to_outgoing(reply_to, correlation_id);
         // The requester matches the reply by the request's id, whatever the handler set.
         reply.headers.insert(CORRELATION_ID, correlation_id);
+        let started = Instant::now();
         let published = match ctx.publishers().get(msg.broker()) {
             Ok(broker) => broker.publish_reply(reply).await,
             Err(e) => Err(e),
         };
+        tell_layers(
+            sub.layers(),
+            msg.broker(),
+            reply_to,
+            PublishKind::Reply,
+            started,
+            &published,
+        );
         published.map_err(|e| format!("could not publish the reply to `{reply_to}`: {e}"))?;
         tracing::debug!(
             subscriber = sub.name(),
@@ -249,6 +282,7 @@ async fn publish_results(
         );
     }
     if let (Some(out), Some((destination, broker))) = (&output, target) {
+        let started = Instant::now();
         let published = match ctx.publishers().get(broker) {
             Ok(publisher) => {
                 publisher
@@ -257,6 +291,14 @@ async fn publish_results(
             }
             Err(e) => Err(e),
         };
+        tell_layers(
+            sub.layers(),
+            broker,
+            destination,
+            PublishKind::Output,
+            started,
+            &published,
+        );
         published.map_err(|e| {
             format!(
                 "could not publish the result to `{destination}` on {}: {e}",
@@ -271,6 +313,28 @@ async fn publish_results(
         );
     }
     Ok(())
+}
+
+/// Runs the layers' `published` hook, if there are layers.
+pub(crate) fn tell_layers(
+    layers: &Layers,
+    broker: BrokerKind,
+    destination: &str,
+    kind: PublishKind,
+    started: Instant,
+    result: &Result<(), BrokerError>,
+) {
+    if layers.is_empty() {
+        return;
+    }
+    let event = Published {
+        broker,
+        destination,
+        kind,
+        elapsed: started.elapsed(),
+        error: result.as_ref().err(),
+    };
+    layers.each("published", |l| l.published(&event));
 }
 
 /// The engine's own settlements, made once the handler returned (or instead of running it:

@@ -1,9 +1,11 @@
 //! The handler trait `#[subscriber]` implements, and what a handler may return.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::{BrokerError, ExtractError};
 use crate::extract::{Context, StartCheck};
+use crate::layer::{Layer, Layered};
 use crate::message::Message;
 use crate::output::Output;
 use crate::subscription::SubscriptionBuilder;
@@ -48,6 +50,12 @@ pub trait Handler: Send + Sync + 'static {
     /// broker); `App::start` refuses to start otherwise. Returns the failing arguments by name.
     fn check(&self, cx: &StartCheck<'_>) -> Vec<(&'static str, ExtractError)> {
         let _ = cx;
+        Vec::new()
+    }
+
+    /// The subscriber's own layers (from [`Mount::layer`]), outermost first; the App's wrap
+    /// them. The default: none.
+    fn layers(&self) -> Vec<Arc<dyn Layer>> {
         Vec::new()
     }
 
@@ -108,6 +116,15 @@ pub trait Mount: Handler + Sized {
             argument,
             value: value.into(),
             replace: false,
+        }
+    }
+
+    /// Adds a layer around this subscriber's handler (inside the App's layers; see
+    /// [`layer`](crate::layer)): `bill.layer(Timeout::new(Duration::from_secs(5)))`.
+    fn layer(self, layer: impl Layer) -> Layered<Self> {
+        Layered {
+            inner: self,
+            layers: vec![Arc::new(layer)],
         }
     }
 
@@ -182,6 +199,44 @@ impl<H: Handler> Handler for Mounted<H> {
 
     fn check(&self, cx: &StartCheck<'_>) -> Vec<(&'static str, ExtractError)> {
         self.inner.check(cx)
+    }
+
+    fn layers(&self) -> Vec<Arc<dyn Layer>> {
+        self.inner.layers()
+    }
+
+    fn call<'a>(
+        &'a self,
+        msg: &'a Message,
+        ctx: &'a Context,
+    ) -> impl Future<Output = HandlerResult> + Send + 'a {
+        self.inner.call(msg, ctx)
+    }
+}
+
+impl<H: Handler> Layered<H> {
+    /// Adds another layer, inside the ones added before.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+}
+
+impl<H: Handler> Handler for Layered<H> {
+    type Broker = H::Broker;
+
+    fn subscription(&self) -> SubscriptionBuilder {
+        self.inner.subscription()
+    }
+
+    fn check(&self, cx: &StartCheck<'_>) -> Vec<(&'static str, ExtractError)> {
+        self.inner.check(cx)
+    }
+
+    fn layers(&self) -> Vec<Arc<dyn Layer>> {
+        let mut layers = self.layers.clone();
+        layers.extend(self.inner.layers());
+        layers
     }
 
     fn call<'a>(

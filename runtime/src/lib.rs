@@ -35,9 +35,11 @@ mod error;
 pub mod extract;
 mod handler;
 pub mod headers;
+pub mod health;
 #[cfg(feature = "conformance")]
 pub mod interop;
 mod interrupt;
+pub mod layer;
 pub mod memory;
 mod message;
 pub mod output;
@@ -65,7 +67,9 @@ pub use error::{
 pub use extract::{BrokerMessage, Context, FromMessage, StartCheck, State};
 pub use handler::{kind, Handler, HandlerError, HandlerResult, Mount, MountNames, Mounted};
 pub use headers::Headers;
+pub use health::{Health, HealthHandle, SubscriberHealth};
 pub use interrupt::{Ack, Nack, Reject};
+pub use layer::{Layer, Layered, Timeout};
 pub use memory::MemoryBroker;
 pub use message::{Message, MessageId, SettleFuture, SettleReport, Settled, Settlement, Settler};
 pub use output::Publish;

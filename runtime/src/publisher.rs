@@ -10,10 +10,14 @@ use std::time::Duration;
 use brook_caps::BrokerKind;
 use serde::Serialize;
 
+use tokio::time::Instant;
+
 use crate::broker::{Broker, Outgoing};
+use crate::engine::tell_layers;
 use crate::error::{BrokerError, ExtractError};
 use crate::extract::{Context, FromMessage};
 use crate::headers::CORRELATION_ID;
+use crate::layer::{Layers, PublishKind};
 use crate::message::Message;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,9 +55,15 @@ impl<B: Broker> DynBroker for B {
 #[derive(Clone, Default)]
 pub struct Publishers {
     brokers: Arc<Vec<(BrokerKind, Arc<dyn DynBroker>)>>,
+    /// The App's layers, told of every `Publisher` publish.
+    layers: Layers,
 }
 
 impl Publishers {
+    pub(crate) fn set_layers(&mut self, layers: Layers) {
+        self.layers = layers;
+    }
+
     pub(crate) fn add<B: Broker>(&mut self, broker: B) {
         Arc::make_mut(&mut self.brokers).push((broker.kind(), Arc::new(broker)));
     }
@@ -116,7 +126,21 @@ impl<'a> Publisher<'a> {
         if let (None, Some(id)) = (message.headers.get(CORRELATION_ID), self.correlation_id) {
             message.headers.insert(CORRELATION_ID, id);
         }
-        self.publishers.get(self.broker)?.publish(message).await
+        let destination = message.destination.clone();
+        let started = Instant::now();
+        let published = match self.publishers.get(self.broker) {
+            Ok(broker) => broker.publish(message).await,
+            Err(e) => Err(e),
+        };
+        tell_layers(
+            &self.publishers.layers,
+            self.broker,
+            &destination,
+            PublishKind::Publisher,
+            started,
+            &published,
+        );
+        published
     }
 
     /// Sends `value` to `destination` as a request and waits at most `timeout` for the reply

@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use brook_caps::{AckPolicy, ArgError, BrokerKind, Options, Resolved, Source, Value};
 
 use crate::error::{BrokerError, SubscriptionError};
+use crate::health::SharedHealth;
+use crate::layer::Layers;
 use crate::message::Settlement;
 
 /// A subscriber's validated arguments.
@@ -38,6 +40,9 @@ pub struct Subscription {
     on_decode_error: Settlement,
     output: Option<OutputTarget>,
     reply: bool,
+    // Set by the App when it starts the subscriber.
+    layers: Layers,
+    health: SharedHealth,
 }
 
 /// Where a subscriber publishes its handler's result (`publish = "..."`).
@@ -168,6 +173,8 @@ impl SubscriptionBuilder {
             on_decode_error,
             output,
             reply,
+            layers: Layers::default(),
+            health: SharedHealth::default(),
         })
     }
 }
@@ -282,6 +289,19 @@ impl Subscription {
     /// true).
     pub fn replies(&self) -> bool {
         self.reply
+    }
+
+    /// The layers its messages go through (the App's, then its own).
+    pub(crate) fn layers(&self) -> &Layers {
+        &self.layers
+    }
+
+    pub(crate) fn set_layers(&mut self, layers: Layers) {
+        self.layers = layers;
+    }
+
+    pub(crate) fn health(&self) -> &SharedHealth {
+        &self.health
     }
 }
 
