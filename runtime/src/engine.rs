@@ -114,19 +114,40 @@ pub async fn process<H: Handler>(
         outcome = tracing::field::Empty,
     );
     let layers = sub.layers();
-    let received = (!layers.is_empty()).then(|| {
+    // Tells the layers how it ended when dropped: also when the graceful timeout drops this
+    // future mid-handler (then as `Cancelled`).
+    let mut settled = (!layers.is_empty()).then(|| {
         layers.each("received", |l| l.received(Delivery::new(&msg, sub, ctx)));
-        Instant::now()
+        SettledHook {
+            layers,
+            delivery: Delivery::new(&msg, sub, ctx),
+            received: Instant::now(),
+            outcome: Outcome::Cancelled,
+        }
     });
     let outcome = run(handler, sub, ctx, &msg).instrument(span.clone()).await;
     span.record("outcome", outcome.as_str());
-    if let Some(received) = received {
-        let elapsed = received.elapsed();
-        layers.each("settled", |l| {
-            l.settled(Delivery::new(&msg, sub, ctx), outcome, elapsed)
-        });
+    if let Some(hook) = &mut settled {
+        hook.outcome = outcome;
     }
     outcome
+}
+
+/// Runs the layers' `settled` hook when dropped.
+struct SettledHook<'a> {
+    layers: &'a Layers,
+    delivery: Delivery<'a>,
+    received: Instant,
+    outcome: Outcome,
+}
+
+impl Drop for SettledHook<'_> {
+    fn drop(&mut self) {
+        let elapsed = self.received.elapsed();
+        self.layers.each("settled", |l| {
+            l.settled(self.delivery, self.outcome, elapsed)
+        });
+    }
 }
 
 async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &Message) -> Outcome {
@@ -260,6 +281,7 @@ async fn publish_results(
             .to_outgoing(reply_to, correlation_id);
         // The requester matches the reply by the request's id, whatever the handler set.
         reply.headers.insert(CORRELATION_ID, correlation_id);
+        sub.layers().publishing(&mut reply, PublishKind::Reply);
         let started = Instant::now();
         let published = match ctx.publishers().get(msg.broker()) {
             Ok(broker) => broker.publish_reply(reply).await,
@@ -282,13 +304,11 @@ async fn publish_results(
         );
     }
     if let (Some(out), Some((destination, broker))) = (&output, target) {
+        let mut message = out.to_outgoing(destination, correlation_id);
+        sub.layers().publishing(&mut message, PublishKind::Output);
         let started = Instant::now();
         let published = match ctx.publishers().get(broker) {
-            Ok(publisher) => {
-                publisher
-                    .publish(out.to_outgoing(destination, correlation_id))
-                    .await
-            }
+            Ok(publisher) => publisher.publish(message).await,
             Err(e) => Err(e),
         };
         tell_layers(

@@ -13,8 +13,9 @@
 //!    layer returned, as if the handler had returned it;
 //! 3. [`settled`](Layer::settled): the engine has settled (or left) the message; the
 //!    [`Outcome`] and the time since it was received;
-//! 4. [`published`](Layer::published): an output, a reply or a [`Publisher`](crate::Publisher)
-//!    publish went out (or failed).
+//! 4. [`publishing`](Layer::publishing) and [`published`](Layer::published): an output, a
+//!    reply or a [`Publisher`](crate::Publisher) publish is about to go out (a layer may add
+//!    headers), and went out (or failed).
 //!
 //! **Order.** App layers ([`App::layer`](crate::App::layer)) wrap subscriber layers
 //! ([`Layered`], from `bill.layer(..)`), and among each, the first added is the outermost: its
@@ -60,6 +61,7 @@ use std::time::Duration;
 use brook_caps::BrokerKind;
 use bytes::Bytes;
 
+use crate::broker::Outgoing;
 use crate::engine::Outcome;
 use crate::error::BrokerError;
 use crate::extract::Context;
@@ -89,6 +91,12 @@ pub trait Layer: Send + Sync + 'static {
     /// The engine is done with the message: `outcome`, `elapsed` since it was received.
     fn settled(&self, delivery: Delivery<'_>, outcome: Outcome, elapsed: Duration) {
         let _ = (delivery, outcome, elapsed);
+    }
+
+    /// Something is about to be published from inside the App (an output, a reply, a
+    /// `Publisher` publish): a layer may add headers (trace context, tenant ids).
+    fn publishing(&self, message: &mut Outgoing, kind: PublishKind) {
+        let _ = (message, kind);
     }
 
     /// Something was published from inside the App (an output, a reply, a `Publisher`).
@@ -260,6 +268,17 @@ impl Layers {
             ctx,
         }
         .run()
+    }
+
+    /// Lets every layer add to a message about to be published.
+    pub(crate) fn publishing(&self, message: &mut Outgoing, kind: PublishKind) {
+        for layer in self.0.iter() {
+            let caught =
+                std::panic::catch_unwind(AssertUnwindSafe(|| layer.publishing(message, kind)));
+            if caught.is_err() {
+                tracing::error!(hook = "publishing", "a layer's hook panicked; ignored");
+            }
+        }
     }
 
     /// Runs a hook on every layer; a panicking hook is logged, not unwound into the engine.

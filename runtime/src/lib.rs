@@ -42,6 +42,10 @@ mod interrupt;
 pub mod layer;
 pub mod memory;
 mod message;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod output;
 #[cfg(feature = "conformance")]
 pub mod proxy;

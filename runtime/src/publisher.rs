@@ -126,6 +126,9 @@ impl<'a> Publisher<'a> {
         if let (None, Some(id)) = (message.headers.get(CORRELATION_ID), self.correlation_id) {
             message.headers.insert(CORRELATION_ID, id);
         }
+        self.publishers
+            .layers
+            .publishing(&mut message, PublishKind::Publisher);
         let destination = message.destination.clone();
         let started = Instant::now();
         let published = match self.publishers.get(self.broker) {

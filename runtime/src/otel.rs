@@ -1,0 +1,1 @@
+//! OpenTelemetry trace context across brokers (feature `otel`). Being written.
