@@ -92,12 +92,22 @@ enum Path {
 
 /// Publishes `n` messages to a fresh broker, then times `n` iterations of `path`.
 fn run<H: Handler>(handler: H, n: u64, path: Path) -> Figures {
+    run_with(handler, Vec::new(), n, path)
+}
+
+/// `run`, with `layers` around the handler.
+fn run_with<H: Handler>(
+    handler: H,
+    layers: Vec<std::sync::Arc<dyn brook::Layer>>,
+    n: u64,
+    path: Path,
+) -> Figures {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let broker = MemoryBroker::new();
-    let sub = handler.subscription().build().unwrap();
+    let sub = handler.subscription().build().unwrap().with_layers(layers);
     let ctx = Context::default();
     let mut consumer = rt.block_on(broker.subscribe(&sub)).unwrap();
     for i in 0..n {
@@ -176,13 +186,20 @@ fn measured_engine<H: Handler>(
 type Row = (&'static str, fn(u64, Path) -> Figures);
 
 fn main() {
-    let rows: [Row; 5] = [
+    #[allow(unused_mut)]
+    let mut rows: Vec<Row> = vec![
         ("AckFirst", |n, p| run(ack_first, n, p)),
         ("Ack", |n, p| run(ack, n, p)),
         ("RejectOnError", |n, p| run(reject_on_error, n, p)),
         ("NackOnError", |n, p| run(nack_on_error, n, p)),
         ("Manual", |n, p| run(manual, n, p)),
     ];
+    // The cost of the Prometheus layer: `Ack` again, with it.
+    #[cfg(feature = "prometheus")]
+    rows.push(("Ack+metrics", |n, p| {
+        let metrics = brook::metrics::Metrics::new();
+        run_with(ack, vec![std::sync::Arc::new(metrics)], n, p)
+    }));
     // `--callgrind POLICY N consume|engine`: run only that loop (for scripts/bench-memory).
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--callgrind") {

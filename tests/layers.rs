@@ -297,3 +297,60 @@ async fn app_layers_hear_of_publisher_publishes() {
     assert!(lines(&log).contains(&"app:published Publisher layers.side ok=true".to_owned()));
     let _ = PublishKind::Publisher;
 }
+
+#[subscriber(topic = "layers.restart")]
+async fn restartable(_: String) {}
+
+/// Waits (5 s at most) until the subscriber has been restarted `n` times.
+async fn restarted(probe: &brook::HealthHandle, n: u32) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let s = &probe.health().subscribers[0];
+            if s.restarts >= n && s.consuming && s.ended.is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("subscribed again within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_subscriber_is_restarted_with_backoff_until_the_limit() {
+    let broker = MemoryBroker::new();
+    broker.record();
+    let restart =
+        brook::Restart::new(1).backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let running = App::new(broker.clone())
+        .restart_ended(restart)
+        .subscribe(restartable)
+        .start()
+        .await
+        .unwrap();
+    let probe = running.health_handle();
+    broker.end_consumers("layers.restart", "queue deleted");
+    restarted(&probe, 1).await;
+    let id = broker.publish_traced(Outgoing::encode("after", "layers.restart").unwrap());
+    let trace = tokio::time::timeout(
+        Duration::from_secs(5),
+        broker.wait_for_trace(id, |t| t.is_final()),
+    )
+    .await
+    .expect("handled by the restarted consumer");
+    assert_eq!(trace.last(), Some(Settled::Acked));
+    // It consumed since, so it is restarted once more; ending it again with no message in
+    // between exceeds the limit (1 in a row) and stops the App.
+    broker.end_consumers("layers.restart", "deleted again");
+    restarted(&probe, 2).await;
+    broker.end_consumers("layers.restart", "deleted for good");
+    let err = tokio::time::timeout(Duration::from_secs(5), running.wait())
+        .await
+        .expect("the App stops")
+        .unwrap_err();
+    assert!(
+        matches!(&err, AppError::SubscriberEnded { reason, .. } if reason.contains("deleted for good")),
+        "{err}"
+    );
+    assert_eq!(probe.health().subscribers[0].restarts, 2);
+}

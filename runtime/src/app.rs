@@ -50,7 +50,7 @@ trait Start: Send {
     fn kind(&self) -> BrokerKind;
     fn check(&self, context: &Context) -> Vec<StartError>;
     fn subscribe(
-        self: Box<Self>,
+        &self,
         ctx: Context,
         stop: CancellationToken,
         abort: CancellationToken,
@@ -114,21 +114,16 @@ impl<H: Handler, X: Broker> Start for Registered<H, X> {
     }
 
     fn subscribe(
-        self: Box<Self>,
+        &self,
         ctx: Context,
         stop: CancellationToken,
         abort: CancellationToken,
     ) -> BoxFuture<Result<BoxFuture<Result<Ended, BrokerError>>, BrokerError>> {
+        let (handler, sub, broker) = (self.handler.clone(), self.sub.clone(), self.broker.clone());
         Box::pin(async move {
-            let consumer = self.broker.subscribe(&self.sub).await?;
-            let run: BoxFuture<Result<Ended, BrokerError>> = Box::pin(run_consumer(
-                self.handler,
-                self.sub,
-                ctx,
-                consumer,
-                stop,
-                abort,
-            ));
+            let consumer = broker.subscribe(&sub).await?;
+            let run: BoxFuture<Result<Ended, BrokerError>> =
+                Box::pin(run_consumer(handler, sub, ctx, consumer, stop, abort));
             Ok(run)
         })
     }
@@ -274,6 +269,7 @@ pub struct App<B: Brokers> {
     subscribers: Vec<Box<dyn Start>>,
     invalid: Vec<SubscriptionError>,
     layers: Vec<Arc<dyn Layer>>,
+    restart: Option<Restart>,
     ctx: Context,
     graceful_timeout: Duration,
     on_startup: Vec<Hook>,
@@ -291,6 +287,7 @@ impl<B: Broker> App<B> {
             subscribers: Vec::new(),
             invalid: Vec::new(),
             layers: Vec::new(),
+            restart: None,
             ctx,
             graceful_timeout: DEFAULT_GRACEFUL_TIMEOUT,
             on_startup: Vec::new(),
@@ -320,6 +317,7 @@ impl<B: Brokers> App<B> {
             subscribers: self.subscribers,
             invalid: self.invalid,
             layers: self.layers,
+            restart: self.restart,
             ctx,
             graceful_timeout: self.graceful_timeout,
             on_startup: self.on_startup,
@@ -359,6 +357,16 @@ impl<B: Brokers> App<B> {
     /// [`layer`](crate::layer).
     pub fn layer(mut self, layer: impl Layer) -> Self {
         self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Subscribes a subscriber again when its consumer ends for good (a deleted queue or
+    /// durable, a fatal broker error), with bounded backoff, instead of stopping the App at
+    /// once. After `restart.max_in_a_row` restarts without a message in between, the App stops
+    /// and [`App::run`] returns [`AppError::SubscriberEnded`] as without this. Default: no
+    /// restarts (let the orchestrator restart the process).
+    pub fn restart_ended(mut self, restart: Restart) -> Self {
+        self.restart = Some(restart);
         self
     }
 
@@ -494,42 +502,17 @@ impl<B: Brokers> App<B> {
                 "subscribed"
             );
             cell.consuming(true);
-            let (stopping, ended_tx) = (stop.clone(), ended_tx.clone());
-            tasks.spawn(async move {
-                let result = run.await;
-                let reason = match &result {
-                    Ok(Ended::Stopped) => "the App stopped".to_owned(),
-                    Ok(Ended::ConsumerEnded(last_error)) => last_error
-                        .clone()
-                        .unwrap_or_else(|| "its consumer ended".to_owned()),
-                    Err(error) => error.to_string(),
-                };
-                cell.ended(reason);
-                let reason = match result {
-                    Ok(Ended::Stopped) => return,
-                    Ok(Ended::ConsumerEnded(last_error)) => {
-                        last_error.unwrap_or_else(|| "its consumer ended".to_owned())
-                    }
-                    Err(error) => error.to_string(),
-                };
-                if stopping.is_cancelled() {
-                    tracing::error!(
-                        subscriber = name,
-                        reason,
-                        "subscriber stopped with an error"
-                    );
-                    return;
-                }
-                tracing::error!(
-                    subscriber = name,
-                    reason,
-                    "subscriber ended for good; stopping the App"
-                );
-                let _ = ended_tx.send(SubscriberEnded {
-                    subscriber: name,
-                    reason,
-                });
-            });
+            let supervise = Supervise {
+                subscriber,
+                name,
+                cell,
+                restart: self.restart,
+                ctx: self.ctx.clone(),
+                stop: stop.clone(),
+                abort: abort.clone(),
+                ended: ended_tx.clone(),
+            };
+            tasks.spawn(supervise.run(run));
         }
         // Once a second, note which subscribers received messages since the last look, so the
         // engine reads no clock per message.
@@ -560,6 +543,139 @@ impl<B: Brokers> App<B> {
             on_shutdown: self.on_shutdown,
             shutdown: self.shutdown,
         })
+    }
+}
+
+/// Runs one subscriber's consumer loop; when its consumer ends for good, restarts it as
+/// [`App::restart_ended`] allows, or reports it (and the App stops).
+struct Supervise {
+    subscriber: Box<dyn Start>,
+    name: String,
+    cell: SharedHealth,
+    restart: Option<Restart>,
+    ctx: Context,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    ended: mpsc::UnboundedSender<SubscriberEnded>,
+}
+
+impl Supervise {
+    async fn run(self, first: BoxFuture<Result<Ended, BrokerError>>) {
+        let mut run = first;
+        let mut restarts_in_a_row = 0u32;
+        loop {
+            let received_before = self.cell.received_count();
+            let reason = match run.await {
+                Ok(Ended::Stopped) => {
+                    self.cell.ended("the App stopped".to_owned());
+                    return;
+                }
+                Ok(Ended::ConsumerEnded(last_error)) => {
+                    last_error.unwrap_or_else(|| "its consumer ended".to_owned())
+                }
+                Err(error) => error.to_string(),
+            };
+            self.cell.ended(reason.clone());
+            if self.stop.is_cancelled() {
+                tracing::error!(
+                    subscriber = self.name,
+                    reason,
+                    "subscriber stopped with an error"
+                );
+                return;
+            }
+            // A subscriber that consumed since its last restart starts its count again.
+            if self.cell.received_count() != received_before {
+                restarts_in_a_row = 0;
+            }
+            let Some(restart) = self.restart.filter(|r| restarts_in_a_row < r.max_in_a_row) else {
+                tracing::error!(
+                    subscriber = self.name,
+                    reason,
+                    "subscriber ended for good; stopping the App"
+                );
+                let _ = self.ended.send(SubscriberEnded {
+                    subscriber: self.name,
+                    reason,
+                });
+                return;
+            };
+            loop {
+                let backoff = restart.wait(restarts_in_a_row);
+                restarts_in_a_row += 1;
+                tracing::warn!(
+                    subscriber = self.name,
+                    reason,
+                    ?backoff,
+                    attempt = restarts_in_a_row,
+                    "subscriber ended; subscribing it again"
+                );
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                match self
+                    .subscriber
+                    .subscribe(self.ctx.clone(), self.stop.clone(), self.abort.clone())
+                    .await
+                {
+                    Ok(next) => {
+                        self.cell.restarted();
+                        run = next;
+                        break;
+                    }
+                    Err(error) if restarts_in_a_row < restart.max_in_a_row => {
+                        tracing::warn!(subscriber = self.name, %error, "subscribing again failed");
+                    }
+                    Err(error) => {
+                        let reason = format!("{reason}; subscribing again failed: {error}");
+                        self.cell.ended(reason.clone());
+                        let _ = self.ended.send(SubscriberEnded {
+                            subscriber: self.name,
+                            reason,
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How [`App::restart_ended`] restarts a subscriber whose consumer ended for good: at most
+/// `max_in_a_row` times without a message in between, waiting `first_backoff`, doubled each
+/// time up to `max_backoff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// Restarts allowed in a row (a subscriber that received a message since starts again).
+    pub max_in_a_row: u32,
+    /// The wait before the first restart.
+    pub first_backoff: Duration,
+    /// The longest wait.
+    pub max_backoff: Duration,
+}
+
+impl Restart {
+    /// At most `max_in_a_row` restarts in a row, after 1 s, 2 s, 4 s ... at most 30 s.
+    pub const fn new(max_in_a_row: u32) -> Self {
+        Restart {
+            max_in_a_row,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the first wait (doubled each time, up to the longest).
+    pub const fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.first_backoff = first;
+        self.max_backoff = max;
+        self
+    }
+
+    fn wait(self, attempt: u32) -> Duration {
+        self.first_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff)
     }
 }
 

@@ -16,6 +16,7 @@ use brook_caps::BrokerKind;
 pub(crate) struct HealthCell {
     received: AtomicU64,
     failed_in_a_row: AtomicU32,
+    restarts: AtomicU32,
     consuming: AtomicBool,
     ended: Mutex<Option<String>>,
     last_seen: Mutex<Sampled>,
@@ -45,6 +46,17 @@ impl HealthCell {
 
     pub(crate) fn consuming(&self, on: bool) {
         self.consuming.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn received_count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Consuming again after a restart.
+    pub(crate) fn restarted(&self) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.consuming(true);
     }
 
     pub(crate) fn ended(&self, reason: String) {
@@ -92,6 +104,7 @@ impl HealthCell {
             received: self.received.load(Ordering::Relaxed),
             last_message_at: last.at,
             consecutive_failures: self.failed_in_a_row.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -119,6 +132,8 @@ pub struct SubscriberHealth {
     /// Handler runs that failed in a row (errors, panics, undecodable payloads, outputs that
     /// could not be published); 0 after a success.
     pub consecutive_failures: u32,
+    /// How many times [`App::restart_ended`](crate::App::restart_ended) subscribed it again.
+    pub restarts: u32,
 }
 
 /// The App's health: its brokers' connections and each subscriber.

@@ -57,7 +57,8 @@ pub mod testing;
 pub mod url;
 
 pub use app::{
-    App, Before, Brokers, Here, Hosts, RunningApp, ShutdownHandle, With, DEFAULT_GRACEFUL_TIMEOUT,
+    App, Before, Brokers, Here, Hosts, Restart, RunningApp, ShutdownHandle, With,
+    DEFAULT_GRACEFUL_TIMEOUT,
 };
 pub use broker::{Accepts, Broker, Consumer, Outgoing};
 /// A subscriber argument's value, for [`Subscription::new`]`(...).arg(name, value)`: strings,

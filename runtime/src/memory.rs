@@ -63,7 +63,9 @@ struct TopicState {
     groups: Vec<Group>,
     dead_letters: Vec<DeadLetter>,
     /// Set by [`MemoryBroker::end_consumers`]: consumers report this and end.
-    ended: Option<String>,
+    /// Consumers with an id below the first value end, for the reason (later ones, such as a
+    /// restarted subscriber's, consume as usual).
+    ended: Option<(u64, String)>,
 }
 
 /// Why [`MemoryConsumer::take_ready`] has no message.
@@ -318,10 +320,13 @@ impl MemoryBroker {
     /// Ends every consumer of `topic` for good, as a broker failure would (a queue deleted under
     /// it): each reports `reason` as an error once, then ends. To test what an App does when a
     /// subscriber stops consuming: [`App::run`](crate::App::run) returns
-    /// [`AppError::SubscriberEnded`](crate::AppError::SubscriberEnded).
+    /// [`AppError::SubscriberEnded`](crate::AppError::SubscriberEnded) (or, with
+    /// [`App::restart_ended`](crate::App::restart_ended), subscribes it again: consumers made
+    /// after this call are not ended).
     pub fn end_consumers(&self, topic: &str, reason: impl Into<String>) {
         let topic = self.topic(topic);
-        lock(&topic.state).ended = Some(reason.into());
+        let below = self.shared.next_consumer.load(Ordering::Relaxed);
+        lock(&topic.state).ended = Some((below, reason.into()));
         topic.ready.notify_waiters();
     }
 
@@ -476,8 +481,10 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     fn take_ready(&self) -> Result<Message, Pending> {
         let mut state = lock(&self.topic.state);
-        if let Some(reason) = &state.ended {
-            return Err(Pending::Ended(reason.clone()));
+        if let Some((below, reason)) = &state.ended {
+            if self.id < *below {
+                return Err(Pending::Ended(reason.clone()));
+            }
         }
         let Some(group) = state.groups.get_mut(self.group) else {
             return Err(Pending::Until(None));

@@ -1,1 +1,655 @@
-//! OpenTelemetry trace context across brokers (feature `otel`). Being written.
+//! OpenTelemetry trace context across brokers (feature `otel`).
+//!
+//! A trace that starts in a producer continues through the broker into the handler and on
+//! into what the handler publishes: the W3C Trace Context headers `traceparent` and
+//! `tracestate` (the names FastStream's `TelemetryMiddleware` reads and writes, so traces
+//! cross between brook and FastStream services both ways) travel in the message headers.
+//!
+//! - [`TraceContext`] is a [`Layer`]: it makes the context read from a delivery's headers the
+//!   parent of the `brook.message` span the handler runs in, and writes the current context
+//!   into every output, reply and [`Publisher`](crate::Publisher) publish of the App.
+//! - [`inject`] writes the current context into a message published outside handlers (a
+//!   producer calling `broker.publish_message`); [`extract`] reads one from headers.
+//!
+//! Spans are `tracing` spans; they become OpenTelemetry spans through
+//! [`tracing_opentelemetry`]'s layer, which the application installs with its tracer provider.
+//! That layer must be built with `.with_context_activation(false)`: otherwise it starts the
+//! `brook.message` span as soon as the engine enters it, before any brook layer runs, and its
+//! parent can no longer be set (the layer then adds a link to the incoming context instead
+//! and warns once). See `docs/tracing.md` for a complete setup.
+//!
+//! ```
+//! use brook_runtime::otel::{self, TraceContext};
+//! use brook_runtime::{App, MemoryBroker, Outgoing};
+//!
+//! let app = App::new(MemoryBroker::new()).layer(TraceContext::new());
+//!
+//! // A producer outside the App: the current span's context goes into the headers.
+//! let mut message = Outgoing::new("orders", "{}");
+//! otel::inject(&mut message);
+//! # let _ = app;
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::Context;
+use tracing_opentelemetry::{OpenTelemetrySpanExt as _, SetParentError};
+
+use crate::broker::Outgoing;
+use crate::handler::HandlerResult;
+use crate::headers::{Headers, CORRELATION_ID};
+use crate::layer::{BoxFuture, Delivery, Layer, Next, PublishKind};
+
+/// `traceparent`: the W3C Trace Context header with the trace id, the parent span id and the
+/// sampling flag (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub const TRACEPARENT: &str = "traceparent";
+/// `tracestate`: the W3C Trace Context header with vendor-specific trace data.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Whether the "parent cannot be set" warning was logged already (once per process).
+static WARNED_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The [`Layer`] that carries OpenTelemetry trace context through the App; see the
+/// [module docs](self).
+///
+/// - Around each handler call, the context in the delivery's headers (`traceparent`,
+///   `tracestate`) becomes the parent of the `brook.message` span, and stays the current
+///   OpenTelemetry context while the handler runs (for libraries that use the OpenTelemetry
+///   API directly). The span also gets the attributes `messaging.system`,
+///   `messaging.destination.name`, `messaging.message.id` and, when the message has a
+///   `correlation_id`, `messaging.message.conversation_id`.
+/// - Before each output, reply and `Publisher` publish, the current span's context is
+///   written into the message's headers, unless it has a `traceparent` already (one set
+///   explicitly, e.g. with [`Publish::header`](crate::Publish::header), is kept).
+///
+/// By default it reads and writes W3C Trace Context itself ([`W3cPropagator`]); no global
+/// propagator needs to be installed. [`with_propagator`](Self::with_propagator) and
+/// [`global`](Self::global) use another one (e.g. one that adds W3C baggage).
+///
+/// ```
+/// use brook_runtime::otel::TraceContext;
+/// use brook_runtime::{App, MemoryBroker};
+///
+/// let app = App::new(MemoryBroker::new()).layer(TraceContext::new());
+/// # let _ = app;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct TraceContext {
+    propagation: Propagation,
+}
+
+/// Which propagator a [`TraceContext`] uses.
+#[derive(Clone, Default)]
+enum Propagation {
+    /// The built-in W3C Trace Context propagator.
+    #[default]
+    W3c,
+    /// `opentelemetry::global::get_text_map_propagator`, looked up at each use.
+    Global,
+    /// One given by the application.
+    Custom(Arc<dyn TextMapPropagator + Send + Sync>),
+}
+
+impl fmt::Debug for Propagation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Propagation::W3c => f.write_str("W3c"),
+            Propagation::Global => f.write_str("Global"),
+            Propagation::Custom(p) => f.debug_tuple("Custom").field(p).finish(),
+        }
+    }
+}
+
+impl Propagation {
+    fn extract(&self, headers: &Headers) -> Context {
+        let carrier = HeaderExtractor(headers);
+        match self {
+            Propagation::W3c => W3cPropagator.extract_with_context(&Context::new(), &carrier),
+            Propagation::Global => opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract_with_context(&Context::new(), &carrier)
+            }),
+            Propagation::Custom(p) => p.extract_with_context(&Context::new(), &carrier),
+        }
+    }
+
+    fn inject(&self, cx: &Context, headers: &mut Headers) {
+        let mut carrier = HeaderInjector(headers);
+        match self {
+            Propagation::W3c => W3cPropagator.inject_context(cx, &mut carrier),
+            Propagation::Global => opentelemetry::global::get_text_map_propagator(|p| {
+                p.inject_context(cx, &mut carrier)
+            }),
+            Propagation::Custom(p) => p.inject_context(cx, &mut carrier),
+        }
+    }
+}
+
+impl TraceContext {
+    /// The layer, with the built-in W3C Trace Context propagator.
+    ///
+    /// ```
+    /// let layer = brook_runtime::otel::TraceContext::new();
+    /// # let _ = layer;
+    /// ```
+    pub fn new() -> Self {
+        TraceContext::default()
+    }
+
+    /// The layer, with `propagator` instead of the built-in one: for instance a
+    /// `TextMapCompositePropagator` of the SDK's `TraceContextPropagator` and
+    /// `BaggagePropagator`, to carry W3C baggage as FastStream does.
+    ///
+    /// ```
+    /// use brook_runtime::otel::{TraceContext, W3cPropagator};
+    /// use opentelemetry::propagation::TextMapCompositePropagator;
+    ///
+    /// let layer = TraceContext::with_propagator(TextMapCompositePropagator::new(vec![
+    ///     Box::new(W3cPropagator),
+    /// ]));
+    /// # let _ = layer;
+    /// ```
+    pub fn with_propagator(propagator: impl TextMapPropagator + Send + Sync + 'static) -> Self {
+        TraceContext {
+            propagation: Propagation::Custom(Arc::new(propagator)),
+        }
+    }
+
+    /// The layer, with the propagator installed by
+    /// `opentelemetry::global::set_text_map_propagator`. Until one is installed, OpenTelemetry's
+    /// global propagator is a no-op, and nothing is read or written.
+    ///
+    /// ```
+    /// let layer = brook_runtime::otel::TraceContext::global();
+    /// # let _ = layer;
+    /// ```
+    pub fn global() -> Self {
+        TraceContext {
+            propagation: Propagation::Global,
+        }
+    }
+
+    /// The trace context in `headers`, as this layer's propagator reads it.
+    ///
+    /// ```
+    /// use brook_runtime::otel::TraceContext;
+    /// use brook_runtime::Headers;
+    /// use opentelemetry::trace::TraceContextExt as _;
+    ///
+    /// let mut headers = Headers::new();
+    /// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// let cx = TraceContext::new().extract(&headers);
+    /// assert!(cx.span().span_context().is_remote());
+    /// ```
+    pub fn extract(&self, headers: &Headers) -> Context {
+        self.propagation.extract(headers)
+    }
+
+    /// Writes `cx` into `headers` with this layer's propagator.
+    ///
+    /// ```
+    /// use brook_runtime::otel::TraceContext;
+    /// use brook_runtime::Headers;
+    ///
+    /// let mut headers = Headers::new();
+    /// TraceContext::new().inject_context(&opentelemetry::Context::new(), &mut headers);
+    /// assert!(headers.is_empty(), "an empty context writes nothing");
+    /// ```
+    pub fn inject_context(&self, cx: &Context, headers: &mut Headers) {
+        self.propagation.inject(cx, headers);
+    }
+}
+
+impl Layer for TraceContext {
+    fn call<'a>(&'a self, delivery: Delivery<'a>, next: Next<'a>) -> BoxFuture<'a, HandlerResult> {
+        let span = tracing::Span::current();
+        let parent = self.extract(delivery.headers());
+        let remote = parent.span().span_context().clone();
+        let incoming = remote.is_valid();
+        if incoming {
+            match span.set_parent(parent.clone()) {
+                Ok(()) => {}
+                Err(SetParentError::AlreadyStarted) => {
+                    // The tracing-opentelemetry layer started the span when the engine entered
+                    // it (context activation): keep the incoming trace reachable as a link.
+                    span.add_link(remote);
+                    if !WARNED_STARTED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            subscriber = delivery.subscriber(),
+                            "brook.message spans cannot join incoming traces: the OpenTelemetry \
+                             layer starts spans when they are entered; build it with \
+                             `tracing_opentelemetry::layer().with_context_activation(false)` \
+                             (a link to the incoming trace is added instead)"
+                        );
+                    }
+                }
+                // No OpenTelemetry layer, or the span is filtered out: nothing to join.
+                Err(error) => {
+                    tracing::trace!(%error, "trace context not applied to the message span")
+                }
+            }
+        }
+        span.set_attribute("messaging.system", delivery.broker().name());
+        span.set_attribute("messaging.destination.name", delivery.topic().to_owned());
+        span.set_attribute("messaging.message.id", delivery.id().to_string());
+        if let Some(correlation_id) = delivery.headers().get(CORRELATION_ID) {
+            span.set_attribute(
+                "messaging.message.conversation_id",
+                correlation_id.to_owned(),
+            );
+        }
+        // The span's context (this starts it, with its parent now set), current for code that
+        // uses the OpenTelemetry API directly; without an OpenTelemetry layer, the incoming one.
+        let cx = span.context();
+        let cx = if cx.span().span_context().is_valid() {
+            cx
+        } else if incoming {
+            parent
+        } else {
+            return next.run();
+        };
+        Box::pin(next.run().with_context(cx))
+    }
+
+    fn publishing(&self, message: &mut Outgoing, kind: PublishKind) {
+        let _ = kind;
+        if message.headers.get(TRACEPARENT).is_some() {
+            return;
+        }
+        self.propagation.inject(&current(), &mut message.headers);
+    }
+}
+
+/// The current OpenTelemetry context: the current `tracing` span's (through
+/// `tracing-opentelemetry`) when it has one, else OpenTelemetry's own current context.
+///
+/// ```
+/// use opentelemetry::trace::TraceContextExt as _;
+///
+/// // No tracing subscriber and no OpenTelemetry span: an empty context.
+/// let cx = brook_runtime::otel::current();
+/// assert!(!cx.span().span_context().is_valid());
+/// ```
+pub fn current() -> Context {
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        Context::current()
+    }
+}
+
+/// Writes the current trace context ([`current`]) into `message`'s headers as W3C Trace
+/// Context (`traceparent`, and `tracestate` when there is one), replacing any there were: for
+/// messages published outside handlers, e.g. by a producer calling `broker.publish_message`.
+/// Without a current span, nothing is written.
+///
+/// ```
+/// use brook_runtime::{otel, Outgoing};
+///
+/// let mut message = Outgoing::new("orders", "{}");
+/// // Inside a span of a tracing subscriber with tracing-opentelemetry, this adds `traceparent`.
+/// otel::inject(&mut message);
+/// ```
+pub fn inject(message: &mut Outgoing) {
+    inject_context(&current(), &mut message.headers);
+}
+
+/// Writes `cx` into `headers` as W3C Trace Context (see [`inject`]).
+///
+/// ```
+/// use brook_runtime::{otel, Headers};
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+///
+/// let span = SpanContext::new(
+///     TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736_u128),
+///     SpanId::from(0x00f067aa0ba902b7_u64),
+///     TraceFlags::SAMPLED,
+///     true,
+///     TraceState::NONE,
+/// );
+/// let mut headers = Headers::new();
+/// otel::inject_context(&opentelemetry::Context::new().with_remote_span_context(span), &mut headers);
+/// assert_eq!(
+///     headers.get("traceparent"),
+///     Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+/// );
+/// ```
+pub fn inject_context(cx: &Context, headers: &mut Headers) {
+    if cx.span().span_context().is_valid() {
+        // A tracestate of another trace must not stay next to this traceparent.
+        headers.remove(TRACESTATE);
+    }
+    W3cPropagator.inject_context(cx, &mut HeaderInjector(headers));
+}
+
+/// The trace context in `headers` (W3C `traceparent` and `tracestate`; names matched exactly,
+/// then ignoring case), as a context whose span is the remote parent. Missing or malformed
+/// headers give an empty context.
+///
+/// ```
+/// use brook_runtime::{otel, Headers};
+/// use opentelemetry::trace::TraceContextExt as _;
+///
+/// let mut headers = Headers::new();
+/// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// let cx = otel::extract(&headers);
+/// assert_eq!(
+///     cx.span().span_context().trace_id().to_string(),
+///     "4bf92f3577b34da6a3ce929d0e0e4736"
+/// );
+/// assert!(!otel::extract(&Headers::new()).has_active_span());
+/// ```
+pub fn extract(headers: &Headers) -> Context {
+    W3cPropagator.extract_with_context(&Context::new(), &HeaderExtractor(headers))
+}
+
+/// [`Headers`] as an OpenTelemetry [`Injector`], for any propagator.
+///
+/// ```
+/// use brook_runtime::otel::HeaderInjector;
+/// use brook_runtime::Headers;
+/// use opentelemetry::propagation::Injector as _;
+///
+/// let mut headers = Headers::new();
+/// HeaderInjector(&mut headers).set("baggage", "tenant=acme".into());
+/// assert_eq!(headers.get("baggage"), Some("tenant=acme"));
+/// ```
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut Headers);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+/// [`Headers`] as an OpenTelemetry [`Extractor`], for any propagator. Names are matched
+/// exactly first, then ignoring ASCII case (brokers and clients differ in how they spell them).
+///
+/// ```
+/// use brook_runtime::otel::HeaderExtractor;
+/// use brook_runtime::Headers;
+/// use opentelemetry::propagation::Extractor as _;
+///
+/// let headers: Headers = [("Traceparent", "x")].into_iter().collect();
+/// assert_eq!(HeaderExtractor(&headers).get("traceparent"), Some("x"));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderExtractor<'a>(pub &'a Headers);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).or_else(|| {
+            self.0
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(key))
+                .map(|(_, value)| value)
+        })
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name).collect()
+    }
+}
+
+/// The W3C Trace Context propagator (`traceparent`, `tracestate`), as an OpenTelemetry
+/// [`TextMapPropagator`]: what [`TraceContext`], [`inject`] and [`extract`] use, and what
+/// FastStream's `TelemetryMiddleware` uses (OpenTelemetry Python's
+/// `TraceContextTextMapPropagator`).
+///
+/// Reading follows the specification: version `ff` and malformed values are ignored, as are
+/// all-zero ids and upper-case hex; a later version is read by its first four fields; an
+/// invalid `tracestate` is dropped while `traceparent` is kept.
+///
+/// ```
+/// use brook_runtime::otel::W3cPropagator;
+/// use opentelemetry::propagation::TextMapPropagator as _;
+///
+/// let fields: Vec<&str> = W3cPropagator.fields().collect();
+/// assert_eq!(fields, ["traceparent", "tracestate"]);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct W3cPropagator;
+
+/// The header names, for [`TextMapPropagator::fields`].
+static FIELDS: std::sync::LazyLock<[String; 2]> =
+    std::sync::LazyLock::new(|| [TRACEPARENT.to_owned(), TRACESTATE.to_owned()]);
+
+impl TextMapPropagator for W3cPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        injector.set(TRACEPARENT, traceparent(sc));
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            injector.set(TRACESTATE, state);
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        let Some(parent) = extractor.get(TRACEPARENT) else {
+            return cx.clone();
+        };
+        let state = extractor.get(TRACESTATE).unwrap_or("");
+        match parse(parent, state) {
+            Some(sc) => cx.with_remote_span_context(sc),
+            None => {
+                tracing::debug!(traceparent = parent, "malformed traceparent header ignored");
+                cx.clone()
+            }
+        }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&*FIELDS)
+    }
+}
+
+/// `00-<trace id>-<span id>-<flags>`.
+fn traceparent(sc: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()
+    )
+}
+
+/// A remote span context from the header values, if `traceparent` is valid.
+fn parse(traceparent: &str, tracestate: &str) -> Option<SpanContext> {
+    let value = traceparent.trim();
+    let mut parts = value.split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let span_id = parts.next()?;
+    let flags = parts.next()?;
+    if !is_hex(version, 2) || version == "ff" {
+        return None;
+    }
+    // Version 00 has exactly four fields; a later one may add fields after them.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if !is_hex(trace_id, 32) || !is_hex(span_id, 16) || !is_hex(flags, 2) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace_id).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    // Only the sampled bit is defined (version 00); others are not propagated.
+    let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
+    let state = TraceState::from_str(tracestate.trim()).unwrap_or_default();
+    Some(SpanContext::new(trace_id, span_id, flags, true, state))
+}
+
+/// `s` is exactly `len` lower-case hex digits.
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn remote(trace: u128, span: u64, flags: TraceFlags, state: TraceState) -> Context {
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            flags,
+            true,
+            state,
+        ))
+    }
+
+    #[test]
+    fn traceparent_and_tracestate_round_trip() {
+        let state = TraceState::from_key_value([("vendor", "v1"), ("other", "x")]).unwrap();
+        let cx = remote(
+            0x4bf92f3577b34da6a3ce929d0e0e4736,
+            0x00f067aa0ba902b7,
+            TraceFlags::SAMPLED,
+            state,
+        );
+        let mut headers = Headers::new();
+        inject_context(&cx, &mut headers);
+        assert_eq!(headers.get(TRACEPARENT), Some(PARENT));
+        assert_eq!(headers.get(TRACESTATE), Some("vendor=v1,other=x"));
+
+        let back = extract(&headers);
+        let sc = back.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
+        assert_eq!(&sc, cx.span().span_context());
+        assert_eq!(sc.trace_state().get("vendor"), Some("v1"));
+
+        // And again: what was read is written back the same.
+        let mut again = Headers::new();
+        inject_context(&back, &mut again);
+        assert_eq!(again, headers);
+    }
+
+    #[test]
+    fn inject_replaces_a_stale_tracestate() {
+        let mut headers: Headers = [(TRACEPARENT, "old"), (TRACESTATE, "old=1")]
+            .into_iter()
+            .collect();
+        inject_context(
+            &remote(1, 2, TraceFlags::SAMPLED, TraceState::NONE),
+            &mut headers,
+        );
+        assert_eq!(
+            headers.get(TRACEPARENT),
+            Some("00-00000000000000000000000000000001-0000000000000002-01")
+        );
+        assert_eq!(headers.get(TRACESTATE), None);
+    }
+
+    #[test]
+    fn unsampled_contexts_keep_their_flag() {
+        let cx = remote(1, 2, TraceFlags::NOT_SAMPLED, TraceState::NONE);
+        let mut headers = Headers::new();
+        inject_context(&cx, &mut headers);
+        assert_eq!(
+            headers.get(TRACEPARENT),
+            Some("00-00000000000000000000000000000001-0000000000000002-00")
+        );
+        assert_eq!(headers.get(TRACESTATE), None, "no empty tracestate");
+        assert!(!extract(&headers).span().span_context().is_sampled());
+    }
+
+    #[test]
+    fn an_empty_context_writes_nothing() {
+        let mut headers = Headers::new();
+        inject_context(&Context::new(), &mut headers);
+        assert!(headers.is_empty());
+        assert!(!extract(&headers).has_active_span());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        ] {
+            let headers: Headers = [(TRACEPARENT, bad)].into_iter().collect();
+            assert!(
+                !extract(&headers).span().span_context().is_valid(),
+                "accepted {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn later_versions_read_their_first_four_fields() {
+        let headers: Headers = [(
+            TRACEPARENT,
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+        )]
+        .into_iter()
+        .collect();
+        let cx = extract(&headers);
+        assert_eq!(
+            cx.span().span_context().span_id(),
+            SpanId::from(0x00f067aa0ba902b7)
+        );
+    }
+
+    #[test]
+    fn an_invalid_tracestate_is_dropped_but_the_parent_kept() {
+        let headers: Headers = [(TRACEPARENT, PARENT), (TRACESTATE, "no equals sign,,=")]
+            .into_iter()
+            .collect();
+        let cx = extract(&headers);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid());
+        assert_eq!(sc.trace_state().header(), "");
+    }
+
+    #[test]
+    fn header_names_match_ignoring_case() {
+        let headers: Headers = [("TraceParent", PARENT)].into_iter().collect();
+        assert!(extract(&headers).span().span_context().is_valid());
+    }
+
+    #[test]
+    fn the_layer_keeps_an_explicit_traceparent() {
+        let mut out = Outgoing::new("d", "b").with_header(TRACEPARENT, PARENT);
+        TraceContext::new().publishing(&mut out, PublishKind::Output);
+        assert_eq!(out.headers.get(TRACEPARENT), Some(PARENT));
+    }
+
+    #[test]
+    fn a_custom_propagator_is_used() {
+        let layer = TraceContext::with_propagator(W3cPropagator);
+        let headers: Headers = [(TRACEPARENT, PARENT)].into_iter().collect();
+        let cx = layer.extract(&headers);
+        let mut out = Headers::new();
+        layer.inject_context(&cx, &mut out);
+        assert_eq!(out.get(TRACEPARENT), Some(PARENT));
+    }
+}

@@ -300,6 +300,15 @@ impl Subscription {
         self.layers = layers;
     }
 
+    /// The subscription with these layers around its handler, for code that drives
+    /// [`engine::process`](crate::engine::process) itself (benchmarks); an App sets them from
+    /// `App::layer` and `.layer(..)`.
+    #[doc(hidden)]
+    pub fn with_layers(mut self, layers: Vec<std::sync::Arc<dyn crate::Layer>>) -> Self {
+        self.layers = Layers::new(layers);
+        self
+    }
+
     pub(crate) fn health(&self) -> &SharedHealth {
         &self.health
     }
