@@ -125,7 +125,9 @@ pub async fn process<H: Handler>(
             outcome: Outcome::Cancelled,
         }
     });
-    let outcome = run(handler, sub, ctx, &msg).instrument(span.clone()).await;
+    // Instrument a pinned reference, so the (large) future is not moved into the wrapper.
+    let run = std::pin::pin!(run(handler, sub, ctx, &msg));
+    let outcome = run.instrument(span.clone()).await;
     span.record("outcome", outcome.as_str());
     if let Some(hook) = &mut settled {
         hook.outcome = outcome;
@@ -185,11 +187,16 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         false => Either::Right(layers.call(handler, msg, sub, ctx)),
     };
     let (completion, failure) = match AssertUnwindSafe(call).catch_unwind().await {
-        Ok(Ok(output)) => match publish_results(sub, ctx, msg, output).await {
-            Ok(()) => (Completion::Succeeded, None),
-            // The input is not acked when its result is not on the broker: the policy's error
-            // path applies, as for a failed handler.
-            Err(error) => (Completion::Failed, Some(error)),
+        Ok(Ok(output)) => match publishes(sub, msg, output.as_deref()) {
+            // Most messages publish nothing: keep the publishing future (large) out of this
+            // one, which every message moves around.
+            false => (Completion::Succeeded, None),
+            true => match Box::pin(publish_results(sub, ctx, msg, output)).await {
+                Ok(()) => (Completion::Succeeded, None),
+                // The input is not acked when its result is not on the broker: the policy's
+                // error path applies, as for a failed handler.
+                Err(error) => (Completion::Failed, Some(error)),
+            },
         },
         Ok(Err(HandlerError::Output(error))) => (Completion::Failed, Some(error.to_string())),
         Ok(Err(HandlerError::Extract(error))) => (
@@ -243,6 +250,12 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
     }
 }
 
+/// Whether the handler's result goes anywhere: a reply to `reply_to`, or an output.
+fn publishes(sub: &Subscription, msg: &Message, output: Option<&Output>) -> bool {
+    (sub.replies() && msg.reply_to().is_some())
+        || output.is_some_and(|out| out.destination.is_some() || sub.output().is_some())
+}
+
 /// Publishes what the handler returned, before the input is settled: the reply to the input's
 /// `reply_to` (unless `reply = false`; an empty one for a handler that returned nothing), then
 /// the output to the subscriber's `publish` (or the [`Publish::to`](crate::Publish::to)
@@ -252,7 +265,7 @@ async fn publish_results(
     sub: &Subscription,
     ctx: &Context,
     msg: &Message,
-    output: Option<Output>,
+    output: Option<Box<Output>>,
 ) -> Result<(), String> {
     let reply_to = msg.reply_to().filter(|_| sub.replies());
     let target = output.as_ref().and_then(|out| {
@@ -277,7 +290,7 @@ async fn publish_results(
     if let Some(reply_to) = reply_to {
         let mut reply = output
             .as_ref()
-            .map_or_else(Output::default, Clone::clone)
+            .map_or_else(Output::default, |out| Output::clone(out))
             .to_outgoing(reply_to, correlation_id);
         // The requester matches the reply by the request's id, whatever the handler set.
         reply.headers.insert(CORRELATION_ID, correlation_id);

@@ -69,8 +69,9 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = HandlerResult> + Send + 'a;
 }
 
-/// What a handler run produced: nothing to publish, or its [`Output`].
-pub type HandlerResult = Result<Option<Output>, HandlerError>;
+/// What a handler run produced: nothing to publish, or its [`Output`] (boxed: most handlers
+/// publish nothing, and every result is moved through the engine's futures).
+pub type HandlerResult = Result<Option<Box<Output>>, HandlerError>;
 
 /// How a handler invocation failed.
 #[derive(Debug, thiserror::Error)]

@@ -31,8 +31,7 @@
 //! ids or publish destinations (a reply's destination is a one-off inbox). Per message, the
 //! layer does one map lookup by subscriber and a few atomic operations.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -46,6 +45,7 @@ use crate::engine::Outcome;
 use crate::error::ExtractError;
 use crate::handler::{HandlerError, HandlerResult};
 use crate::layer::{BoxFuture, Delivery, Layer, Next, PublishKind, Published};
+use crate::message::Settled;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubscriberLabels {
@@ -102,8 +102,22 @@ struct SubscriberMetrics {
     redeliveries: Counter,
     duration: Histogram,
     in_flight: Gauge,
-    /// Outcome counters, created on first use.
-    handled: Mutex<HashMap<&'static str, Counter>>,
+    /// Outcome counters by [`outcome_index`], created on first use.
+    handled: [OnceLock<Counter>; OUTCOMES],
+}
+
+const OUTCOMES: usize = 7;
+
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Settled(Settled::Acked) => 0,
+        Outcome::Settled(Settled::Nacked) => 1,
+        Outcome::Settled(Settled::Rejected) => 2,
+        Outcome::Unsettled => 3,
+        Outcome::Cancelled => 4,
+        Outcome::SettleFailed => 5,
+        Outcome::Superseded => 6,
+    }
 }
 
 /// brook's Prometheus metrics, and the [`Layer`] that records them. Cheap to clone (clones
@@ -112,7 +126,9 @@ struct SubscriberMetrics {
 #[derive(Clone)]
 pub struct Metrics {
     families: Arc<Families>,
-    by_subscriber: Arc<RwLock<HashMap<String, Arc<SubscriberMetrics>>>>,
+    // By the address of the subscriber's `Subscription`, which lives as long as its App; a
+    // short list scanned per message is cheaper than hashing the name.
+    by_subscriber: Arc<RwLock<Vec<(usize, Arc<SubscriberMetrics>)>>>,
     // Set when brook made the registry (`new`), so that `encode` can serve it.
     registry: Option<Arc<Registry>>,
 }
@@ -206,18 +222,20 @@ impl Metrics {
     }
 
     fn subscriber(&self, delivery: &Delivery<'_>) -> Arc<SubscriberMetrics> {
-        let name = delivery.subscriber();
-        if let Some(found) = self
+        let key = std::ptr::from_ref(delivery.subscription()) as usize;
+        let found = self
             .by_subscriber
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            return found.clone();
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, m)| m.clone());
+        if let Some(found) = found {
+            return found;
         }
         let labels = SubscriberLabels {
             broker: delivery.broker().name().to_owned(),
-            subscriber: name.to_owned(),
+            subscriber: delivery.subscriber().to_owned(),
             source: delivery.subscription().source_name().to_owned(),
         };
         let f = &self.families;
@@ -227,15 +245,20 @@ impl Metrics {
             redeliveries: f.redeliveries.get_or_create_owned(&labels),
             duration: f.duration.get_or_create_owned(&labels),
             in_flight: f.in_flight.get_or_create_owned(&labels),
-            handled: Mutex::default(),
+            handled: Default::default(),
             labels,
         });
-        self.by_subscriber
+        let mut all = self
+            .by_subscriber
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(name.to_owned())
-            .or_insert(metrics)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        match all.iter().find(|(k, _)| *k == key) {
+            Some((_, m)) => m.clone(),
+            None => {
+                all.push((key, metrics.clone()));
+                metrics
+            }
+        }
     }
 }
 
@@ -280,21 +303,16 @@ impl Layer for Metrics {
         let m = self.subscriber(&delivery);
         m.in_flight.dec();
         let label = outcome_label(outcome);
-        let counter = {
-            let mut handled = m.handled.lock().unwrap_or_else(PoisonError::into_inner);
-            handled
-                .entry(label)
-                .or_insert_with(|| {
-                    self.families.handled.get_or_create_owned(&OutcomeLabels {
-                        broker: m.labels.broker.clone(),
-                        subscriber: m.labels.subscriber.clone(),
-                        source: m.labels.source.clone(),
-                        outcome: label.to_owned(),
-                    })
+        m.handled[outcome_index(outcome)]
+            .get_or_init(|| {
+                self.families.handled.get_or_create_owned(&OutcomeLabels {
+                    broker: m.labels.broker.clone(),
+                    subscriber: m.labels.subscriber.clone(),
+                    source: m.labels.source.clone(),
+                    outcome: label.to_owned(),
                 })
-                .clone()
-        };
-        counter.inc();
+            })
+            .inc();
     }
 
     fn published(&self, event: &Published<'_>) {

@@ -260,16 +260,19 @@ pub mod dispatch {
 
     impl IntoOutputTag {
         #[doc(hidden)]
-        pub fn output<T: IntoOutput>(self, value: T) -> Result<Option<Output>, HandlerError> {
-            value.into_output().map_err(HandlerError::Output)
+        pub fn output<T: IntoOutput>(self, value: T) -> Result<Option<Box<Output>>, HandlerError> {
+            value
+                .into_output()
+                .map(|out| out.map(Box::new))
+                .map_err(HandlerError::Output)
         }
     }
 
     impl SerializeTag {
         #[doc(hidden)]
-        pub fn output<T: Returnable>(self, value: T) -> Result<Option<Output>, HandlerError> {
+        pub fn output<T: Returnable>(self, value: T) -> Result<Option<Box<Output>>, HandlerError> {
             Output::encode(&value)
-                .map(Some)
+                .map(|out| Some(Box::new(out)))
                 .map_err(HandlerError::Output)
         }
     }
