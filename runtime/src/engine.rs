@@ -117,6 +117,7 @@ pub async fn process<H: Handler>(
     // Tells the layers how it ended when dropped: also when the graceful timeout drops this
     // future mid-handler (then as `Cancelled`).
     let mut settled = (!layers.is_empty()).then(|| {
+        layers.each("span", |l| l.span(Delivery::new(&msg, sub, ctx), &span));
         layers.each("received", |l| l.received(Delivery::new(&msg, sub, ctx)));
         SettledHook {
             layers,

@@ -82,6 +82,12 @@ pub trait Layer: Send + Sync + 'static {
         let _ = delivery;
     }
 
+    /// The message's `brook.message` tracing span, before it is first entered: the moment to
+    /// give it a parent (trace context from the headers) while that can still be set.
+    fn span(&self, delivery: Delivery<'_>, span: &tracing::Span) {
+        let _ = (delivery, span);
+    }
+
     /// Around the handler: call `next.run()` to go on.
     fn call<'a>(&'a self, delivery: Delivery<'a>, next: Next<'a>) -> BoxFuture<'a, HandlerResult> {
         let _ = delivery;

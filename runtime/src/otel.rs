@@ -12,11 +12,9 @@
 //!   producer calling `broker.publish_message`); [`extract`] reads one from headers.
 //!
 //! Spans are `tracing` spans; they become OpenTelemetry spans through
-//! [`tracing_opentelemetry`]'s layer, which the application installs with its tracer provider.
-//! That layer must be built with `.with_context_activation(false)`: otherwise it starts the
-//! `brook.message` span as soon as the engine enters it, before any brook layer runs, and its
-//! parent can no longer be set (the layer then adds a link to the incoming context instead
-//! and warns once). See `docs/tracing.md` for a complete setup.
+//! [`tracing_opentelemetry`]'s layer, which the application installs with its tracer provider
+//! (its default settings work: the parent is set in [`Layer::span`], before the engine enters
+//! the span). See `docs/tracing.md` for a complete setup.
 //!
 //! ```
 //! use brook_runtime::otel::{self, TraceContext};
@@ -209,34 +207,35 @@ impl TraceContext {
 }
 
 impl Layer for TraceContext {
+    /// Before the span is entered (and so started): the incoming context becomes its parent.
+    fn span(&self, delivery: Delivery<'_>, span: &tracing::Span) {
+        let parent = self.extract(delivery.headers());
+        let remote = parent.span().span_context().clone();
+        if !remote.is_valid() {
+            return;
+        }
+        match span.set_parent(parent) {
+            Ok(()) => {}
+            Err(SetParentError::AlreadyStarted) => {
+                // Started by someone else before brook could set the parent: keep the incoming
+                // trace reachable as a link.
+                span.add_link(remote);
+                if !WARNED_STARTED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        subscriber = delivery.subscriber(),
+                        "brook.message span already started: linked to the incoming trace instead of joining it"
+                    );
+                }
+            }
+            // No OpenTelemetry layer, or the span is filtered out: nothing to join.
+            Err(error) => tracing::trace!(%error, "trace context not applied to the message span"),
+        }
+    }
+
     fn call<'a>(&'a self, delivery: Delivery<'a>, next: Next<'a>) -> BoxFuture<'a, HandlerResult> {
         let span = tracing::Span::current();
         let parent = self.extract(delivery.headers());
-        let remote = parent.span().span_context().clone();
-        let incoming = remote.is_valid();
-        if incoming {
-            match span.set_parent(parent.clone()) {
-                Ok(()) => {}
-                Err(SetParentError::AlreadyStarted) => {
-                    // The tracing-opentelemetry layer started the span when the engine entered
-                    // it (context activation): keep the incoming trace reachable as a link.
-                    span.add_link(remote);
-                    if !WARNED_STARTED.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            subscriber = delivery.subscriber(),
-                            "brook.message spans cannot join incoming traces: the OpenTelemetry \
-                             layer starts spans when they are entered; build it with \
-                             `tracing_opentelemetry::layer().with_context_activation(false)` \
-                             (a link to the incoming trace is added instead)"
-                        );
-                    }
-                }
-                // No OpenTelemetry layer, or the span is filtered out: nothing to join.
-                Err(error) => {
-                    tracing::trace!(%error, "trace context not applied to the message span")
-                }
-            }
-        }
+        let incoming = parent.span().span_context().is_valid();
         span.set_attribute("messaging.system", delivery.broker().name());
         span.set_attribute("messaging.destination.name", delivery.topic().to_owned());
         span.set_attribute("messaging.message.id", delivery.id().to_string());
