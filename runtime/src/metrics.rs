@@ -108,6 +108,9 @@ struct SubscriberMetrics {
 
 const OUTCOMES: usize = 7;
 
+/// Each subscriber's metrics, by the address of its `Subscription`.
+type BySubscriber = Vec<(usize, Arc<SubscriberMetrics>)>;
+
 fn outcome_index(outcome: Outcome) -> usize {
     match outcome {
         Outcome::Settled(Settled::Acked) => 0,
@@ -128,7 +131,7 @@ pub struct Metrics {
     families: Arc<Families>,
     // By the address of the subscriber's `Subscription`, which lives as long as its App; a
     // short list scanned per message is cheaper than hashing the name.
-    by_subscriber: Arc<RwLock<Vec<(usize, Arc<SubscriberMetrics>)>>>,
+    by_subscriber: Arc<RwLock<BySubscriber>>,
     // Set when brook made the registry (`new`), so that `encode` can serve it.
     registry: Option<Arc<Registry>>,
 }
