@@ -22,6 +22,13 @@
 //! Kafka keeps no delivery count: the consumer counts redeliveries caused by its own nacks per
 //! (topic, partition, offset), so `max_deliveries` works within one consumer process.
 //!
+//! **Request/reply** ([`Broker::request`]): the first request creates a reply topic of this
+//! client's own, `brook-replies-<uuid>` (one partition; the cluster must allow creating
+//! topics), read for the client's life by one consumer assigned to it without a group; replies
+//! are matched by `correlation_id`, and one that comes after its request timed out is dropped.
+//! A reply (or output) to a topic that does not exist waits for librdkafka's
+//! `message.timeout.ms` before it fails, where the broker does not create topics on produce.
+//!
 //! ```no_run
 //! use brook_kafka::KafkaBroker;
 //! use brook_runtime::Broker;
@@ -34,6 +41,7 @@
 
 mod consumer;
 mod message;
+mod reply;
 
 use brook_runtime::url::UrlParts;
 use std::fmt;
@@ -88,6 +96,9 @@ struct Inner {
     producer: Mutex<Option<FutureProducer>>,
     next_partition: AtomicU64,
     partitions: Mutex<Vec<(String, i32)>>,
+    /// The reply topic and its reader, started by the first request (async lock: concurrent
+    /// first requests wait for the one that creates it).
+    replies: tokio::sync::Mutex<Option<Arc<reply::Replies>>>,
 }
 
 impl fmt::Debug for KafkaBroker {
@@ -159,6 +170,7 @@ impl KafkaBroker {
                 producer: Mutex::new(None),
                 next_partition: AtomicU64::new(0),
                 partitions: Mutex::new(Vec::new()),
+                replies: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -178,6 +190,7 @@ impl KafkaBroker {
                 producer: Mutex::new(None),
                 next_partition: AtomicU64::new(0),
                 partitions: Mutex::new(Vec::new()),
+                replies: tokio::sync::Mutex::new(None),
             });
         }
         Arc::get_mut(&mut self.inner).unwrap_or_else(|| unreachable!("just made unique"))
@@ -391,6 +404,17 @@ impl KafkaBroker {
         Ok(())
     }
 
+    /// This client's reply topic and its reader, started on first use.
+    async fn replies(&self) -> Result<Arc<reply::Replies>, BrokerError> {
+        let mut slot = self.inner.replies.lock().await;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(reply::Replies::start(self).await?);
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
     /// Publishes `message` to an explicit `partition` (`None`: by key, or librdkafka's
     /// partitioner), awaiting the broker's acknowledgement; returns the (partition, offset) the
     /// message was written at.
@@ -502,7 +526,24 @@ impl Broker for KafkaBroker {
         self.publish_to_partition(message, None).await.map(|_| ())
     }
 
+    /// Sends `message` with `reply_to` = this client's reply topic (`brook-replies-<uuid>`,
+    /// created with one partition by the first request; the cluster must allow creating
+    /// topics) and waits for the reply with its `correlation_id`. One consumer, assigned to
+    /// the reply topic without a group, reads replies for every request of this client (and its
+    /// clones) until [`Broker::close`]; a reply that comes after its request timed out is
+    /// dropped.
+    async fn request_message(
+        &self,
+        message: Outgoing,
+        timeout: Duration,
+    ) -> Result<brook_runtime::Message, BrokerError> {
+        let replies = self.replies().await?;
+        replies.request(self, message, timeout).await
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
+        // Stops the reply reader (a later request starts a new reply topic).
+        drop(self.inner.replies.lock().await.take());
         let producer = self
             .inner
             .producer

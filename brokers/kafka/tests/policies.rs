@@ -501,10 +501,14 @@ type Captured = (Option<Bytes>, i32, Vec<(String, String)>);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_carries_key_headers_and_partition() {
     let (topic, group) = fresh_topic("publish", 2).await;
+    // The App answers a message with `reply_to` (FastStream's RPC): the reply topic must exist
+    // (tansu does not create topics on produce; the reply would wait out the producer's
+    // message timeout, and the App's stop with it).
+    let (replies, _) = fresh_topic("publish-replies", 1).await;
     let out = Outgoing::encode(&serde_json::json!({"n": 1}), topic.clone())
         .expect("encode")
         .with_correlation_id("corr-1")
-        .with_reply_to("replies")
+        .with_reply_to(replies.clone())
         .with_key("customer-42");
     let (p, offset) = broker()
         .publish_to_partition(out, Some(1))
@@ -554,7 +558,7 @@ async fn publish_carries_key_headers_and_partition() {
         [
             ("content-type".to_owned(), "application/json".to_owned()),
             ("correlation_id".to_owned(), "corr-1".to_owned()),
-            ("reply_to".to_owned(), "replies".to_owned()),
+            ("reply_to".to_owned(), replies.clone()),
         ]
     );
     assert_eq!(committed(&group, &topic, 2).await, [None, Some(1)]);

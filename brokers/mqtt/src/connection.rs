@@ -634,6 +634,25 @@ impl Shared {
 
     /// Registers a consumer's route; returns its id and hands it any parked messages it matches.
     pub fn add_route(&self, filter: &str, qos: QoS) -> (u64, mpsc::UnboundedReceiver<Delivery>) {
+        self.insert_route(filter, qos, false)
+    }
+
+    /// [`add_route`](Self::add_route), ahead of every route there is: for the response topic,
+    /// whose replies a wildcard subscriber (`#`) must not take.
+    pub fn add_route_first(
+        &self,
+        filter: &str,
+        qos: QoS,
+    ) -> (u64, mpsc::UnboundedReceiver<Delivery>) {
+        self.insert_route(filter, qos, true)
+    }
+
+    fn insert_route(
+        &self,
+        filter: &str,
+        qos: QoS,
+        first: bool,
+    ) -> (u64, mpsc::UnboundedReceiver<Delivery>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next_route.fetch_add(1, Ordering::Relaxed);
         let mut routes = lock(&self.routes);
@@ -645,12 +664,17 @@ impl Shared {
         for (_, d) in mine {
             let _ = tx.send(d);
         }
-        routes.push(Route {
+        let route = Route {
             id,
             filter: filter.to_owned(),
             qos,
             tx,
-        });
+        };
+        if first {
+            routes.insert(0, route);
+        } else {
+            routes.push(route);
+        }
         (id, rx)
     }
 

@@ -34,6 +34,14 @@
 //!   which `App::start` calls) and by `subscribe`: a message still waiting for its redelivery
 //!   when the App stops would be lost with the session.
 //!
+//! # Request/reply
+//! MQTT 5 only: [`Broker::request`] publishes with the response topic
+//! `brook/replies/<client id>` (subscribed at QoS 1 by the first request, for the
+//! connection's life) and correlation data, and returns the reply with that correlation id; a
+//! reply after the timeout is dropped. On MQTT 3.1.1, which has no response topic, it fails at
+//! once with [`BrokerError::Unsupported`]; handlers' outputs work there, but no header travels
+//! (an output arrives without its correlation id).
+//!
 //! See `docs/brokers/mqtt.md` for the full mapping, defaults and gotchas.
 
 #![warn(missing_docs)]
@@ -43,6 +51,7 @@ mod connection;
 mod consumer;
 mod options;
 mod proto;
+mod reply;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +76,8 @@ use crate::options::{generated_client_id, Config};
 pub struct MqttBroker {
     config: Arc<Result<Config, String>>,
     conn: Arc<Mutex<Option<Arc<Shared>>>>,
+    /// The response topic of the current connection, subscribed by the first request.
+    replies: Arc<Mutex<Option<Arc<reply::Replies>>>>,
 }
 
 impl std::fmt::Debug for MqttBroker {
@@ -90,6 +101,7 @@ impl MqttBroker {
         MqttBroker {
             config: Arc::new(Config::parse(url).map_err(|e| e.to_string())),
             conn: Arc::new(Mutex::new(None)),
+            replies: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -200,6 +212,19 @@ impl MqttBroker {
         let shared = connection::connect(self.config()?.clone()).await?;
         *conn = Some(shared.clone());
         Ok(shared)
+    }
+
+    /// The connection's response topic, subscribed on first use (again after a new
+    /// connection).
+    async fn replies(&self) -> Result<Arc<reply::Replies>, BrokerError> {
+        let mut slot = self.replies.lock().await;
+        let shared = self.shared().await?;
+        if let Some(r) = slot.as_ref().filter(|r| r.serves(&shared)) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(reply::Replies::start(shared).await?);
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     /// Publishes `message` with an explicit QoS (0, 1, 2) and retain flag, waiting for the
@@ -338,12 +363,37 @@ impl Broker for MqttBroker {
         self.publish_with(message, qos, false).await
     }
 
+    /// MQTT 5: sends `message` with the response topic `brook/replies/<client id>` (subscribed
+    /// at QoS 1 by the first request, kept for the connection's life) and its correlation
+    /// data, and waits for the reply with that correlation id; a reply after the timeout is
+    /// dropped. MQTT 3.1.1 has no response topic: [`BrokerError::Unsupported`] at once.
+    async fn request_message(
+        &self,
+        message: Outgoing,
+        timeout: Duration,
+    ) -> Result<brook_runtime::Message, BrokerError> {
+        if self.config()?.protocol == ProtocolVersion::V311 {
+            return Err(BrokerError::Unsupported {
+                broker: BrokerKind::Mqtt,
+                what: "request/reply",
+                why: "MQTT 3.1.1 carries no reply address; connect with MQTT 5 \
+                      (MqttBroker::new(..).protocol(ProtocolVersion::V5), or `?protocol=5` in the URL)"
+                    .to_owned(),
+            });
+        }
+        let replies = self.replies().await?;
+        replies.request(self, message, timeout).await
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
         let shared = self.conn.lock().await.take();
-        match shared {
+        let result = match shared {
             Some(shared) => shared.close(Duration::from_secs(10)).await,
             None => Ok(()),
-        }
+        };
+        // After the connection: its response topic's reader has ended with it.
+        drop(self.replies.lock().await.take());
+        result
     }
 }
 

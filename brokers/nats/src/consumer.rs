@@ -586,6 +586,8 @@ impl JetStreamConsumer {
             .as_ref()
             .and_then(|r| JetStreamInfo::parse(r.as_str()))
             .map(|i| (i.delivered, i.stream_sequence, i.consumer_sequence));
+        // Only a `reply_to` header is a reply address here: the NATS reply subject of a
+        // JetStream delivery is its ack subject (FastStream reads the header too).
         let headers = message::from_nats(msg.headers.as_ref());
         let body = msg.payload.clone();
         let key = match (info, msg.reply.as_ref()) {

@@ -25,6 +25,7 @@
 
 mod consumer;
 mod message;
+mod request;
 mod setup;
 
 use brook_runtime::url::UrlParts;
@@ -37,7 +38,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use brook_runtime::headers::{MESSAGE_ID, REPLY_TO};
-use brook_runtime::{kind, Accepts, BoxError, Broker, BrokerError, Outgoing, Subscription};
+use brook_runtime::{
+    kind, Accepts, BoxError, Broker, BrokerError, Message, Outgoing, Subscription,
+};
 
 /// The client crate, re-exported for what brook does not wrap (stream admin, KV, ...).
 pub use async_nats;
@@ -186,11 +189,21 @@ fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
     })
 }
 
-/// A live connection: the client and its JetStream context.
+/// A live connection: the client, its JetStream context, and its request inbox (made on the
+/// first request).
 #[derive(Clone)]
 pub(crate) struct Conn {
     pub(crate) client: Client,
     pub(crate) js: jetstream::Context,
+    requests: Arc<tokio::sync::OnceCell<request::Requests>>,
+}
+
+impl Conn {
+    async fn requests(&self) -> Result<&request::Requests, BrokerError> {
+        self.requests
+            .get_or_try_init(|| request::Requests::start(&self.client))
+            .await
+    }
 }
 
 struct Inner {
@@ -272,6 +285,7 @@ impl NatsBroker {
         let conn = Conn {
             js: jetstream::new(client.clone()),
             client,
+            requests: Arc::default(),
         };
         *lock(&self.inner.conn) = Some(conn.clone());
         Ok(conn)
@@ -498,6 +512,52 @@ impl Broker for NatsBroker {
             self.publish_jetstream(message).await.map(|_| ())
         } else {
             self.publish_core(message).await
+        }
+    }
+
+    /// Always a core NATS publish, whatever the [`PublishMode`]: a reply address is an inbox,
+    /// which no stream captures (a JetStream publish to it would fail), and the requester
+    /// listens on it with a plain subscription. The brook headers (`correlation_id`, ...) go
+    /// with it.
+    async fn publish_reply(&self, message: Outgoing) -> Result<(), BrokerError> {
+        self.publish_core(message).await
+    }
+
+    /// Sends the request as [`Broker::publish_message`] does (core NATS, or JetStream when
+    /// the mode says so), with the reply subject both as the NATS reply subject (core
+    /// NATS, FastStream's convention there) and as the `reply_to` header (JetStream, where
+    /// the NATS reply subject is the ack subject). Replies come to a per-connection inbox
+    /// subscription; a reply that arrives after the wait ended is dropped. With core NATS
+    /// and nobody subscribed to the subject, the server says so at once: an error rather
+    /// than a wait for the timeout. (With [`PublishMode::Core`], a request to a subject a
+    /// stream captures is answered by the stream's publish ack: use `Auto` there.)
+    async fn request_message(
+        &self,
+        mut message: Outgoing,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        let destination = message.destination.clone();
+        let exchange = async {
+            let conn = self.conn().await?;
+            let correlation_id = message.ensure_correlation_id();
+            let mut pending = conn.requests().await?.register(correlation_id)?;
+            message.headers.insert(REPLY_TO, pending.subject.clone());
+            self.publish_message(message).await?;
+            let reply = pending.reply(&destination).await?;
+            Ok(
+                Message::detached(KIND, reply.subject.as_str().into(), reply.payload.clone())
+                    .with_headers(message::from_nats(reply.headers.as_ref())),
+            )
+        };
+        // The whole exchange is bounded, the JetStream publish ack included; dropping it
+        // unregisters the request.
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::RequestTimeout {
+                broker: KIND,
+                destination,
+                timeout,
+            }),
         }
     }
 

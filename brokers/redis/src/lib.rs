@@ -34,6 +34,10 @@
 //!
 //! Payloads travel in FastStream's binary envelope so headers survive ([`envelope`]); publish
 //! destinations say which kind of source they go to ([`Destination`]).
+//!
+//! Request/reply is FastStream's Redis RPC: [`Broker::request`] sends to any destination with
+//! `reply_to` naming a fresh pub/sub channel it subscribed to first, and a handler's reply is
+//! PUBLISHed to the channel its input's `reply_to` names, whatever the input came from.
 
 #![warn(missing_docs)]
 
@@ -42,6 +46,7 @@ mod destination;
 pub mod envelope;
 mod liveness;
 mod message;
+mod reply;
 mod wire;
 
 use std::fmt;
@@ -49,9 +54,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use brook_runtime::headers::REPLY_TO;
 use brook_runtime::url::redact;
 use brook_runtime::{
-    Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Headers, Outgoing,
+    Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Headers, Message, Outgoing,
     RedisSource as RedisOptionsSource, Subscription,
 };
 use bytes::Bytes;
@@ -101,6 +107,8 @@ const GONE_CHECK: Duration = Duration::from_secs(1);
 pub struct RedisBroker {
     settings: Arc<Settings>,
     client: Arc<OnceCell<Client>>,
+    // The pub/sub connection replies to this client's requests arrive on (first request).
+    replies: Arc<OnceCell<reply::Replies>>,
 }
 
 #[derive(Clone)]
@@ -131,6 +139,7 @@ impl RedisBroker {
                 liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             }),
             client: Arc::new(OnceCell::new()),
+            replies: Arc::new(OnceCell::new()),
         }
     }
 
@@ -248,6 +257,18 @@ impl RedisBroker {
             .get_or_try_init(|| async {
                 let client = self.builder()?.build().map_err(|e| self.connect_error(e))?;
                 self.init(client).await
+            })
+            .await
+    }
+
+    async fn replies(&self) -> Result<&reply::Replies, BrokerError> {
+        self.replies
+            .get_or_try_init(|| async {
+                let client = self
+                    .builder()?
+                    .build_subscriber_client()
+                    .map_err(|e| self.connect_error(e))?;
+                Ok(reply::Replies::start(self.init(client).await?))
             })
             .await
     }
@@ -375,6 +396,12 @@ impl Broker for RedisBroker {
                     client.psubscribe(&*name).await
                 } else {
                     client.subscribe(&*name).await
+                };
+                // fred resolves (P)SUBSCRIBE once it is written; the PING's answer comes after
+                // Redis ran it, so messages published once `App::start` returned are received.
+                let r = match r {
+                    Ok(()) => client.ping::<Value>(None).await.map(drop),
+                    Err(e) => Err(e),
                 };
                 if r.is_err() {
                     manage.abort();
@@ -505,7 +532,58 @@ impl Broker for RedisBroker {
             .await
     }
 
+    /// A reply goes to the pub/sub channel `reply_to` names, taken as is (no `list:` /
+    /// `stream:` prefix is read): FastStream's requesters wait on a channel of that name.
+    async fn publish_reply(&self, message: Outgoing) -> Result<(), BrokerError> {
+        let destination = Destination::channel(message.destination);
+        self.publish_to(&destination, message.body, &message.headers)
+            .await
+    }
+
+    /// FastStream's RPC: the request goes to `destination` (a channel, `list:` or `stream:`)
+    /// with `reply_to` set to a fresh channel (`brook:reply:<uuid>`) that this client
+    /// subscribed to first, and the reply is the first message published there with the
+    /// request's `correlation_id` (or none, from a raw client). The channel is unsubscribed
+    /// once the reply came or `timeout` (which covers subscribing and publishing too) ran
+    /// out; later replies are dropped.
+    async fn request_message(
+        &self,
+        mut message: Outgoing,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        let destination = Destination::parse(&message.destination)?;
+        let correlation_id = message.ensure_correlation_id();
+        let requested = message.destination.clone();
+        let timed_out = || BrokerError::RequestTimeout {
+            broker: BrokerKind::Redis,
+            destination: requested.clone(),
+            timeout,
+        };
+        let deadline = Instant::now() + timeout;
+        let replies = tokio::time::timeout_at(deadline, self.replies())
+            .await
+            .map_err(|_| timed_out())??;
+        let mut pending = tokio::time::timeout_at(deadline, replies.open(&correlation_id))
+            .await
+            .map_err(|_| timed_out())??;
+        message.headers.insert(REPLY_TO, pending.channel.clone());
+        let outcome = tokio::time::timeout_at(deadline, async {
+            self.publish_to(&destination, message.body.clone(), &message.headers)
+                .await?;
+            pending
+                .reply()
+                .await
+                .ok_or(BrokerError::Closed(BrokerKind::Redis))
+        })
+        .await;
+        pending.finish().await;
+        outcome.map_err(|_| timed_out())?
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
+        if let Some(replies) = self.replies.get() {
+            replies.close().await;
+        }
         if let Some(client) = self.client.get() {
             consumer::quit(client, "broker").await;
         }
