@@ -1,13 +1,14 @@
 //! [`RabbitBroker`]: connection settings, connecting (bounded, with errors that name the
-//! address but never the password) and publishing with confirms.
+//! address but never the password), publishing with confirms, replies and requests.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use brook_runtime::headers::REPLY_TO;
 use brook_runtime::kind::Rabbit;
-use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Outgoing, Subscription};
+use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Message, Outgoing, Subscription};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -15,6 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::consumer::{RabbitConsumer, Topology};
 use crate::message::properties_from;
+use crate::request::{ReplyChannel, DIRECT_REPLY_TO};
 
 const KIND: BrokerKind = BrokerKind::Rabbit;
 
@@ -46,6 +48,8 @@ pub(crate) struct Inner {
     publisher: Mutex<Option<Publisher>>,
     /// Counts publishing connections opened (see [`Publisher::generation`]).
     generations: AtomicU64,
+    /// The direct reply-to channel of [`Broker::request_message`], opened on the first request.
+    pub(crate) requester: Mutex<Option<ReplyChannel>>,
 }
 
 struct Publisher {
@@ -66,7 +70,7 @@ struct PublishChannel {
 /// Why a publish was not confirmed.
 #[derive(Debug, thiserror::Error)]
 #[error("RabbitMQ refused the message (publisher confirm nack)")]
-struct Nacked;
+pub(crate) struct Nacked;
 
 /// A URL that cannot be parsed. Neither the URL nor the parser's message is shown: the parser
 /// echoes the whole input (`Invalid URL: '<url>'`), password included.
@@ -94,6 +98,7 @@ impl RabbitBroker {
                 backoff_max: Duration::from_secs(5),
                 publisher: Mutex::new(None),
                 generations: AtomicU64::new(0),
+                requester: Mutex::new(None),
             }),
         }
     }
@@ -127,6 +132,7 @@ impl RabbitBroker {
             backoff_max: self.inner.backoff_max,
             publisher: Mutex::new(None),
             generations: AtomicU64::new(0),
+            requester: Mutex::new(None),
         };
         f(&mut inner);
         RabbitBroker {
@@ -142,9 +148,12 @@ impl RabbitBroker {
         routing_key: &str,
         message: &Outgoing,
     ) -> Result<(), BrokerError> {
-        let mut retried = false;
+        let mut retry = Retry::No;
         loop {
-            let used = self.inner.publisher_channel().await?;
+            let used = match retry {
+                Retry::Private => self.inner.private_channel().await?,
+                _ => self.inner.publisher_channel().await?,
+            };
             let result = async {
                 let confirm = used
                     .channel
@@ -160,6 +169,11 @@ impl RabbitBroker {
                 Ok::<_, lapin::Error>(confirm)
             }
             .await;
+            if retry == Retry::Private && used.channel.status().connected() {
+                if let Err(e) = used.channel.close(200, "done".into()).await {
+                    tracing::debug!(error = %e, "closing a retry channel");
+                }
+            }
             let e = match result {
                 Ok(confirm) if confirm.is_nack() => {
                     return Err(BrokerError::operation(KIND, "basic.publish", Nacked))
@@ -167,26 +181,44 @@ impl RabbitBroker {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            // A channel error (404 missing exchange, 406, ...) is permanent for this message:
-            // RabbitMQ closed the channel (the next publish opens a new one on the same
-            // connection) and retrying would fail the same way. Only a lost connection, or a
-            // channel another publish's error had already closed before this one was sent,
-            // is worth one more attempt.
-            let retry = self.inner.forget_if_lost(&used, &e).await
-                || matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..));
-            if retried || !retry {
+            if retry != Retry::No {
                 return Err(BrokerError::operation(KIND, "basic.publish", e));
             }
-            // Unconfirmed on a dead connection: publish again on a new one, once
-            // (at-least-once: RabbitMQ may have received the first copy).
-            tracing::warn!(
+            // Unconfirmed: publish again, once (at-least-once: RabbitMQ may have routed the
+            // first copy).
+            retry = if self.inner.forget_if_lost(&used, &e).await {
+                // On a new connection.
+                Retry::Shared
+            } else if e.is_amqp_soft_error()
+                || matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..))
+            {
+                // A channel error (404 missing exchange, 406, ...) closes the channel, and
+                // lapin fails every publish still waiting on it with that error, whichever
+                // publish caused it. On a channel of its own, a publish that only shared the
+                // closed channel goes through, and the guilty one fails again, alone (on the
+                // shared channel, its retry would close that one too).
+                Retry::Private
+            } else {
+                return Err(BrokerError::operation(KIND, "basic.publish", e));
+            };
+            tracing::debug!(
                 address = self.inner.address,
                 error = %e,
-                "publishing failed on a lost connection; retrying once on a new one"
+                "publishing failed (lost connection or closed channel); retrying once"
             );
-            retried = true;
         }
     }
+}
+
+/// How a publish is being retried.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// First attempt.
+    No,
+    /// Again on the shared publishing channel (a new connection).
+    Shared,
+    /// Again on a channel of its own, closed afterwards.
+    Private,
 }
 
 /// Whether `e` says the connection (not just the channel) is gone.
@@ -256,6 +288,24 @@ impl Inner {
         })
     }
 
+    /// A new confirm channel on the publishing connection, for one retried publish (the
+    /// shared channel when there is no working connection to open it on).
+    async fn private_channel(&self) -> Result<PublishChannel, BrokerError> {
+        {
+            let publisher = self.publisher.lock().await;
+            if let Some(p) = publisher
+                .as_ref()
+                .filter(|p| p.connection.status().connected())
+            {
+                return Ok(PublishChannel {
+                    channel: confirm_channel(&p.connection).await?,
+                    generation: p.generation,
+                });
+            }
+        }
+        self.publisher_channel().await
+    }
+
     /// After a failed publish on `used`: whether its connection is lost. Forgets the
     /// publisher only if it is still the one `used` belongs to, so a concurrent publish that
     /// already reopened it keeps the fresh connection.
@@ -275,7 +325,7 @@ impl Inner {
     }
 }
 
-async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+pub(crate) async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
     let channel = connection
         .create_channel()
         .await
@@ -293,6 +343,18 @@ impl fmt::Debug for RabbitBroker {
             .field("address", &self.inner.address)
             .field("connect_timeout", &self.inner.connect_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// The exchange and routing key `message` goes to: without a key, the default exchange and
+/// `destination` (a queue); with one, `destination` is the exchange.
+fn route(message: &Outgoing) -> (String, String) {
+    match &message.key {
+        Some(key) => (
+            message.destination.clone(),
+            String::from_utf8_lossy(key).into_owned(),
+        ),
+        None => (String::new(), message.destination.clone()),
     }
 }
 
@@ -338,20 +400,50 @@ impl Broker for RabbitBroker {
     /// (the default exchange routes by queue name); with a key, `destination` is the exchange
     /// and the key the routing key.
     async fn publish_message(&self, message: Outgoing) -> Result<(), BrokerError> {
-        let key = message
-            .key
-            .as_ref()
-            .map(|k| String::from_utf8_lossy(k).into_owned());
-        match key {
-            Some(routing_key) => {
-                self.publish_to(&message.destination, &routing_key, &message)
-                    .await
-            }
+        let (exchange, routing_key) = route(&message);
+        self.publish_to(&exchange, &routing_key, &message).await
+    }
+
+    /// Publishes a reply through the default exchange with `reply_to` as the routing key, as
+    /// FastStream does: a queue name or a direct reply-to address
+    /// (`amq.rabbitmq.reply-to.…`), whatever key the handler set. FastStream's
+    /// `queue|exchange` form goes to that exchange with `queue` as the routing key.
+    async fn publish_reply(&self, message: Outgoing) -> Result<(), BrokerError> {
+        match message.destination.split_once('|') {
+            Some((queue, exchange)) => self.publish_to(exchange, queue, &message).await,
             None => self.publish_to("", &message.destination, &message).await,
         }
     }
 
+    /// Publishes `message` as [`publish_message`](Broker::publish_message) would, with
+    /// `reply_to = amq.rabbitmq.reply-to` (RabbitMQ's direct reply-to, as FastStream's
+    /// `broker.request`), and waits at most `timeout` for the reply with its `correlation_id`.
+    /// The reply channel is opened on the first request (within the connect timeout, not
+    /// counted in `timeout`) and shared by all requests of this client.
+    async fn request_message(
+        &self,
+        mut message: Outgoing,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        let correlation_id = message.ensure_correlation_id();
+        message.headers.insert(REPLY_TO, DIRECT_REPLY_TO);
+        let (exchange, routing_key) = route(&message);
+        let request = self.inner.prepare_request(&correlation_id).await?;
+        match tokio::time::timeout(timeout, request.send(&exchange, &routing_key, &message)).await {
+            Ok(reply) => reply,
+            // Dropping the request took it out of the waiting map: a late reply is dropped.
+            Err(_) => Err(BrokerError::RequestTimeout {
+                broker: KIND,
+                destination: message.destination,
+                timeout,
+            }),
+        }
+    }
+
     async fn close(&self) -> Result<(), BrokerError> {
+        if let Some(requester) = self.inner.take_requester().await {
+            requester.close().await;
+        }
         if let Some(p) = self.inner.publisher.lock().await.take() {
             if let Err(e) = p.connection.close(200, "bye".into()).await {
                 tracing::debug!(error = %e, "closing the publishing connection");

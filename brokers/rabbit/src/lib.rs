@@ -19,6 +19,11 @@
 //! Publishing goes through one shared connection with publisher confirms: `publish` returns
 //! once RabbitMQ has taken responsibility for the message.
 //!
+//! Replies to a message's `reply_to` go through the default exchange (a queue name or a
+//! direct reply-to address), and [`Broker::request`](brook_runtime::Broker::request) uses
+//! RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`) on one reply channel per client, as
+//! FastStream does: either side can be FastStream.
+//!
 //! ```no_run
 //! use brook_rabbit::RabbitBroker;
 //! use brook_runtime::{Broker, Outgoing};
@@ -36,6 +41,7 @@
 mod broker;
 mod consumer;
 mod message;
+mod request;
 
 pub use broker::RabbitBroker;
 pub use consumer::RabbitConsumer;

@@ -137,7 +137,7 @@ pub(crate) fn to_message(queue: &Arc<str>, mut delivery: Delivery, no_ack: bool)
 }
 
 /// FastStream's header names for the AMQP properties it uses, then the headers table.
-fn headers_from(props: &BasicProperties) -> Headers {
+pub(crate) fn headers_from(props: &BasicProperties) -> Headers {
     let mut headers = Headers::new();
     let fields = [
         (CONTENT_TYPE, props.content_type()),
