@@ -144,6 +144,18 @@ pub trait Consumer: Send + 'static {
 )]
 pub trait Accepts<K: Kind> {}
 
+/// `Self` is the broker `K`: how a broker crate says which handlers it runs, so that a handler
+/// of another broker gets this error rather than a type mismatch:
+/// `impl<K: Kind + SameKind<kind::Rabbit>> Accepts<K> for RabbitBroker {}`.
+#[diagnostic::on_unimplemented(
+    message = "a handler declared for `{Self}` cannot run on a broker of `{K}`",
+    label = "declared for `{Self}`",
+    note = "add a broker of that kind to the App with App::with_broker(...), declare the subscriber for one of the App's brokers, or test it on an App of MemoryBroker (which runs every handler)"
+)]
+pub trait SameKind<K> {}
+
+impl<K: Kind> SameKind<K> for K {}
+
 /// A message to publish.
 ///
 /// ```

@@ -60,7 +60,7 @@ pub use app::{
     App, Before, Brokers, Here, Hosts, Restart, RunningApp, ShutdownHandle, With,
     DEFAULT_GRACEFUL_TIMEOUT,
 };
-pub use broker::{Accepts, Broker, Consumer, Outgoing};
+pub use broker::{Accepts, Broker, Consumer, Outgoing, SameKind};
 /// A subscriber argument's value, for [`Subscription::new`]`(...).arg(name, value)`: strings,
 /// integers and booleans convert with `.into()`; names from a fixed set (`on_decode_error =
 /// Nack`, `auto_offset_reset = earliest`) are `ArgValue::Ident("earliest".into())`.

@@ -482,7 +482,7 @@ fn parse_url(url: &str) -> (String, Vec<(String, String)>) {
     (hosts.to_owned(), config)
 }
 
-impl Accepts<Kafka> for KafkaBroker {}
+impl<K: brook_runtime::kind::Kind + brook_runtime::SameKind<Kafka>> Accepts<K> for KafkaBroker {}
 
 impl Broker for KafkaBroker {
     type Consumer = KafkaConsumer;

@@ -286,7 +286,7 @@ impl MqttBroker {
     }
 }
 
-impl Accepts<kind::Mqtt> for MqttBroker {}
+impl<K: kind::Kind + brook_runtime::SameKind<kind::Mqtt>> Accepts<K> for MqttBroker {}
 
 impl Broker for MqttBroker {
     type Consumer = MqttConsumer;

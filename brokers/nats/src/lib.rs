@@ -471,7 +471,7 @@ impl NatsBroker {
     }
 }
 
-impl Accepts<kind::Nats> for NatsBroker {}
+impl<K: kind::Kind + brook_runtime::SameKind<kind::Nats>> Accepts<K> for NatsBroker {}
 
 impl Broker for NatsBroker {
     type Consumer = NatsConsumer;

@@ -376,7 +376,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-impl Accepts<Rabbit> for RabbitBroker {}
+impl<K: brook_runtime::kind::Kind + brook_runtime::SameKind<Rabbit>> Accepts<K> for RabbitBroker {}
 
 impl Broker for RabbitBroker {
     type Consumer = RabbitConsumer;

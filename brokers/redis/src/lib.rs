@@ -361,7 +361,10 @@ fn is_pattern(channel: &str) -> bool {
     channel.contains(['*', '?', '['])
 }
 
-impl Accepts<brook_runtime::kind::Redis> for RedisBroker {}
+impl<K: brook_runtime::kind::Kind + brook_runtime::SameKind<brook_runtime::kind::Redis>> Accepts<K>
+    for RedisBroker
+{
+}
 
 impl Broker for RedisBroker {
     type Consumer = RedisConsumer;
