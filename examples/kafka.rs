@@ -23,7 +23,8 @@ struct Order {
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 static DONE: LazyLock<Notify> = LazyLock::new(Notify::new);
-const EXPECTED: u64 = 4;
+/// 2 orders billed, their 2 invoices and 2 logins audited.
+const EXPECTED: u64 = 6;
 
 fn handled() {
     if HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == EXPECTED {
@@ -33,14 +34,16 @@ fn handled() {
 
 /// The first delivery of order 2 fails: NackOnError seeks the partition back to it, so it is
 /// read again (the delivery count is kept by this consumer), then the later orders, in order.
+/// Its result is published to `brook-example-audit` before the order's offset is stored.
 #[subscriber(
     topic = "brook-example-orders",
     group_id = "billing",
     auto_offset_reset = earliest,
     ack_policy = NackOnError,
-    max_deliveries = 5
+    max_deliveries = 5,
+    publish = "brook-example-audit"
 )]
-async fn bill(order: Order, msg: &Message, kafka: &KafkaMessage) -> anyhow::Result<()> {
+async fn bill(order: Order, msg: &Message, kafka: &KafkaMessage) -> anyhow::Result<String> {
     if order.id == 2 && msg.delivery_count() == Some(1) {
         anyhow::bail!("payment backend timed out on order {}", order.id);
     }
@@ -52,7 +55,7 @@ async fn bill(order: Order, msg: &Message, kafka: &KafkaMessage) -> anyhow::Resu
         msg.delivery_count()
     );
     handled();
-    Ok(())
+    Ok(format!("invoice for order {}", order.id))
 }
 
 /// AckFirst: the offset is stored when the message is read and committed in the background.

@@ -26,7 +26,8 @@ struct Order {
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 static DONE: LazyLock<Notify> = LazyLock::new(Notify::new);
-const EXPECTED: u64 = 5;
+/// 2 orders billed and their 2 invoices audited, 2 readings, 1 login.
+const EXPECTED: u64 = 7;
 
 fn handled() {
     if HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == EXPECTED {
@@ -36,14 +37,20 @@ fn handled() {
 
 /// Order 2 fails on its first delivery: NackOnError withholds the PUBACK, brook resumes the
 /// session, and Mosquitto redelivers it with the DUP flag set.
-#[subscriber(topic = "brook/example/orders", qos = 1, ack_policy = NackOnError)]
-async fn bill(order: Order, mqtt: &MqttMessage) -> anyhow::Result<()> {
+/// Its result is published to `brook/example/audit/invoices` before the PUBACK.
+#[subscriber(
+    topic = "brook/example/orders",
+    qos = 1,
+    ack_policy = NackOnError,
+    publish = "brook/example/audit/invoices"
+)]
+async fn bill(order: Order, mqtt: &MqttMessage) -> anyhow::Result<String> {
     if order.id == 2 && !mqtt.dup() {
         anyhow::bail!("payment backend timed out on order {}", order.id);
     }
     println!("billed order {} (redelivery: {})", order.id, mqtt.dup());
     handled();
-    Ok(())
+    Ok(format!("invoice for order {}", order.id))
 }
 
 /// QoS 0: nothing to acknowledge.

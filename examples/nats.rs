@@ -1,4 +1,6 @@
-//! brook on NATS: a JetStream subscriber with NackOnError and a core NATS subscriber.
+//! brook on NATS: a JetStream subscriber with NackOnError whose result (an invoice) is
+//! published to a core subject, a core NATS subscriber that sees it, and a request answered
+//! by a handler.
 //!
 //! `cargo run --example nats --features nats` with nats-server (JetStream enabled) on
 //! 127.0.0.1:4222 (`NATS_URL` overrides). It publishes a few orders, waits until each was
@@ -22,7 +24,14 @@ struct Order {
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 static DONE: LazyLock<Notify> = LazyLock::new(Notify::new);
-const EXPECTED: u64 = 4;
+/// 2 orders billed, 2 invoices and 2 audit events seen.
+const EXPECTED: u64 = 6;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Invoice {
+    order: u64,
+    total: f64,
+}
 
 fn handled() {
     if HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == EXPECTED {
@@ -31,16 +40,18 @@ fn handled() {
 }
 
 /// JetStream: the stream and the durable pull consumer are created if missing. The first
-/// delivery of order 2 fails, so NackOnError sends -NAK and JetStream redelivers it.
+/// delivery of order 2 fails, so NackOnError sends -NAK and JetStream redelivers it. The
+/// invoice it returns is published to `brook.example.audit.invoices` before the order is acked.
 #[subscriber(
     subject = "brook.example.orders",
     stream = "BROOK_EXAMPLE_ORDERS",
     durable = "billing",
     deliver_policy = new,
     ack_policy = NackOnError,
-    max_deliveries = 5
+    max_deliveries = 5,
+    publish = "brook.example.audit.invoices"
 )]
-async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
+async fn bill(order: Order, msg: &Message) -> anyhow::Result<Invoice> {
     if order.id == 2 && msg.delivery_count() == Some(1) {
         anyhow::bail!("payment backend timed out on order {}", order.id);
     }
@@ -51,7 +62,16 @@ async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
         msg.delivery_count()
     );
     handled();
-    Ok(())
+    Ok(Invoice {
+        order: order.id,
+        total: order.amount * 1.2,
+    })
+}
+
+/// Answers requests on a core subject: the result goes back to the requester's inbox.
+#[subscriber(subject = "brook.example.quote")]
+async fn quote(order: Order) -> f64 {
+    order.amount * 1.2
 }
 
 /// Core NATS: no acknowledgement exists, so only AckFirst / Ack / RejectOnError are allowed
@@ -74,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let app = App::new(broker.clone())
         .subscribe(bill)
         .subscribe(audit)
+        .subscribe(quote)
         .start()
         .await?;
 
@@ -89,6 +110,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(20), DONE.notified())
         .await
         .map_err(|_| anyhow::anyhow!("not every message was handled within 20 s"))?;
+    let reply = broker
+        .request(
+            &Order {
+                id: 3,
+                amount: 10.0,
+            },
+            "brook.example.quote",
+            Duration::from_secs(5),
+        )
+        .await?;
+    println!(
+        "quote for order 3: {}",
+        String::from_utf8_lossy(reply.body())
+    );
     app.stop().await?;
     println!("done: {} messages handled", HANDLED.load(Ordering::SeqCst));
     Ok(())

@@ -1,5 +1,6 @@
-//! brook on RabbitMQ: a quorum queue with NackOnError and max_deliveries, and a classic queue
-//! bound to a topic exchange under RabbitMQ's default policy (RejectOnError).
+//! brook on RabbitMQ: a quorum queue with NackOnError and max_deliveries whose handler publishes
+//! each billed order to a topic exchange, a classic queue bound to that exchange under
+//! RabbitMQ's default policy (RejectOnError), and a request answered over direct reply-to.
 //!
 //! `cargo run --example rabbit --features rabbit` with RabbitMQ on 127.0.0.1:5672 (guest/guest;
 //! `AMQP_URL` overrides). It publishes a few orders, waits until each was handled, and exits.
@@ -22,7 +23,8 @@ struct Order {
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 static DONE: LazyLock<Notify> = LazyLock::new(Notify::new);
-const EXPECTED: u64 = 3;
+/// 2 orders billed, then shipped; 1 express order shipped.
+const EXPECTED: u64 = 5;
 
 fn handled() {
     if HANDLED.fetch_add(1, Ordering::SeqCst) + 1 == EXPECTED {
@@ -32,14 +34,17 @@ fn handled() {
 
 /// A quorum queue counts deliveries (`x-delivery-count`), so `max_deliveries` works. The first
 /// delivery of order 2 fails: NackOnError sends basic.nack(requeue) and RabbitMQ redelivers.
+/// A billed order goes on to the exchange `brook.example` with routing key `ship.standard`
+/// (confirmed before the order is acked).
 #[subscriber(
     queue = "brook.example.orders",
     queue_type = quorum,
     ack_policy = NackOnError,
     max_deliveries = 5,
-    prefetch = 16
+    prefetch = 16,
+    publish = "brook.example"
 )]
-async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
+async fn bill(order: Order, msg: &Message) -> anyhow::Result<Publish<Order>> {
     if order.id == 2 && msg.delivery_count() == Some(1) {
         anyhow::bail!("payment backend timed out on order {}", order.id);
     }
@@ -49,7 +54,13 @@ async fn bill(order: Order, msg: &Message) -> anyhow::Result<()> {
         msg.delivery_count()
     );
     handled();
-    Ok(())
+    Ok(Publish::new(order).key("ship.standard"))
+}
+
+/// Answers requests: the result goes back over RabbitMQ's direct reply-to.
+#[subscriber(queue = "brook.example.quote")]
+async fn quote(order: Order) -> f64 {
+    order.amount * 1.2
 }
 
 /// Bound to the topic exchange `brook.example` with `ship.*`. RejectOnError (RabbitMQ's
@@ -87,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let app = App::new(broker.clone())
         .subscribe(bill)
         .subscribe(ship)
+        .subscribe(quote)
         .start()
         .await?;
 
@@ -111,6 +123,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(20), DONE.notified())
         .await
         .map_err(|_| anyhow::anyhow!("not every order was handled within 20 s"))?;
+    let reply = broker
+        .request(
+            &Order {
+                id: 4,
+                amount: 10.0,
+            },
+            "brook.example.quote",
+            Duration::from_secs(5),
+        )
+        .await?;
+    println!(
+        "quote for order 4: {}",
+        String::from_utf8_lossy(reply.body())
+    );
     app.stop().await?;
     println!(
         "done: {} deliveries handled",

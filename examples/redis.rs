@@ -34,16 +34,18 @@ fn handled() {
 
 /// Fails on an order's first delivery (the payment backend "times out"): NackOnError leaves the
 /// entry pending and brook claims it again, with Redis's delivery count. Negative amounts are
-/// rejected: XACK plus XADD to the dead-letter stream.
+/// rejected: XACK plus XADD to the dead-letter stream. A billed order's invoice is published to
+/// the channel `brook.example.invoices` (with the order's correlation_id) before the XACK.
 #[subscriber(
     stream = "brook.example.orders",
     group = "billing",
     dead_letter_stream = "brook.example.orders.dead",
     ack_policy = NackOnError,
     max_deliveries = 3,
-    batch = 16
+    batch = 16,
+    publish = "brook.example.invoices"
 )]
-async fn bill(order: Order, msg: &Message, redis: &RedisMessage) -> anyhow::Result<()> {
+async fn bill(order: Order, msg: &Message, redis: &RedisMessage) -> anyhow::Result<String> {
     let outcome = if order.amount < 0.0 {
         "rejected (dead-lettered)"
     } else if msg.delivery_count() == Some(1) {
@@ -59,7 +61,7 @@ async fn bill(order: Order, msg: &Message, redis: &RedisMessage) -> anyhow::Resu
     );
     handled();
     match outcome {
-        "billed" => Ok(()),
+        "billed" => Ok(format!("invoice for order {}", order.id)),
         "rejected (dead-lettered)" => Err(brook::Reject.into()),
         _ => anyhow::bail!("payment backend timed out"),
     }
@@ -117,8 +119,9 @@ async fn main() -> anyhow::Result<()> {
         .publish_message(Outgoing::encode("orders imported", EVENTS)?.with_correlation_id("run-1"))
         .await?;
 
-    // Orders 1 and 3 twice (fail, then billed), order 2 once (rejected), one event.
-    wait_for(6).await?;
+    // Orders 1 and 3 twice (fail, then billed), order 2 once (rejected), one event, and the
+    // invoices of orders 1 and 3.
+    wait_for(8).await?;
     app.stop().await?;
 
     let dead: u64 = fred.xlen(DEAD).await?;

@@ -80,15 +80,30 @@ async fn an_input_without_correlation_id_gets_a_new_one_on_its_output() {
     let test = TestApp::start(App::new(MemoryBroker::new()).subscribe(bill))
         .await
         .unwrap();
-    test.publish(&Order { id: 9, amount: 1 }, "out.orders")
-        .await
-        .unwrap()
-        .settled()
-        .await
-        .unwrap();
+    // Built by hand, so it has no correlation id.
+    let raw = Outgoing::encode(&Order { id: 9, amount: 1 }, "out.orders").unwrap();
+    assert!(raw.headers.get("correlation_id").is_none());
+    test.publish_message(raw).settled().await.unwrap();
     let published = test.wait_published("out.invoices", 1).await.unwrap();
     let id = published[0].headers.get("correlation_id").unwrap();
     assert_eq!(id.len(), 36, "a UUID, as FastStream makes them: {id}");
+    test.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn publish_gives_a_message_a_correlation_id_that_its_output_keeps() {
+    let broker = MemoryBroker::new();
+    let test = TestApp::start(App::new(broker.clone()).subscribe(keep_even))
+        .await
+        .unwrap();
+    broker.publish(&8u64, "out.maybe").await.unwrap();
+    let kept = test.wait_published("out.kept", 1).await.unwrap();
+    let sent = test.published("out.maybe");
+    let id = sent[0]
+        .headers
+        .get("correlation_id")
+        .expect("set by publish");
+    assert_eq!(kept[0].headers.get("correlation_id"), Some(id));
     test.stop().await.unwrap();
 }
 

@@ -92,13 +92,18 @@ pub trait Broker: Clone + Send + Sync + 'static {
     fn close(&self) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
     /// Publish `value` to `destination`: strings as text, byte strings raw, anything else as
-    /// JSON (see [`codec::encode`]).
+    /// JSON (see [`codec::encode`]), with a new `correlation_id` (as FastStream's `publish`
+    /// does), which handlers' outputs and replies then carry on. To publish exactly a message
+    /// as built, headers and all, use [`publish_message`](Broker::publish_message).
     fn publish<T: Serialize + ?Sized + Sync>(
         &self,
         value: &T,
         destination: &str,
     ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        let message = Outgoing::encode(value, destination);
+        let message = Outgoing::encode(value, destination).map(|mut m| {
+            m.ensure_correlation_id();
+            m
+        });
         async move { self.publish_message(message?).await }
     }
 

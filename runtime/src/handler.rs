@@ -102,7 +102,7 @@ pub enum HandlerError {
 /// #     fn subscription(&self) -> SubscriptionBuilder {
 /// #         Subscription::new(BrokerKind::Memory, "bill").arg("topic", ArgValue::AtMount)
 /// #     }
-/// #     async fn call(&self, _: &Message, _: &Context) -> Result<Option<brook_runtime::output::Output>, HandlerError> { Ok(None) }
+/// #     async fn call(&self, _: &Message, _: &Context) -> brook_runtime::HandlerResult { Ok(None) }
 /// # }
 /// # let bill = Bill;
 /// let topic = std::env::var("ORDERS_TOPIC").unwrap_or_else(|_| "orders".into());

@@ -81,7 +81,8 @@ impl Publishers {
 
 /// A handler argument that publishes to any destination on any of the App's brokers: for
 /// fan-out and side messages that a return value cannot express. What it publishes carries
-/// the input's `correlation_id` (unless the message sets its own), so a chain keeps one id.
+/// the input's `correlation_id` (unless the message sets its own; a new one if the input has
+/// none), so a chain keeps one id.
 ///
 /// ```
 /// use brook_runtime::{BrokerError, Publisher};
@@ -123,8 +124,11 @@ impl<'a> Publisher<'a> {
 
     /// Publishes a prepared message.
     pub async fn publish_message(&self, mut message: Outgoing) -> Result<(), BrokerError> {
-        if let (None, Some(id)) = (message.headers.get(CORRELATION_ID), self.correlation_id) {
-            message.headers.insert(CORRELATION_ID, id);
+        if message.headers.get(CORRELATION_ID).is_none() {
+            match self.correlation_id {
+                Some(id) => message.headers.insert(CORRELATION_ID, id),
+                None => drop(message.ensure_correlation_id()),
+            }
         }
         self.publishers
             .layers

@@ -73,14 +73,16 @@ impl TestApp {
         &self.broker
     }
 
-    /// Publishes `value` (encoded as [`Broker::publish`](crate::Broker::publish) would) to
-    /// `topic`.
+    /// Publishes `value` (encoded as [`Broker::publish`](crate::Broker::publish) would, with a
+    /// new `correlation_id`) to `topic`.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         value: &T,
         topic: &str,
     ) -> Result<Published, BrokerError> {
-        Ok(self.publish_message(Outgoing::encode(value, topic)?))
+        let mut message = Outgoing::encode(value, topic)?;
+        message.ensure_correlation_id();
+        Ok(self.publish_message(message))
     }
 
     /// Publishes a prepared message.
