@@ -12,7 +12,7 @@ use brook::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use brook::kafka::KafkaBroker;
 use brook::prelude::*;
 use brook::rabbit::lapin::options::QueueDeclareOptions;
-use brook::rabbit::lapin::types::FieldTable;
+use brook::rabbit::lapin::types::{AMQPValue, FieldTable};
 use brook::rabbit::lapin::{Connection, ConnectionProperties};
 use brook::rabbit::RabbitBroker;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ struct Shipped {
 
 #[brook::rabbit::subscriber(
     queue = _,
-    auto_delete = true,
+    declare = false,
     publish = _,
     publish_broker = kafka,
     ack_policy = NackOnError
@@ -90,6 +90,18 @@ async fn a_rabbitmq_handler_publishes_its_result_to_kafka() {
     let kafka = KafkaBroker::new(KAFKA);
     kafka.connect().await.expect("Kafka on 127.0.0.1:9092");
     kafka.create_topic(&topic, 1).await.expect("create topic");
+    // Declared here (expiring, so a failed run leaves nothing), so that it outlives the App
+    // and its state can be read afterwards.
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
     let rabbit = RabbitBroker::new(AMQP);
     let app = App::new(rabbit.clone())
         .with_broker(kafka)
@@ -120,14 +132,9 @@ async fn a_rabbitmq_handler_publishes_its_result_to_kafka() {
     assert_eq!(records[0].1.as_deref(), Some("migration-7"));
     app.stop().await.expect("stop");
 
-    // Acked on RabbitMQ: nothing ready once the consumer is gone (an unacked message would
-    // be back in the queue). The queue is auto-delete, so declare it passively while it lasts
-    // or find it gone; either way nothing is waiting.
-    let conn = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    if let Ok(q) = channel
+    // Acked on RabbitMQ: nothing is back in the queue once the consumer is gone (an unacked
+    // message would be requeued when the App closed its channel).
+    let q = channel
         .queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions {
@@ -137,9 +144,9 @@ async fn a_rabbitmq_handler_publishes_its_result_to_kafka() {
             FieldTable::default(),
         )
         .await
-    {
-        assert_eq!(q.message_count(), 0);
-    }
+        .expect("the queue outlives the App");
+    assert_eq!(q.message_count(), 0, "the input was acked");
+    assert_eq!(q.consumer_count(), 0);
 }
 
 #[brook::kafka::subscriber(topic = "brook-cross-never", group_id = "g")]

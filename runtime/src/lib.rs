@@ -50,6 +50,7 @@ pub mod output;
 #[cfg(feature = "conformance")]
 pub mod proxy;
 mod publisher;
+pub mod reply;
 #[cfg(feature = "conformance")]
 pub mod soak;
 mod subscription;

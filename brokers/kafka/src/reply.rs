@@ -9,18 +9,16 @@
 //! reading it from the beginning is reading it from its end, with no window in which a reply
 //! could be written before the consumer's start position is resolved.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use brook_runtime::headers::{CORRELATION_ID, REPLY_TO};
+use brook_runtime::reply::PendingReplies;
 use brook_runtime::{Broker, BrokerError, Message, Outgoing};
 use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message as _;
-use tokio::sync::oneshot;
 
 use crate::message::headers;
 use crate::{KafkaBroker, KIND};
@@ -28,40 +26,9 @@ use crate::{KafkaBroker, KIND};
 /// Where replies for this client arrive, and who waits for them.
 pub(crate) struct Replies {
     topic: Arc<str>,
-    waiting: Arc<Waiting>,
+    waiting: Arc<PendingReplies>,
     /// The task that reads the reply topic; stopped when the client closes or is dropped.
     reader: tokio::task::JoinHandle<()>,
-}
-
-/// Requests waiting for a reply, by correlation id. Each entry has a token so that a request
-/// removes only its own entry (two requests may, by mistake, share an id).
-#[derive(Default)]
-struct Waiting {
-    map: Mutex<HashMap<String, (u64, oneshot::Sender<Message>)>>,
-    next: AtomicU64,
-}
-
-impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, oneshot::Sender<Message>)>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Removes a request's entry when the request ends, however it ends (reply, timeout, error,
-/// or the caller dropping the future): nothing is left behind per request.
-struct Entry<'a> {
-    waiting: &'a Waiting,
-    id: String,
-    token: u64,
-}
-
-impl Drop for Entry<'_> {
-    fn drop(&mut self) {
-        let mut map = self.waiting.lock();
-        if map.get(&self.id).is_some_and(|(t, _)| *t == self.token) {
-            map.remove(&self.id);
-        }
-    }
 }
 
 impl Drop for Replies {
@@ -103,7 +70,7 @@ impl Replies {
         consumer
             .assign(&tpl)
             .map_err(|e| BrokerError::operation(KIND, "assign reply topic", e))?;
-        let waiting = Arc::new(Waiting::default());
+        let waiting = Arc::new(PendingReplies::default());
         let reader = tokio::spawn(read(consumer, topic.clone(), waiting.clone()));
         tracing::debug!(topic = %topic, "Kafka reply topic created");
         Ok(Replies {
@@ -120,42 +87,15 @@ impl Replies {
         mut message: Outgoing,
         timeout: Duration,
     ) -> Result<Message, BrokerError> {
-        let id = message.ensure_correlation_id();
         message.headers.insert(REPLY_TO, &*self.topic);
-        let destination = message.destination.clone();
-        let (tx, rx) = oneshot::channel();
-        let token = self.waiting.next.fetch_add(1, Ordering::Relaxed);
-        // Registered before publishing, so a reply faster than the publish confirmation is
-        // not dropped.
-        self.waiting.lock().insert(id.clone(), (token, tx));
-        let _entry = Entry {
-            waiting: &self.waiting,
-            id,
-            token,
-        };
-        let exchange = async {
-            broker.publish_message(message).await?;
-            rx.await.map_err(|_| {
-                BrokerError::operation(
-                    KIND,
-                    "request",
-                    "the reply topic's reader stopped, or another request took this correlation id",
-                )
-            })
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::RequestTimeout {
-                broker: KIND,
-                destination,
-                timeout,
-            }),
-        }
+        self.waiting
+            .request(KIND, message, timeout, |m| broker.publish_message(m))
+            .await
     }
 }
 
 /// Hands each reply to the request waiting for its correlation id; drops the others.
-async fn read(consumer: StreamConsumer, topic: Arc<str>, waiting: Arc<Waiting>) {
+async fn read(consumer: StreamConsumer, topic: Arc<str>, waiting: Arc<PendingReplies>) {
     loop {
         let m = match consumer.recv().await {
             Ok(m) => m,
@@ -171,13 +111,10 @@ async fn read(consumer: StreamConsumer, topic: Arc<str>, waiting: Arc<Waiting>) 
             tracing::debug!(topic = %topic, offset = m.offset(), "reply without correlation_id dropped");
             continue;
         };
-        let Some((_, tx)) = waiting.lock().remove(&id) else {
-            tracing::debug!(topic = %topic, correlation_id = %id, "late or unknown reply dropped");
-            continue;
-        };
         let body = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
         let reply = Message::detached(KIND, topic.clone(), body).with_headers(headers);
-        // The request may have given up in between: then the reply is dropped with it.
-        let _ = tx.send(reply);
+        if !waiting.deliver(&id, reply) {
+            tracing::debug!(topic = %topic, correlation_id = %id, "late or unknown reply dropped");
+        }
     }
 }

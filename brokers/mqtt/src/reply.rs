@@ -12,16 +12,14 @@
 //! that also matches the response topic (`#`) does not take replies away from their requests.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use brook_runtime::headers::REPLY_TO;
+use brook_runtime::reply::PendingReplies;
 use brook_runtime::{Broker, BrokerError, BrokerKind, Consumer, Message, Outgoing};
 use rumqttc::QoS;
-use tokio::sync::oneshot;
 
 use crate::connection::Shared;
 use crate::consumer::{MqttConsumer, SubscriberSettings};
@@ -32,41 +30,8 @@ pub(crate) struct Replies {
     /// The connection it was subscribed on (a new connection, after `close`, needs its own).
     shared: Weak<Shared>,
     topic: String,
-    waiting: Arc<Waiting>,
+    waiting: Arc<PendingReplies>,
     reader: tokio::task::JoinHandle<()>,
-}
-
-type Map = HashMap<String, (u64, oneshot::Sender<Message>)>;
-
-/// Requests waiting for a reply, by correlation id; each with a token, so that a request
-/// removes only its own entry.
-#[derive(Default)]
-struct Waiting {
-    map: Mutex<Map>,
-    next: AtomicU64,
-}
-
-impl Waiting {
-    fn lock(&self) -> MutexGuard<'_, Map> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Removes a request's entry however the request ends (reply, timeout, error, the future
-/// dropped): nothing is left behind per request.
-struct Entry<'a> {
-    waiting: &'a Waiting,
-    id: String,
-    token: u64,
-}
-
-impl Drop for Entry<'_> {
-    fn drop(&mut self) {
-        let mut map = self.waiting.lock();
-        if map.get(&self.id).is_some_and(|(t, _)| *t == self.token) {
-            map.remove(&self.id);
-        }
-    }
 }
 
 impl Drop for Replies {
@@ -119,7 +84,7 @@ impl Replies {
         let timeout = shared.config.connect_timeout.max(Duration::from_secs(10));
         // On failure the consumer is dropped, which removes the route.
         shared.subscribe(&topic, QoS::AtLeastOnce, timeout).await?;
-        let waiting = Arc::new(Waiting::default());
+        let waiting = Arc::new(PendingReplies::default());
         let reader = tokio::spawn(read(consumer, waiting.clone()));
         tracing::debug!(%topic, "subscribed to the MQTT response topic");
         Ok(Replies {
@@ -137,42 +102,19 @@ impl Replies {
         mut message: Outgoing,
         timeout: Duration,
     ) -> Result<Message, BrokerError> {
-        let id = message.ensure_correlation_id();
         message.headers.insert(REPLY_TO, self.topic.clone());
-        let destination = message.destination.clone();
-        let (tx, rx) = oneshot::channel();
-        let token = self.waiting.next.fetch_add(1, Ordering::Relaxed);
-        // Before publishing: a reply may come before our PUBACK does.
-        self.waiting.lock().insert(id.clone(), (token, tx));
-        let _entry = Entry {
-            waiting: &self.waiting,
-            id,
-            token,
-        };
-        let exchange = async {
-            broker.publish_message(message).await?;
-            rx.await.map_err(|_| {
-                BrokerError::operation(
-                    BrokerKind::Mqtt,
-                    "request",
-                    "the connection closed before the reply came, or another request took this correlation id",
-                )
+        // Registered before publishing: a reply may come before our PUBACK does.
+        self.waiting
+            .request(BrokerKind::Mqtt, message, timeout, |m| {
+                broker.publish_message(m)
             })
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::RequestTimeout {
-                broker: BrokerKind::Mqtt,
-                destination,
-                timeout,
-            }),
-        }
+            .await
     }
 }
 
 /// Hands each reply to the request waiting for it, acks it, and drops the ones nobody waits
 /// for. Ends with the connection (its routes are cleared when the driver stops).
-async fn read(mut consumer: MqttConsumer, waiting: Arc<Waiting>) {
+async fn read(mut consumer: MqttConsumer, waiting: Arc<PendingReplies>) {
     while let Some(next) = consumer.next().await {
         let msg = match next {
             Ok(msg) => msg,
@@ -189,13 +131,11 @@ async fn read(mut consumer: MqttConsumer, waiting: Arc<Waiting>) {
             tracing::debug!(topic = %msg.topic(), "reply without correlation data dropped");
             continue;
         };
-        let Some((_, tx)) = waiting.lock().remove(&id) else {
-            tracing::debug!(correlation_id = %id, "late or unknown MQTT reply dropped");
-            continue;
-        };
         let reply = Message::detached(BrokerKind::Mqtt, msg.topic().into(), msg.body().clone())
             .with_headers(msg.headers().clone());
-        let _ = tx.send(reply);
+        if !waiting.deliver(&id, reply) {
+            tracing::debug!(correlation_id = %id, "late or unknown MQTT reply dropped");
+        }
     }
 }
 
