@@ -1,9 +1,10 @@
-//! Metrics and health over HTTP: an App on a Redis stream with brook's Prometheus layer, and an
-//! axum server with `/metrics` (OpenMetrics text), `/health/live` and `/health/ready` (200 or
-//! 503, with each subscriber's state as JSON), the endpoints a Prometheus scraper and a
-//! Kubernetes probe use.
+//! Metrics, health and docs over HTTP: an App on a Redis stream with brook's Prometheus layer,
+//! and an axum server with `/metrics` (OpenMetrics text), `/health/live` and `/health/ready`
+//! (200 or 503, with each subscriber's state as JSON), the endpoints a Prometheus scraper and a
+//! Kubernetes probe use, and the App's AsyncAPI document at `/asyncapi` (the HTML view),
+//! `/asyncapi.json` and `/asyncapi.yaml`.
 //!
-//! `cargo run --example metrics --features prometheus,redis` with Redis on 127.0.0.1:6379
+//! `cargo run --example metrics --features prometheus,redis,asyncapi` with Redis on 127.0.0.1:6379
 //! (`REDIS_URL` to change it), then `curl 127.0.0.1:9464/metrics` (`METRICS_ADDR` to change
 //! it) while publishing to the stream `ORDERS_STREAM` (default `brook.example.metrics`):
 //! `redis-cli XADD brook.example.metrics '*' data '{"id":1}'`. Stops on Ctrl-C.
@@ -15,13 +16,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use brook::asyncapi::AsyncApi;
 use brook::metrics::{Metrics, CONTENT_TYPE};
 use brook::prelude::*;
 use brook::redis::RedisBroker;
 use brook::{HealthHandle, Timeout};
 
 /// An order, as the stream carries it.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 pub struct Order {
     id: u64,
 }
@@ -62,6 +64,27 @@ pub fn router(metrics: Metrics, health: HealthHandle) -> Router {
             ),
         )
         .with_state((metrics, health))
+}
+
+/// The App's AsyncAPI document: `/asyncapi` (the HTML view), `/asyncapi.json`,
+/// `/asyncapi.yaml`, rendered once.
+pub fn docs(doc: &AsyncApi) -> Router {
+    let (html, json, yaml) = (doc.to_html(), doc.to_json(), doc.to_yaml());
+    Router::new()
+        .route(
+            "/asyncapi",
+            get(
+                move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html) },
+            ),
+        )
+        .route(
+            "/asyncapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], json) }),
+        )
+        .route(
+            "/asyncapi.yaml",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/yaml")], yaml) }),
+        )
 }
 
 fn probe(ok: bool, health: &brook::Health) -> impl IntoResponse {
@@ -108,15 +131,19 @@ async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("METRICS_ADDR").unwrap_or_else(|_| "127.0.0.1:9464".into());
 
     let metrics = Metrics::new();
-    let running = App::new(RedisBroker::new(url))
+    let app = App::new(RedisBroker::new(url))
         .layer(metrics.clone())
         .layer(Timeout::new(Duration::from_secs(30)))
-        .subscribe(bill.stream(stream))
-        .start()
-        .await?;
+        .subscribe(bill.stream(stream));
+    let doc = app
+        .asyncapi()
+        .title("brook example: metrics")
+        .version(env!("CARGO_PKG_VERSION"));
+    let running = app.start().await?;
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    tracing::info!(%addr, "serving /metrics, /health/live, /health/ready");
-    let server = axum::serve(listener, router(metrics, running.health_handle()));
+    tracing::info!(%addr, "serving /metrics, /health/live, /health/ready, /asyncapi");
+    let routes = router(metrics, running.health_handle()).merge(docs(&doc));
+    let server = axum::serve(listener, routes);
     let shutdown = running.shutdown_handle();
     tokio::select! {
         served = server => served?,

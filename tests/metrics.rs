@@ -1,4 +1,4 @@
-#![cfg(all(feature = "prometheus", feature = "redis"))]
+#![cfg(all(feature = "prometheus", feature = "redis", feature = "asyncapi"))]
 //! The metrics layer and the health endpoints over HTTP, after real traffic on Redis: the
 //! example's axum router (`examples/metrics.rs`) is served on a free port and scraped the way
 //! Prometheus and a readiness probe would.
@@ -53,15 +53,14 @@ async fn the_metrics_endpoint_counts_real_traffic_and_the_probes_answer() {
     let stream = fresh("brook.metrics.orders");
     let broker = RedisBroker::new(URL);
     let metrics = Metrics::new();
-    let running = App::new(broker.clone())
+    let app = App::new(broker.clone())
         .layer(metrics.clone())
-        .subscribe(example::bill.stream(&stream))
-        .start()
-        .await
-        .expect("start on Redis");
+        .subscribe(example::bill.stream(&stream));
+    let doc = app.asyncapi().title("metrics test");
+    let running = app.start().await.expect("start on Redis");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = example::router(metrics, running.health_handle());
+    let app = example::router(metrics, running.health_handle()).merge(example::docs(&doc));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let destination = format!("stream:{stream}");
@@ -118,6 +117,26 @@ async fn the_metrics_endpoint_counts_real_traffic_and_the_probes_answer() {
     assert_eq!(health["subscribers"][0]["received"], 7);
     assert_eq!(health["subscribers"][0]["consuming"], true);
     assert_eq!(get(addr, "/health/live").await.0, 200);
+
+    // The App's document, served next to the metrics, shows the stream as configured.
+    let (status, body) = get(addr, "/asyncapi.json").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["operations"]["bill"]["action"], "receive", "{doc:#}");
+    assert_eq!(doc["operations"]["bill"]["x-brook-max-deliveries"], 5);
+    let channel = doc["operations"]["bill"]["channel"]["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/channels/"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(doc["channels"][&channel]["address"], stream.as_str());
+    let (status, yaml) = get(addr, "/asyncapi.yaml").await;
+    assert_eq!(status, 200);
+    assert!(yaml.contains(&format!("address: \"{stream}\"")), "{yaml}");
+    let (status, html) = get(addr, "/asyncapi").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("AsyncApiStandalone.render"));
+    assert!(html.contains(&stream));
 
     running.stop().await.unwrap();
     server.abort();

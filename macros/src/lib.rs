@@ -330,6 +330,24 @@ fn expand(
         let value = (&returned).brook_result().split(returned)?;
         (&value).brook_output().output(value)
     };
+    // What the handler says of itself for documents (AsyncAPI): its doc comment, the
+    // payload it decodes and the result it publishes, picked by the same autoref dispatch.
+    let doc_text = doc_comment(&attrs);
+    let described_doc = (!doc_text.is_empty()).then(|| quote!(d.doc(#doc_text);));
+    let described_args = handler_args.iter().map(|(_, ty)| {
+        quote! {
+            (&&&&::brook::asyncapi::describe::Arg::<#ty, Self::Broker>::new()).describe_arg(d);
+        }
+    });
+    let described_result = match &sig.output {
+        syn::ReturnType::Default => None,
+        syn::ReturnType::Type(_, ty) => published_type(ty),
+    }
+    .map(|ty| {
+        quote! {
+            (&&::brook::asyncapi::describe::Arg::<#ty, Self::Broker>::new()).describe_result(d);
+        }
+    });
     let handle_sig = syn::Signature {
         ident: format_ident!("handle", span = name.span()),
         ..sig.clone()
@@ -363,6 +381,16 @@ fn expand(
             #check
 
             // The borrows pick an impl (autoref specialization): they are not needless.
+            #[allow(clippy::needless_borrow)]
+            fn describe(&self, d: &mut ::brook::asyncapi::Describe) {
+                #[allow(unused_imports)]
+                use ::brook::asyncapi::describe::{ViaBrokerMessage as _, ViaFromMessage as _, ViaNoSchema as _, ViaSchema as _};
+                #described_doc
+                #(#described_args)*
+                #described_result
+            }
+
+            // The borrows pick an impl (autoref specialization): they are not needless.
             #[allow(clippy::needless_borrow, clippy::let_unit_value)]
             async fn call(&self, msg: &::brook::Message, ctx: &::brook::Context) -> ::brook::HandlerResult {
                 #[allow(unused_imports)]
@@ -377,6 +405,58 @@ fn expand(
 
         #(#warnings)*
     })
+}
+
+/// The function's doc comment, one line per `///` line.
+fn doc_comment(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }),
+                ..
+            }) => Some(s.value()),
+            _ => None,
+        })
+        .map(|line| line.strip_prefix(' ').unwrap_or(&line).to_owned())
+        .collect();
+    lines.join("\n").trim().to_owned()
+}
+
+/// The type a handler publishes, from its return type: what is left of it once `Result`,
+/// `Option` and `Publish` are taken off (by name, as the runtime's dispatch takes them apart by
+/// type); `None` for `()` and for what cannot be named (`impl Trait`).
+fn published_type(ty: &syn::Type) -> Option<syn::Type> {
+    match ty {
+        syn::Type::Tuple(t) if t.elems.is_empty() => None,
+        syn::Type::Paren(p) => published_type(&p.elem),
+        syn::Type::Group(g) => published_type(&g.elem),
+        syn::Type::ImplTrait(_) | syn::Type::Infer(_) | syn::Type::Never(_) => None,
+        syn::Type::Path(p) if p.qself.is_none() => {
+            let last = p.path.segments.last()?;
+            let wrapper = ["Result", "Option", "Publish"]
+                .iter()
+                .any(|w| last.ident == w);
+            match (&last.arguments, wrapper) {
+                (syn::PathArguments::AngleBracketed(args), true) => {
+                    let inner = args.args.iter().find_map(|a| match a {
+                        syn::GenericArgument::Type(t) => Some(t),
+                        _ => None,
+                    })?;
+                    published_type(inner)
+                }
+                _ if quote!(#ty).to_string().contains("impl ") => None,
+                _ => Some(ty.clone()),
+            }
+        }
+        other if quote!(#other).to_string().contains("impl ") => None,
+        other => Some(other.clone()),
+    }
 }
 
 fn kind_type(broker: BrokerKind) -> &'static str {

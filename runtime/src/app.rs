@@ -49,6 +49,8 @@ trait Start: Send {
     fn prepare(&mut self, app_layers: &[Arc<dyn Layer>]) -> SharedHealth;
     fn kind(&self) -> BrokerKind;
     fn check(&self, context: &Context) -> Vec<StartError>;
+    #[cfg(feature = "asyncapi")]
+    fn describe(&self, describe: &mut crate::asyncapi::Describe);
     fn subscribe(
         &self,
         ctx: Context,
@@ -113,6 +115,11 @@ impl<H: Handler, X: Broker> Start for Registered<H, X> {
         problems
     }
 
+    #[cfg(feature = "asyncapi")]
+    fn describe(&self, describe: &mut crate::asyncapi::Describe) {
+        self.handler.describe(describe)
+    }
+
     fn subscribe(
         &self,
         ctx: Context,
@@ -140,6 +147,8 @@ pub trait Brokers: Clone + Send + Sync + 'static {
     fn close_all(&self) -> BoxFuture<Result<(), BrokerError>>;
     #[doc(hidden)]
     fn connected(&self, out: &mut Vec<(BrokerKind, Option<bool>)>);
+    #[doc(hidden)]
+    fn servers(&self, out: &mut Vec<(BrokerKind, crate::ServerInfo)>);
 }
 
 impl<B: Broker> Brokers for B {
@@ -159,6 +168,10 @@ impl<B: Broker> Brokers for B {
 
     fn connected(&self, out: &mut Vec<(BrokerKind, Option<bool>)>) {
         out.push((self.kind(), self.is_connected()));
+    }
+
+    fn servers(&self, out: &mut Vec<(BrokerKind, crate::ServerInfo)>) {
+        out.extend(self.server().map(|s| (self.kind(), s)));
     }
 }
 
@@ -193,6 +206,11 @@ impl<A: Brokers, B: Broker> Brokers for With<A, B> {
     fn connected(&self, out: &mut Vec<(BrokerKind, Option<bool>)>) {
         self.0.connected(out);
         self.1.connected(out);
+    }
+
+    fn servers(&self, out: &mut Vec<(BrokerKind, crate::ServerInfo)>) {
+        self.0.servers(out);
+        out.extend(self.1.server().map(|s| (self.1.kind(), s)));
     }
 }
 
@@ -412,6 +430,32 @@ impl<B: Brokers> App<B> {
     /// The broker.
     pub fn broker(&self) -> &B {
         &self.broker
+    }
+
+    /// The App's AsyncAPI 3.0 document (feature `asyncapi`): servers, channels, operations and
+    /// messages from the subscribers as added, with names as configured at run time. See
+    /// [`asyncapi`](crate::asyncapi).
+    ///
+    /// ```
+    /// use brook_runtime::{App, MemoryBroker};
+    /// let app = App::new(MemoryBroker::new());
+    /// let json = app.asyncapi().title("billing").to_json();
+    /// assert!(json.contains("\"asyncapi\": \"3.0.0\""));
+    /// ```
+    #[cfg(feature = "asyncapi")]
+    pub fn asyncapi(&self) -> crate::asyncapi::AsyncApi {
+        let mut servers = Vec::new();
+        self.broker.servers(&mut servers);
+        let mut describe = crate::asyncapi::Describe::default();
+        let subscribers = self
+            .subscribers
+            .iter()
+            .map(|s| {
+                s.describe(&mut describe);
+                (s.subscription().clone(), describe.take())
+            })
+            .collect();
+        crate::asyncapi::AsyncApi::new(servers, subscribers, describe)
     }
 
     /// Runs until SIGINT/SIGTERM or the shutdown handle, then shuts down gracefully. If a

@@ -56,6 +56,12 @@ pub trait Broker: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Where this broker is, for documents that describe the App (AsyncAPI `servers`): host
+    /// and port, protocol, and never credentials. The default: `None` (not described).
+    fn server(&self) -> Option<ServerInfo> {
+        None
+    }
+
     /// Publish a reply to a message's `reply_to`. The default publishes to it like any
     /// destination; brokers whose reply addresses are not ordinary destinations override it
     /// (RabbitMQ's `amq.rabbitmq.reply-to` through the default exchange, a NATS inbox on core
@@ -242,5 +248,61 @@ impl Outgoing {
                 id
             }
         }
+    }
+}
+
+/// Where a broker is, as documents describing an App show it ([`Broker::server`]): no user
+/// names, passwords or tokens, ever.
+///
+/// ```
+/// use brook_runtime::ServerInfo;
+/// let server = ServerInfo::new("127.0.0.1:5672", "amqp").with_protocol_version("0.9.1").with_pathname("/");
+/// assert_eq!(server.host, "127.0.0.1:5672");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// Host and port (`127.0.0.1:9092`); for a broker with several addresses (Kafka's
+    /// bootstrap servers), the first, with the rest in `description`.
+    pub host: String,
+    /// The protocol, as AsyncAPI names it: `kafka`, `amqp`, `nats`, `redis`, `mqtt`; over TLS
+    /// `kafka-secure`, `amqps`, `rediss`, `secure-mqtt`.
+    pub protocol: String,
+    /// The protocol's version (`0.9.1`, `5`, ...), where the client knows it.
+    pub protocol_version: Option<String>,
+    /// A path on the server: a RabbitMQ virtual host, a Redis database number.
+    pub pathname: Option<String>,
+    /// Anything else worth saying (more bootstrap servers, a cluster name).
+    pub description: Option<String>,
+}
+
+impl ServerInfo {
+    /// A server at `host` speaking `protocol`.
+    pub fn new(host: impl Into<String>, protocol: impl Into<String>) -> Self {
+        ServerInfo {
+            host: host.into(),
+            protocol: protocol.into(),
+            protocol_version: None,
+            pathname: None,
+            description: None,
+        }
+    }
+
+    /// With the protocol's version.
+    pub fn with_protocol_version(mut self, version: impl Into<String>) -> Self {
+        self.protocol_version = Some(version.into());
+        self
+    }
+
+    /// With a path on the server.
+    pub fn with_pathname(mut self, pathname: impl Into<String>) -> Self {
+        self.pathname = Some(pathname.into());
+        self
+    }
+
+    /// With a description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
     }
 }

@@ -106,6 +106,8 @@ pub async fn process<H: Handler>(
 ) -> Outcome {
     let span = tracing::info_span!(
         "brook.message",
+        // An OpenTelemetry consumer span, with or without the `TraceContext` layer.
+        otel.kind = "consumer",
         broker = msg.broker().name(),
         subscriber = sub.name(),
         topic = msg.topic(),

@@ -127,6 +127,12 @@ pub trait FromMessage<'a>: Sized {
         let _ = cx;
         Ok(())
     }
+
+    /// What the argument tells documents (AsyncAPI) about the message: an extractor that is
+    /// the body (`String`, `Bytes`, ...) describes the payload. The default: nothing.
+    fn describe(describe: &mut crate::asyncapi::Describe) {
+        let _ = describe;
+    }
 }
 
 /// A broker's own message type (`KafkaMessage`, `RabbitMessage`, ...), which a handler may take
@@ -178,18 +184,30 @@ impl<'a> FromMessage<'a> for Headers {
 }
 
 impl<'a> FromMessage<'a> for Bytes {
+    fn describe(describe: &mut crate::asyncapi::Describe) {
+        describe.bytes_payload();
+    }
+
     fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
         Ok(msg.body().clone())
     }
 }
 
 impl<'a> FromMessage<'a> for Vec<u8> {
+    fn describe(describe: &mut crate::asyncapi::Describe) {
+        describe.bytes_payload();
+    }
+
     fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
         Ok(msg.body().to_vec())
     }
 }
 
 impl<'a> FromMessage<'a> for &'a [u8] {
+    fn describe(describe: &mut crate::asyncapi::Describe) {
+        describe.bytes_payload();
+    }
+
     fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
         Ok(msg.body())
     }
@@ -197,6 +215,10 @@ impl<'a> FromMessage<'a> for &'a [u8] {
 
 /// The payload as text. A JSON payload that is a JSON string is unquoted, as FastStream does.
 impl<'a> FromMessage<'a> for String {
+    fn describe(describe: &mut crate::asyncapi::Describe) {
+        describe.text_payload();
+    }
+
     fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
         let text = std::str::from_utf8(msg.body())?;
         if Codec::for_content_type(msg.content_type()).ok() == Some(Codec::Json)
@@ -210,6 +232,10 @@ impl<'a> FromMessage<'a> for String {
 
 /// The payload as text, borrowed (no JSON unquoting).
 impl<'a> FromMessage<'a> for &'a str {
+    fn describe(describe: &mut crate::asyncapi::Describe) {
+        describe.text_payload();
+    }
+
     fn from_message(msg: &'a Message, _: &'a Context) -> Result<Self, ExtractError> {
         Ok(std::str::from_utf8(msg.body())?)
     }

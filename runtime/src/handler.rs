@@ -59,6 +59,13 @@ pub trait Handler: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// What the handler tells documents about itself (its payload and result types, its doc
+    /// comment), for [`App::asyncapi`](crate::App). `#[subscriber]` writes it; the default
+    /// describes nothing, and the subscriber still appears, without a payload schema.
+    fn describe(&self, describe: &mut crate::asyncapi::Describe) {
+        let _ = describe;
+    }
+
     /// Extract the arguments from `msg` and run the function; its result, if any, is what the
     /// engine publishes (see [`output`](crate::output)). A hand-written handler that publishes
     /// nothing returns `Ok(None)`.
@@ -206,6 +213,10 @@ impl<H: Handler> Handler for Mounted<H> {
         self.inner.layers()
     }
 
+    fn describe(&self, describe: &mut crate::asyncapi::Describe) {
+        self.inner.describe(describe)
+    }
+
     fn call<'a>(
         &'a self,
         msg: &'a Message,
@@ -238,6 +249,10 @@ impl<H: Handler> Handler for Layered<H> {
         let mut layers = self.layers.clone();
         layers.extend(self.inner.layers());
         layers
+    }
+
+    fn describe(&self, describe: &mut crate::asyncapi::Describe) {
+        self.inner.describe(describe)
     }
 
     fn call<'a>(

@@ -147,6 +147,20 @@ pub struct Health {
 }
 
 impl Health {
+    /// Whether `broker` is connected: `None` if the App has no such broker or its client
+    /// cannot tell.
+    pub fn connected(&self, broker: BrokerKind) -> Option<bool> {
+        self.brokers
+            .iter()
+            .find(|(kind, _)| *kind == broker)
+            .and_then(|(_, connected)| *connected)
+    }
+
+    /// The subscriber named `name`, if the App has it.
+    pub fn subscriber(&self, name: &str) -> Option<&SubscriberHealth> {
+        self.subscribers.iter().find(|s| s.subscriber == name)
+    }
+
     /// Ready: every subscriber consuming and no broker known to be disconnected.
     pub fn is_ready(&self) -> bool {
         self.subscribers.iter().all(|s| s.consuming)
@@ -197,6 +211,53 @@ impl HealthHandle {
                 .collect(),
         }
     }
+
+    /// Waits until `want` holds of the App's health, looking every 50 ms for at most
+    /// `timeout` (health changes as the App's sampler and brokers notice, so there is no
+    /// event to await): a startup gate, a test's "until the broker is back".
+    ///
+    /// Returns that health, or [`HealthTimeout`] with the last one seen.
+    ///
+    /// ```
+    /// # async fn demo(running: brook_runtime::RunningApp<brook_runtime::MemoryBroker>) {
+    /// use std::time::Duration;
+    /// let health = running
+    ///     .health_handle()
+    ///     .wait_for(Duration::from_secs(10), |h| h.is_ready())
+    ///     .await
+    ///     .expect("ready within 10 s");
+    /// # }
+    /// ```
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        want: impl Fn(&Health) -> bool,
+    ) -> Result<Health, HealthTimeout> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let health = self.health();
+            if want(&health) {
+                return Ok(health);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HealthTimeout {
+                    timeout,
+                    last: Box::new(health),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// [`HealthHandle::wait_for`] gave up: what it waited for did not happen in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the App's health did not get there within {timeout:?}; last seen: {last:?}")]
+pub struct HealthTimeout {
+    /// How long it waited.
+    pub timeout: Duration,
+    /// The health it saw last.
+    pub last: Box<Health>,
 }
 
 impl std::fmt::Debug for HealthHandle {

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod app;
+pub mod asyncapi;
 #[cfg(feature = "conformance")]
 pub mod bench;
 mod broker;
@@ -61,7 +62,7 @@ pub use app::{
     App, Before, Brokers, Here, Hosts, Restart, RunningApp, ShutdownHandle, With,
     DEFAULT_GRACEFUL_TIMEOUT,
 };
-pub use broker::{Accepts, Broker, Consumer, Outgoing, SameKind};
+pub use broker::{Accepts, Broker, Consumer, Outgoing, SameKind, ServerInfo};
 /// A subscriber argument's value, for [`Subscription::new`]`(...).arg(name, value)`: strings,
 /// integers and booleans convert with `.into()`; names from a fixed set (`on_decode_error =
 /// Nack`, `auto_offset_reset = earliest`) are `ArgValue::Ident("earliest".into())`.
@@ -73,7 +74,7 @@ pub use error::{
 pub use extract::{BrokerMessage, Context, FromMessage, StartCheck, State};
 pub use handler::{kind, Handler, HandlerError, HandlerResult, Mount, MountNames, Mounted};
 pub use headers::Headers;
-pub use health::{Health, HealthHandle, SubscriberHealth};
+pub use health::{Health, HealthHandle, HealthTimeout, SubscriberHealth};
 pub use interrupt::{Ack, Nack, Reject};
 pub use layer::{Layer, Layered, Timeout};
 pub use memory::MemoryBroker;

@@ -24,6 +24,11 @@ use crate::error::{AppError, BrokerError};
 use crate::memory::{MemoryBroker, Trace};
 use crate::message::Message;
 
+mod live;
+#[cfg(feature = "conformance")]
+pub use live::{assert_stopped, wait_disconnected, wait_ready};
+pub use live::{Bodies, Seen, SeenError, Watcher};
+
 /// How long the harness waits for a message's fate by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 

@@ -45,18 +45,19 @@ mod reply;
 
 use brook_runtime::url::UrlParts;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use brook_runtime::kind::Kafka;
-use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Outgoing, Subscription};
+use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Outgoing, ServerInfo, Subscription};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer as RdFutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 
 pub use consumer::KafkaConsumer;
@@ -65,6 +66,57 @@ pub use message::KafkaMessage;
 pub use rdkafka;
 
 const KIND: BrokerKind = BrokerKind::Kafka;
+
+/// The shared producer, with the context that follows its connections.
+type FutureProducer = RdFutureProducer<Link>;
+
+/// How often librdkafka reports the producer's connections (`statistics.interval.ms`), unless
+/// the configuration says otherwise: what [`Broker::is_connected`] reads.
+const STATS_INTERVAL_MS: &str = "1000";
+
+/// The producer's connections as librdkafka reports them, for [`Broker::is_connected`]: its
+/// statistics (every [`STATS_INTERVAL_MS`]) give each broker connection's state, and its error
+/// callback says at once when every broker is down. 0: nothing reported yet.
+#[derive(Clone, Default)]
+struct Link(Arc<AtomicU8>);
+
+impl Link {
+    const UP: u8 = 1;
+    const DOWN: u8 = 2;
+
+    fn set(&self, up: bool) {
+        self.0
+            .store(if up { Self::UP } else { Self::DOWN }, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::UP => Some(true),
+            Self::DOWN => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl ClientContext for Link {
+    /// Up while a connection to a real broker (a bootstrap server or one learned from the
+    /// metadata, not librdkafka's internal or logical ones) is up.
+    fn stats(&self, statistics: Statistics) {
+        self.set(
+            statistics
+                .brokers
+                .values()
+                .any(|b| matches!(b.source.as_str(), "configured" | "learned") && b.state == "UP"),
+        );
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.set(false);
+        }
+        tracing::error!(broker = "kafka", %error, reason, "librdkafka error");
+    }
+}
 
 /// How long [`Broker::connect`] waits for the cluster's metadata before failing.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +146,8 @@ struct Inner {
     /// Commit after every this many settled messages per consumer (0: only in the background).
     commit_every: u32,
     producer: Mutex<Option<FutureProducer>>,
+    /// The connection state of the current producer.
+    link: Mutex<Link>,
     next_partition: AtomicU64,
     partitions: Mutex<Vec<(String, i32)>>,
     /// The reply topic and its reader, started by the first request (async lock: concurrent
@@ -168,6 +222,7 @@ impl KafkaBroker {
                 round_robin: false,
                 commit_every: 0,
                 producer: Mutex::new(None),
+                link: Mutex::default(),
                 next_partition: AtomicU64::new(0),
                 partitions: Mutex::new(Vec::new()),
                 replies: tokio::sync::Mutex::new(None),
@@ -188,6 +243,7 @@ impl KafkaBroker {
                 round_robin: i.round_robin,
                 commit_every: i.commit_every,
                 producer: Mutex::new(None),
+                link: Mutex::default(),
                 next_partition: AtomicU64::new(0),
                 partitions: Mutex::new(Vec::new()),
                 replies: tokio::sync::Mutex::new(None),
@@ -319,12 +375,32 @@ impl KafkaBroker {
         if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
-        let producer: FutureProducer = self
-            .client_config(&self.inner.producer_config)
-            .create()
+        let mut config = self.client_config(&self.inner.producer_config);
+        if config.get("statistics.interval.ms").is_none() {
+            config.set("statistics.interval.ms", STATS_INTERVAL_MS);
+        }
+        let link = Link::default();
+        let producer: FutureProducer = config
+            .create_with_context(link.clone())
             .map_err(|e| self.connect_error(e))?;
+        *self
+            .inner
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = link;
         *slot = Some(producer.clone());
         Ok(producer)
+    }
+
+    /// Whether librdkafka reports the producer's connections (`statistics.interval.ms` not
+    /// turned off).
+    fn reports_connections(&self) -> bool {
+        self.inner
+            .config
+            .iter()
+            .chain(&self.inner.producer_config)
+            .rfind(|(k, _)| k == "statistics.interval.ms")
+            .is_none_or(|(_, v)| v.trim() != "0")
     }
 
     /// The topic's partition count (cached), for round-robin publishing.
@@ -507,8 +583,75 @@ impl Broker for KafkaBroker {
         .map_err(|e| self.connect_error(e))?;
         result
             .map_err(|source| self.connect_error(ConnectError::NoMetadata { timeout, source }))?;
+        // The metadata came over a live connection; librdkafka's next statistics take over.
+        self.inner
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set(true);
         tracing::debug!(address = %self.inner.address, "connected to Kafka");
         Ok(())
+    }
+
+    /// Whether the shared producer has a connection to a broker up, from librdkafka's
+    /// statistics of its connections (every second: `statistics.interval.ms`, set to 1000
+    /// unless configured) and its "all brokers down" error. `Some(false)` before
+    /// [`connect`](Broker::connect) and after [`close`](Broker::close). `None` when
+    /// `statistics.interval.ms` is configured to 0 (librdkafka then reports nothing), or when
+    /// the producer was made by a publish and has not reported yet. Each subscriber's consumer
+    /// is a client of its own, connected to the same cluster, and reconnects by itself.
+    fn is_connected(&self) -> Option<bool> {
+        if self
+            .inner
+            .producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
+            return Some(false);
+        }
+        if !self.reports_connections() {
+            return None;
+        }
+        self.inner
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get()
+    }
+
+    /// The first bootstrap server (port 9092 if it has none), the others in the description;
+    /// `kafka`, or `kafka-secure` (AsyncAPI's name) when `security.protocol` is `ssl` or
+    /// `sasl_ssl`; never the SASL user name or password.
+    fn server(&self) -> Option<ServerInfo> {
+        let mut hosts = self
+            .inner
+            .address
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| match h.rsplit_once(':') {
+                Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                    h.to_owned()
+                }
+                _ => format!("{h}:9092"),
+            });
+        let first = hosts.next()?;
+        let tls = self
+            .inner
+            .config
+            .iter()
+            .chain(&self.inner.producer_config)
+            .rfind(|(k, _)| k == "security.protocol")
+            .is_some_and(|(_, v)| v.trim().to_ascii_lowercase().ends_with("ssl"));
+        let server = ServerInfo::new(first, if tls { "kafka-secure" } else { "kafka" });
+        let more: Vec<String> = hosts.collect();
+        Some(match more.is_empty() {
+            true => server,
+            false => {
+                server.with_description(format!("more bootstrap servers: {}", more.join(", ")))
+            }
+        })
     }
 
     /// Refuses passthrough consumer settings that brook derives from the subscription and
@@ -602,6 +745,50 @@ mod tests {
         let shared = KafkaBroker::new("h:9092");
         let _other = shared.clone();
         assert_eq!(shared.commit_every(7).commit_every_n(), 7);
+    }
+
+    #[test]
+    fn the_server_has_no_credentials() {
+        let b = KafkaBroker::new("kafkas://svc:s3cret@k1.internal:9093,k2.internal,k3:9095");
+        let server = b.server().expect("a server");
+        assert_eq!(server.host, "k1.internal:9093");
+        assert_eq!(server.protocol, "kafka-secure");
+        assert_eq!(
+            server.description.as_deref(),
+            Some("more bootstrap servers: k2.internal:9092, k3:9095")
+        );
+        let shown = format!("{server:?}");
+        assert!(
+            !shown.contains("svc") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never shown.
+        for raw in ["pa/ss", "pa?ss", "pa#ss", "p@ss"] {
+            let server = KafkaBroker::new(&format!("kafka://svc:{raw}@k1:9092"))
+                .server()
+                .expect("a server");
+            assert_eq!(server.host, "k1:9092", "{raw}");
+            assert_eq!(server.protocol, "kafka");
+            assert!(!format!("{server:?}").contains("ss"), "{raw}: {server:?}");
+        }
+        let plain = KafkaBroker::new("127.0.0.1:9092");
+        assert_eq!(plain.server().map(|s| s.protocol), Some("kafka".into()));
+        let tls = plain.with_config("security.protocol", "SSL");
+        assert_eq!(
+            tls.server().map(|s| s.protocol),
+            Some("kafka-secure".into())
+        );
+        assert_eq!(KafkaBroker::new("").server(), None);
+    }
+
+    #[test]
+    fn connections_are_reported_unless_statistics_are_off() {
+        let b = KafkaBroker::new("127.0.0.1:9092");
+        assert_eq!(b.is_connected(), Some(false), "before connect");
+        assert!(b.reports_connections());
+        let off = b.with_producer_config("statistics.interval.ms", "0");
+        assert!(!off.reports_connections());
+        assert_eq!(off.is_connected(), Some(false), "no producer yet");
     }
 
     #[test]

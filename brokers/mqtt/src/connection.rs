@@ -185,7 +185,13 @@ pub(crate) struct Shared {
     qos2_open: AtomicUsize,
     closing: AtomicBool,
     driver_done: AtomicBool,
+    /// Got its CONNACK and not lost since (what `Acks::up` says, readable without its lock),
+    /// for [`Broker::is_connected`](brook_runtime::Broker::is_connected).
+    link_up: AtomicBool,
     stopped: Notify,
+    /// Woken by the driver after every event while closing: `close` waits on it for the acks
+    /// and QoS 2 handshakes to be done (instead of polling).
+    progress: Notify,
     /// CONNACKs received (1 after `connect`); tests watch reconnects with it.
     pub(crate) connections: AtomicU64,
     /// Bumped at every CONNACK and when the driver stops: consumers holding a message whose
@@ -254,7 +260,9 @@ pub(crate) async fn connect(config: Config) -> Result<Arc<Shared>, BrokerError> 
         qos2_open: AtomicUsize::new(0),
         closing: AtomicBool::new(false),
         driver_done: AtomicBool::new(false),
+        link_up: AtomicBool::new(true),
         stopped: Notify::new(),
+        progress: Notify::new(),
         connections: AtomicU64::new(1),
         connacks: watch::Sender::new(1),
     });
@@ -366,6 +374,10 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
                 shared.resume_requested.store(true, Ordering::Release);
             }
         }
+        if shared.closing.load(Ordering::Acquire) {
+            // An ack written or reported sent, a PUBCOMP sent: `close` looks again.
+            shared.progress.notify_waiters();
+        }
     }
     shared.on_disconnected();
     lock(&shared.routes).clear(); // ends every consumer
@@ -379,6 +391,7 @@ async fn drive(shared: Arc<Shared>, mut eventloop: Loop) {
     drop(waiters);
     shared.driver_done.store(true, Ordering::Release);
     shared.stopped.notify_waiters();
+    shared.progress.notify_waiters();
     shared.connacks.send_modify(|n| *n += 1); // wakes consumers waiting for a fate
 }
 
@@ -408,6 +421,7 @@ impl Shared {
             }
             acks.connack_generation = acks.queue.generation();
             acks.up = true;
+            self.link_up.store(true, Ordering::Release);
             let held = std::mem::take(&mut acks.held_at_loss);
             (acks.session, acks.connack_generation, held)
         };
@@ -446,6 +460,7 @@ impl Shared {
     /// The connection is gone: acks of its messages can never be sent.
     fn on_disconnected(&self) {
         let mut acks = lock(&self.acks);
+        self.link_up.store(false, Ordering::Release);
         if acks.up {
             acks.up = false;
             acks.last_up = (acks.queue.generation(), acks.session);
@@ -734,6 +749,11 @@ impl Shared {
         self.closing.load(Ordering::Acquire)
     }
 
+    /// Connected (CONNACK received and the connection not lost since) and not closing.
+    pub fn is_up(&self) -> bool {
+        self.link_up.load(Ordering::Acquire) && !self.closing()
+    }
+
     /// Publishes and waits for PUBACK (QoS 1), PUBCOMP (QoS 2) or the write (QoS 0).
     pub async fn publish(
         &self,
@@ -846,11 +866,21 @@ impl Shared {
         // that were handled, which are flushed below.
         self.abandon_parked();
         // Acks first, and QoS 2 handshakes completed (PUBREL answered with PUBCOMP), so the
-        // session is left with nothing half-done.
-        while (!lock(&self.acks).outbox.is_empty() || self.qos2_open.load(Ordering::Acquire) > 0)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // session is left with nothing half-done. The driver wakes us after each event.
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            // Registered before looking, so a wake-up in between is not missed.
+            progressed.as_mut().enable();
+            let settled =
+                lock(&self.acks).outbox.is_empty() && self.qos2_open.load(Ordering::Acquire) == 0;
+            if settled || self.driver_done.load(Ordering::Acquire) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                tracing::warn!("closing the MQTT connection with acknowledgements not written within {timeout:?}");
+                break;
+            }
         }
         let _order = self.publish_order.lock().await;
         // DISCONNECT goes through the same queue as the acks, so they are sent before it.

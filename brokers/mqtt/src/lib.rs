@@ -53,11 +53,12 @@ mod options;
 mod proto;
 mod reply;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use brook_runtime::{
-    kind, Accepts, AckPolicy, Broker, BrokerError, BrokerKind, MqttOptions, Outgoing, Subscription,
+    kind, Accepts, AckPolicy, Broker, BrokerError, BrokerKind, MqttOptions, Outgoing, ServerInfo,
+    Subscription,
 };
 use tokio::sync::Mutex;
 
@@ -78,6 +79,9 @@ pub struct MqttBroker {
     conn: Arc<Mutex<Option<Arc<Shared>>>>,
     /// The response topic of the current connection, subscribed by the first request.
     replies: Arc<Mutex<Option<Arc<reply::Replies>>>>,
+    /// The current connection, for [`Broker::is_connected`] (which may not wait for `conn`'s
+    /// lock: it is held while connecting).
+    current: Arc<std::sync::Mutex<Weak<Shared>>>,
 }
 
 impl std::fmt::Debug for MqttBroker {
@@ -102,6 +106,7 @@ impl MqttBroker {
             config: Arc::new(Config::parse(url).map_err(|e| e.to_string())),
             conn: Arc::new(Mutex::new(None)),
             replies: Arc::new(Mutex::new(None)),
+            current: Arc::new(std::sync::Mutex::new(Weak::new())),
         }
     }
 
@@ -211,6 +216,7 @@ impl MqttBroker {
         }
         let shared = connection::connect(self.config()?.clone()).await?;
         *conn = Some(shared.clone());
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&shared);
         Ok(shared)
     }
 
@@ -297,6 +303,30 @@ impl Broker for MqttBroker {
 
     async fn connect(&self) -> Result<(), BrokerError> {
         self.shared().await.map(drop)
+    }
+
+    /// Whether the connection (shared by every subscriber) has its CONNACK and was not lost
+    /// since, as the event loop brook drives reports it: `Some(false)` while it reconnects,
+    /// before [`connect`](Broker::connect) and once [`close`](Broker::close) began.
+    fn is_connected(&self) -> Option<bool> {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        Some(current.is_some_and(|shared| shared.is_up()))
+    }
+
+    /// Host and port, `mqtt` (`secure-mqtt` over TLS, AsyncAPI's name), the protocol version
+    /// (`3.1.1` or `5`); never the user name or password.
+    fn server(&self) -> Option<ServerInfo> {
+        let config = self.config.as_ref().as_ref().ok()?;
+        let protocol = if config.tls { "secure-mqtt" } else { "mqtt" };
+        let version = match config.protocol {
+            ProtocolVersion::V311 => "3.1.1",
+            ProtocolVersion::V5 => "5",
+        };
+        Some(ServerInfo::new(config.address(), protocol).with_protocol_version(version))
     }
 
     /// Refuses `NackOnError` on a clean session (at QoS 1 and 2): a message waiting for its
@@ -437,4 +467,55 @@ fn options(subscription: &Subscription) -> Result<&MqttOptions, BrokerError> {
 /// ```
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     connection::filter_matches(filter, topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_has_no_credentials() {
+        let broker = MqttBroker::new("mqtt://app:s3cret@mqtt.internal:1884?protocol=5")
+            .credentials("other", "t0psecret");
+        let server = broker.server().expect("a server");
+        assert_eq!(server.host, "mqtt.internal:1884");
+        assert_eq!(server.protocol, "mqtt");
+        assert_eq!(server.protocol_version.as_deref(), Some("5"));
+        let shown = format!("{server:?}");
+        for secret in ["app", "s3cret", "other", "t0psecret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let server = MqttBroker::new("mqtt://127.0.0.1")
+            .server()
+            .expect("a server");
+        assert_eq!(server.host, "127.0.0.1:1883");
+        assert_eq!(server.protocol_version.as_deref(), Some("3.1.1"));
+        // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never shown.
+        for raw in ["pa/ss", "pa#ss", "p@ss", "12"] {
+            let server = MqttBroker::new(&format!("mqtt://app:{raw}@host:1883"))
+                .server()
+                .expect("a server");
+            assert_eq!(server.host, "host:1883", "{raw}");
+            assert!(!format!("{server:?}").contains("app"), "{raw}: {server:?}");
+        }
+        assert_eq!(MqttBroker::new("mqtt://h:notaport").server(), None);
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn the_server_over_tls() {
+        let server = MqttBroker::new("mqtts://u:pw@mqtt.internal")
+            .server()
+            .expect("a server");
+        assert_eq!(server.host, "mqtt.internal:8883");
+        assert_eq!(server.protocol, "secure-mqtt");
+    }
+
+    #[test]
+    fn not_connected_before_connect() {
+        assert_eq!(
+            MqttBroker::new("mqtt://127.0.0.1:1883").is_connected(),
+            Some(false)
+        );
+    }
 }

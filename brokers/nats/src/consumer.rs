@@ -44,7 +44,14 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 const PULL_SILENCE: Duration = Duration::from_secs(3);
 /// Default number of messages per pull request.
 const DEFAULT_BATCH: usize = 64;
-/// While closing, this long without a delivery means the server has nothing more to send.
+/// The pull request `close` sends as a fence (see [`JetStreamConsumer::close`]): one message
+/// at most, answered at once when the consumer has nothing to deliver.
+const FENCE_REQUEST: &[u8] = br#"{"batch":1,"no_wait":true}"#;
+/// The description of the 408 the server answers a fence with while it is still sending what
+/// earlier pull requests asked for.
+const REQUESTS_PENDING: &str = "Requests Pending";
+/// While closing, this long without a delivery (nor an answer to the fence) means the server
+/// has nothing more to send. Only a backstop: the fence is answered in one round trip.
 const CLOSE_QUIET: Duration = Duration::from_millis(250);
 /// How long `close` waits for the server to confirm the pull inbox's unsubscription.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -622,6 +629,30 @@ impl JetStreamConsumer {
         self.outstanding = self.outstanding.saturating_sub(left);
     }
 
+    /// Sends a fence (see `close`); counted as a request for one message. `false` if it could
+    /// not be sent (the client is closed): `close` then waits for a silence instead.
+    async fn fence(&mut self) -> bool {
+        let sent = self
+            .shared
+            .client
+            .publish_with_reply(
+                self.next_subject.clone(),
+                self.inbox.clone(),
+                Bytes::from_static(FENCE_REQUEST),
+            )
+            .await;
+        match sent {
+            Ok(()) => {
+                self.outstanding += 1;
+                true
+            }
+            Err(error) => {
+                tracing::debug!(broker = "nats", %error, subject = %self.next_subject, "could not send the closing fence");
+                false
+            }
+        }
+    }
+
     async fn close(mut self) -> Result<(), BrokerError> {
         let mut give_back: Vec<Subject> = Vec::new();
         let mut keep = |msg: async_nats::Message| {
@@ -633,25 +664,60 @@ impl JetStreamConsumer {
         };
         // 1. Let what the server is sending arrive. A delivery the server sends after it has
         //    handled our UNSUB goes nowhere, yet counts as delivered: it would come back only
-        //    after ack_wait. So wait (bounded) until the outstanding pull requests are filled,
-        //    end, or are idle: an idle heartbeat, or a short silence (the server sends what it
-        //    has for a request back to back; waiting for the heartbeat would add up to a second
-        //    to every shutdown).
+        //    after ack_wait. So wait (bounded) until the outstanding pull requests are filled
+        //    or end, or the server says it has nothing left for them. It says so through a
+        //    fence: a `no_wait` pull request, which the consumer answers in order with its
+        //    deliveries (one queue on the server), with 404 when it has no message to deliver
+        //    (then every delivery decided before is already here, ahead of the 404), or with
+        //    408 "Requests Pending" while it is still sending what the earlier requests asked
+        //    for (then another fence follows the next delivery). A fence the server queues
+        //    instead (more messages than requested) gets a message like any request. A short
+        //    silence, an idle heartbeat, or the deadline end the wait too, for a server that
+        //    does not answer (the consumer gone, the connection lost).
         let deadline = tokio::time::Instant::now() + PULL_SILENCE;
+        let mut fence_out = false;
+        let mut progress = self.outstanding > 0;
+        let waited = tokio::time::Instant::now();
+        let mut ended = "filled";
         while self.outstanding > 0 {
+            if !fence_out && progress {
+                progress = false;
+                fence_out = self.fence().await;
+            }
             let quiet = (tokio::time::Instant::now() + CLOSE_QUIET).min(deadline);
             let Ok(Some(msg)) = tokio::time::timeout_at(quiet, self.subscriber.next()).await else {
+                ended = "silence";
                 break;
             };
             match msg.status {
                 None | Some(StatusCode::OK) => {
-                    self.outstanding -= 1;
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    progress = true;
                     keep(msg);
                 }
-                Some(StatusCode::IDLE_HEARTBEAT) => break,
+                Some(StatusCode::IDLE_HEARTBEAT) => {
+                    ended = "idle heartbeat";
+                    break;
+                }
+                // The fence: nothing more to deliver (or the consumer is gone).
+                Some(StatusCode::NOT_FOUND) => {
+                    ended = "nothing left to deliver";
+                    break;
+                }
+                Some(StatusCode::TIMEOUT)
+                    if fence_out
+                        && msg
+                            .description
+                            .as_deref()
+                            .is_some_and(|d| d.contains(REQUESTS_PENDING)) =>
+                {
+                    fence_out = false;
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
                 Some(_) => self.request_ended(&msg),
             }
         }
+        tracing::debug!(broker = "nats", subject = %self.next_subject, waited = ?waited.elapsed(), ended, "closing: the server is done sending");
         // 2. No new deliveries, and none lost on the way: draining sends UNSUB then PING. The
         //    server sends nothing to the inbox after handling the UNSUB, and everything it sent
         //    before arrives ahead of the PONG, after which the subscription ends. (A plain

@@ -39,7 +39,7 @@ use async_nats::jetstream;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use brook_runtime::headers::{MESSAGE_ID, REPLY_TO};
 use brook_runtime::{
-    kind, Accepts, BoxError, Broker, BrokerError, Message, Outgoing, Subscription,
+    kind, Accepts, BoxError, Broker, BrokerError, Message, Outgoing, ServerInfo, Subscription,
 };
 
 /// The client crate, re-exported for what brook does not wrap (stream admin, KV, ...).
@@ -177,6 +177,34 @@ fn redact(url: &str) -> String {
         .map(brook_runtime::url::redact)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `host:port` of one server of the list (`nats://h:4222`, `tls://h`, `h:4222`; port 4222
+/// when none is given), without credentials.
+fn host_port(server: &str) -> Option<String> {
+    let rest = UrlParts::split(server).rest;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    Some(match has_port {
+        true => host.to_owned(),
+        false => format!("{host}:4222"),
+    })
+}
+
+/// The first server of the list, the others in the description.
+fn server_info(url: &str) -> Option<ServerInfo> {
+    let mut servers = url.split(',').filter_map(host_port);
+    let server = ServerInfo::new(servers.next()?, "nats");
+    let more: Vec<String> = servers.collect();
+    Some(match more.is_empty() {
+        true => server,
+        false => server.with_description(format!("more servers: {}", more.join(", "))),
+    })
 }
 
 /// The credentials of the first server that has some: (user, password) or (token, None).
@@ -484,6 +512,21 @@ impl Broker for NatsBroker {
         self.conn().await.map(|_| ())
     }
 
+    /// async-nats's connection state (`Client::connection_state`): `Some(false)` while it
+    /// reconnects after a connection loss, before [`connect`](Broker::connect) and after
+    /// [`close`](Broker::close). Every subscriber shares this one connection.
+    fn is_connected(&self) -> Option<bool> {
+        Some(lock(&self.inner.conn).as_ref().is_some_and(|conn| {
+            conn.client.connection_state() == async_nats::connection::State::Connected
+        }))
+    }
+
+    /// The first server's host and port (4222 by default), `nats`, the other servers in the
+    /// description; never a user name, password or token.
+    fn server(&self) -> Option<ServerInfo> {
+        server_info(&self.inner.address)
+    }
+
     async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer, BrokerError> {
         let opts = subscription
             .options()
@@ -611,5 +654,40 @@ mod tests {
         assert!(!format!("{b:?}").contains("secret"));
         let c = NatsConfig::new("nats://h:1").token("tkn-secret");
         assert!(!format!("{c:?}").contains("tkn-secret"));
+    }
+
+    #[test]
+    fn the_server_has_no_credentials() {
+        let b = NatsBroker::new("nats://app:s3cret@n1.internal:4333, tok3n@n2.internal,tls://n3");
+        let server = b.server().expect("a server");
+        assert_eq!(server.host, "n1.internal:4333");
+        assert_eq!(server.protocol, "nats");
+        assert_eq!(
+            server.description.as_deref(),
+            Some("more servers: n2.internal:4222, n3:4222")
+        );
+        let shown = format!("{server:?}");
+        for secret in ["app", "s3cret", "tok3n"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never shown.
+        for raw in ["pa/ss", "pa?ss", "pa#ss", "p@ss", "p/a@s?s#"] {
+            let server = NatsBroker::new(format!("nats://app:{raw}@127.0.0.1"))
+                .server()
+                .expect("a server");
+            assert_eq!(server.host, "127.0.0.1:4222", "{raw}");
+            assert!(!format!("{server:?}").contains("ss"), "{raw}: {server:?}");
+        }
+        let server = NatsBroker::new("[::1]").server().expect("a server");
+        assert_eq!(server.host, "[::1]:4222");
+        assert_eq!(NatsBroker::new("").server(), None);
+    }
+
+    #[test]
+    fn not_connected_before_connect() {
+        assert_eq!(
+            NatsBroker::new("nats://127.0.0.1:4222").is_connected(),
+            Some(false)
+        );
     }
 }

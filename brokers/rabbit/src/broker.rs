@@ -3,15 +3,18 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use brook_runtime::headers::REPLY_TO;
 use brook_runtime::kind::Rabbit;
-use brook_runtime::{Accepts, Broker, BrokerError, BrokerKind, Message, Outgoing, Subscription};
+use brook_runtime::url::UrlParts;
+use brook_runtime::{
+    Accepts, Broker, BrokerError, BrokerKind, Message, Outgoing, ServerInfo, Subscription,
+};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, ConnectionStatus};
 use tokio::sync::Mutex;
 
 use crate::consumer::{RabbitConsumer, Topology};
@@ -50,6 +53,70 @@ pub(crate) struct Inner {
     generations: AtomicU64,
     /// The direct reply-to channel of [`Broker::request_message`], opened on the first request.
     pub(crate) requester: Mutex<Option<ReplyChannel>>,
+    /// The connections [`Broker::is_connected`] looks at.
+    pub(crate) links: Links,
+}
+
+/// One consumer's current connection (`None` while it has none: reconnecting, or failing to),
+/// as [`Broker::is_connected`] sees it.
+pub(crate) type Link = std::sync::Mutex<Option<ConnectionStatus>>;
+
+/// What [`Broker::is_connected`] reads, behind locks of their own (never held across an await)
+/// so that sampling it never waits for a publish or a reconnect.
+#[derive(Default)]
+pub(crate) struct Links {
+    publisher: std::sync::Mutex<Option<ConnectionStatus>>,
+    /// Every live consumer's [`Link`]; a consumer that is gone leaves a dead `Weak`.
+    consumers: std::sync::Mutex<Vec<Weak<Link>>>,
+}
+
+impl Links {
+    /// A link for a new consumer, connected to `status`.
+    pub(crate) fn register(&self, status: &ConnectionStatus) -> Arc<Link> {
+        let link = Arc::new(std::sync::Mutex::new(Some(status.clone())));
+        let mut consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        consumers.retain(|l| l.strong_count() > 0);
+        consumers.push(Arc::downgrade(&link));
+        link
+    }
+
+    fn set_publisher(&self, status: Option<&ConnectionStatus>) {
+        *self
+            .publisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = status.cloned();
+    }
+
+    /// Every consumer holds a live connection; with no consumer, the publishing connection is
+    /// open and live. A lost publishing connection does not count once there are consumers: it
+    /// is reopened by the next publish (lapin does not reconnect it, and nothing here waits
+    /// for it), while each consumer reconnects by itself.
+    fn connected(&self) -> bool {
+        let consumers: Vec<Arc<Link>> = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        if consumers.is_empty() {
+            return self
+                .publisher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(ConnectionStatus::connected);
+        }
+        consumers.iter().all(|link| {
+            link.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(ConnectionStatus::connected)
+        })
+    }
 }
 
 struct Publisher {
@@ -99,6 +166,7 @@ impl RabbitBroker {
                 publisher: Mutex::new(None),
                 generations: AtomicU64::new(0),
                 requester: Mutex::new(None),
+                links: Links::default(),
             }),
         }
     }
@@ -133,6 +201,7 @@ impl RabbitBroker {
             publisher: Mutex::new(None),
             generations: AtomicU64::new(0),
             requester: Mutex::new(None),
+            links: Links::default(),
         };
         f(&mut inner);
         RabbitBroker {
@@ -277,6 +346,7 @@ impl Inner {
         let connection = self.open("brook publisher").await?;
         let channel = confirm_channel(&connection).await?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.links.set_publisher(Some(connection.status()));
         *publisher = Some(Publisher {
             connection,
             channel: channel.clone(),
@@ -358,10 +428,22 @@ fn route(message: &Outgoing) -> (String, String) {
     }
 }
 
+/// `url` without its user information, parsed: the user information ends at the last `@`
+/// ([`UrlParts`]), so an unencoded `/`, `?` or `#` in a password cannot make a URL parser take
+/// part of it for the host, port or vhost.
+fn parse_without_credentials(url: &str) -> Option<AMQPUri> {
+    let parts = UrlParts::split(url);
+    let bare = match parts.scheme {
+        Some(scheme) => format!("{scheme}://{}", parts.rest),
+        None => parts.rest.to_owned(),
+    };
+    bare.parse().ok()
+}
+
 /// `scheme://host:port/vhost`: the URL without user name and password.
 fn redact(url: &str) -> String {
-    match url.parse::<AMQPUri>() {
-        Ok(uri) => {
+    match parse_without_credentials(url) {
+        Some(uri) => {
             let scheme = match uri.scheme {
                 AMQPScheme::AMQP => "amqp",
                 AMQPScheme::AMQPS => "amqps",
@@ -372,8 +454,27 @@ fn redact(url: &str) -> String {
                 uri.authority.host, uri.authority.port
             )
         }
-        Err(_) => "(unparsable AMQP URL)".to_owned(),
+        None => "(unparsable AMQP URL)".to_owned(),
     }
+}
+
+/// The broker's [`ServerInfo`]: host and port, `amqp` or `amqps`, AMQP 0.9.1, the vhost.
+fn server_info(url: &str) -> Option<ServerInfo> {
+    let uri = parse_without_credentials(url)?;
+    let protocol = match uri.scheme {
+        AMQPScheme::AMQP => "amqp",
+        AMQPScheme::AMQPS => "amqps",
+    };
+    let host = &uri.authority.host;
+    let host = match host.contains(':') {
+        true => format!("[{host}]:{}", uri.authority.port),
+        false => format!("{host}:{}", uri.authority.port),
+    };
+    Some(
+        ServerInfo::new(host, protocol)
+            .with_protocol_version("0.9.1")
+            .with_pathname(uri.vhost),
+    )
 }
 
 impl<K: brook_runtime::kind::Kind + brook_runtime::SameKind<Rabbit>> Accepts<K> for RabbitBroker {}
@@ -389,6 +490,21 @@ impl Broker for RabbitBroker {
     /// the connect timeout, naming RabbitMQ and the address.
     async fn connect(&self) -> Result<(), BrokerError> {
         self.inner.publisher_channel().await.map(drop)
+    }
+
+    /// Whether every subscriber's connection is up (a consumer that lost its connection has
+    /// none until it reconnected, and one that cannot consume again, e.g. its queue is gone
+    /// with `declare = false`, has none either), from lapin's connection state; with no
+    /// subscriber, whether the publishing connection is. `Some(false)` before
+    /// [`connect`](Broker::connect) and after [`close`](Broker::close).
+    fn is_connected(&self) -> Option<bool> {
+        Some(self.inner.links.connected())
+    }
+
+    /// Host and port, `amqp` / `amqps`, AMQP `0.9.1` and the vhost (`/` by default), from the
+    /// URL; never the user name or password.
+    fn server(&self) -> Option<ServerInfo> {
+        server_info(&self.inner.url)
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RabbitConsumer, BrokerError> {
@@ -444,7 +560,9 @@ impl Broker for RabbitBroker {
         if let Some(requester) = self.inner.take_requester().await {
             requester.close().await;
         }
-        if let Some(p) = self.inner.publisher.lock().await.take() {
+        let publisher = self.inner.publisher.lock().await.take();
+        self.inner.links.set_publisher(None);
+        if let Some(p) = publisher {
             if let Err(e) = p.connection.close(200, "bye".into()).await {
                 tracing::debug!(error = %e, "closing the publishing connection");
             }
@@ -468,6 +586,49 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert!(!redact("amqp://u:secret@host:notaport").contains("secret"));
+    }
+
+    #[test]
+    fn the_server_has_no_credentials() {
+        let server = RabbitBroker::new("amqps://app:s3cret@rabbit.internal:5671/prod")
+            .server()
+            .expect("a server");
+        assert_eq!(server.host, "rabbit.internal:5671");
+        assert_eq!(server.protocol, "amqps");
+        assert_eq!(server.protocol_version.as_deref(), Some("0.9.1"));
+        assert_eq!(server.pathname.as_deref(), Some("prod"));
+        let server = RabbitBroker::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .server()
+            .expect("a server");
+        assert_eq!(server.host, "127.0.0.1:5672");
+        assert_eq!(server.protocol, "amqp");
+        assert_eq!(server.pathname.as_deref(), Some("/"));
+        // Unencoded `/`, `?`, `#`, `:`, `@` in a password: still user information, never shown
+        // (a URL parser alone would take `app` for the host and `12` for the port).
+        for url in [
+            "amqp://app:12/se@cret@rabbit:5672/prod",
+            "amqp://app:se?cret@rabbit:5672/prod",
+            "amqp://app:se#cret@rabbit:5672/prod",
+            "amqp://app:12@rabbit/prod",
+        ] {
+            let server = RabbitBroker::new(url).server().expect("a server");
+            let shown = format!("{server:?}");
+            assert!(
+                !shown.contains("app") && !shown.contains("cret") && !shown.contains("12"),
+                "{url} -> {shown}"
+            );
+            assert!(server.host.starts_with("rabbit:"), "{url} -> {shown}");
+            assert!(!redact(url).contains("cret"), "{url} -> {}", redact(url));
+        }
+        assert_eq!(RabbitBroker::new("amqp:user:secret@host").server(), None);
+    }
+
+    #[test]
+    fn not_connected_before_connect() {
+        assert_eq!(
+            RabbitBroker::new("amqp://127.0.0.1:5672").is_connected(),
+            Some(false)
+        );
     }
 
     /// amq-protocol-uri's error for a cannot-be-a-base URL is `Invalid URL: '<url>'`.

@@ -32,7 +32,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
-use crate::broker::Inner;
+use crate::broker::{Inner, Link};
 use crate::message::to_message;
 
 const KIND: BrokerKind = BrokerKind::Rabbit;
@@ -187,6 +187,8 @@ pub struct RabbitConsumer {
     backoff: Duration,
     /// Set after a failed reconnect: wait this long before the next attempt.
     retry_in: Option<Duration>,
+    /// The current session's connection, for [`Broker::is_connected`](brook_runtime::Broker::is_connected).
+    link: Arc<Link>,
 }
 
 impl RabbitConsumer {
@@ -195,7 +197,9 @@ impl RabbitConsumer {
         topology: Topology,
     ) -> Result<RabbitConsumer, BrokerError> {
         let session = open_session(&broker, &topology).await?;
+        let link = broker.links.register(session.connection.status());
         Ok(RabbitConsumer {
+            link,
             backoff: broker.backoff_min,
             broker,
             topology,
@@ -208,6 +212,14 @@ impl RabbitConsumer {
     /// The queue consumed.
     pub fn queue(&self) -> &str {
         &self.topology.queue
+    }
+
+    fn set_link(&self, session: Option<&Session>) {
+        *self
+            .link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            session.map(|s| s.connection.status().clone());
     }
 
     /// One reconnection attempt, after the backoff if the last one failed. A failure is
@@ -227,6 +239,7 @@ impl RabbitConsumer {
                     "RabbitMQ consumer reconnected"
                 );
                 self.backoff = self.broker.backoff_min;
+                self.set_link(Some(&session));
                 self.session = Some(session);
                 Ok(())
             }
@@ -319,16 +332,19 @@ impl Consumer for RabbitConsumer {
                             self.retired.push(session);
                         }
                     }
+                    self.set_link(None);
                     continue;
                 }
             }
             self.session = None;
+            self.set_link(None);
         }
     }
 
     /// Cancels the consumer and closes its channel and connection: RabbitMQ requeues every
     /// delivery still unacknowledged (prefetched, or left unsettled by the handler).
     async fn close(mut self) -> Result<(), BrokerError> {
+        self.set_link(None);
         let sessions: Vec<Session> = self
             .session
             .take()

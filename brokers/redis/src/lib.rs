@@ -55,10 +55,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brook_runtime::headers::REPLY_TO;
-use brook_runtime::url::redact;
+use brook_runtime::url::{percent_decode, redact, UrlParts};
 use brook_runtime::{
     Accepts, AckPolicy, Broker, BrokerError, BrokerKind, Headers, Message, Outgoing,
-    RedisSource as RedisOptionsSource, Subscription,
+    RedisSource as RedisOptionsSource, ServerInfo, Subscription,
 };
 use bytes::Bytes;
 use fred::prelude::*;
@@ -356,6 +356,63 @@ fn generated_consumer_name() -> String {
     format!("{host}-{}-{n}-{nanos:08x}", std::process::id())
 }
 
+/// `host` with `default_port` unless it has a port (`[::1]` has none, `[::1]:1` has one).
+fn with_port(host: &str, default_port: u16) -> String {
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    match has_port {
+        true => host.to_owned(),
+        false => format!("{host}:{default_port}"),
+    }
+}
+
+/// What fred connects to for `url` (`redis[s][-cluster|-sentinel]://[[user]:password@]host[:port][/db][?node=host:port...]`),
+/// read without the user information (which ends at the last `@`, see [`UrlParts`]) and
+/// without any query value but `node` (a sentinel password travels in the query).
+fn server_info(url: &str) -> Option<ServerInfo> {
+    let parts = UrlParts::split(url);
+    let scheme = parts.scheme?;
+    let (tls, topology) = match scheme.strip_prefix("rediss") {
+        Some(topology) => (true, topology),
+        None => (false, scheme.strip_prefix("redis")?),
+    };
+    let (kind, default_port) = match topology {
+        "" => (None, 6379),
+        "-cluster" => (Some("Redis Cluster"), 6379),
+        "-sentinel" => (Some("Redis Sentinel"), 26379),
+        _ => return None,
+    };
+    let rest = parts.rest.split('#').next().unwrap_or_default();
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (host, path) = location.split_once('/').unwrap_or((location, ""));
+    if host.is_empty() {
+        return None;
+    }
+    let mut server = ServerInfo::new(
+        with_port(host, default_port),
+        if tls { "rediss" } else { "redis" },
+    );
+    let db = path.trim_matches('/');
+    if !db.is_empty() {
+        server = server.with_pathname(db);
+    }
+    let nodes: Vec<String> = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("node="))
+        .map(|node| with_port(UrlParts::split(&percent_decode(node)).rest, default_port))
+        .collect();
+    let description = match (kind, nodes.is_empty()) {
+        (None, _) => None,
+        (Some(kind), true) => Some(kind.to_owned()),
+        (Some(kind), false) => Some(format!("{kind}; more nodes: {}", nodes.join(", "))),
+    };
+    Some(match description {
+        Some(d) => server.with_description(d),
+        None => server,
+    })
+}
+
 /// Whether a channel name is a PSUBSCRIBE pattern.
 fn is_pattern(channel: &str) -> bool {
     channel.contains(['*', '?', '['])
@@ -375,6 +432,24 @@ impl Broker for RedisBroker {
 
     async fn connect(&self) -> Result<(), BrokerError> {
         self.client().await.map(drop)
+    }
+
+    /// Whether the shared connection (publishing, settling) is up, as fred's client state
+    /// says (`Client::is_connected`): `Some(false)` while fred reconnects after a connection
+    /// loss, before [`connect`](Broker::connect) and after [`close`](Broker::close). Each
+    /// subscriber's own connection to the same server reconnects by itself.
+    fn is_connected(&self) -> Option<bool> {
+        Some(
+            self.client
+                .get()
+                .is_some_and(|client| client.is_connected()),
+        )
+    }
+
+    /// Host and port (6379 by default), `redis` / `rediss`, the database number as the
+    /// pathname if the URL has one; never the user name or password.
+    fn server(&self) -> Option<ServerInfo> {
+        server_info(&self.settings.url)
     }
 
     /// Refuses a `list` or `stream` key that exists and holds another type (it would fail every
@@ -640,6 +715,65 @@ mod tests {
             assert!(!shown.contains("cret"), "{url} -> {shown}");
         }
         assert_eq!(redact("redis://:a/b@host:1/2"), "redis://host:1/2");
+    }
+
+    #[test]
+    fn the_server_has_no_credentials() {
+        let server = RedisBroker::new("rediss://app:s3cret@cache.internal:6380/2")
+            .server()
+            .expect("a server");
+        assert_eq!(server.host, "cache.internal:6380");
+        assert_eq!(server.protocol, "rediss");
+        assert_eq!(server.pathname.as_deref(), Some("2"));
+        assert_eq!(server.description, None);
+        let server = RedisBroker::new("redis://127.0.0.1")
+            .server()
+            .expect("a server");
+        assert_eq!(
+            (
+                server.host.as_str(),
+                server.protocol.as_str(),
+                server.pathname
+            ),
+            ("127.0.0.1:6379", "redis", None)
+        );
+        let server = RedisBroker::new(
+            "redis-sentinel://:pw@s1/1?node=s2:26380&sentinelServiceName=main&sentinelPassword=x5ecret",
+        )
+        .server()
+        .expect("a server");
+        assert_eq!(server.host, "s1:26379");
+        assert_eq!(server.pathname.as_deref(), Some("1"));
+        assert_eq!(
+            server.description.as_deref(),
+            Some("Redis Sentinel; more nodes: s2:26380")
+        );
+        assert!(!format!("{server:?}").contains("x5ecret"));
+        // Unencoded `/`, `?`, `#`, `@` in a password: still user information, never shown.
+        for url in [
+            "redis://app:se/cret@host:1/2",
+            "redis://app:se?cret@host:1",
+            "redis://app:se#cret@host:1",
+            "redis://:se@cret@host:1",
+            "redis://app:12@host",
+        ] {
+            let server = RedisBroker::new(url).server().expect("a server");
+            let shown = format!("{server:?}");
+            assert!(
+                !shown.contains("cret") && !shown.contains("app") && !shown.contains("12"),
+                "{url} -> {shown}"
+            );
+            assert!(server.host.starts_with("host:"), "{url} -> {shown}");
+        }
+        assert_eq!(RedisBroker::new("127.0.0.1:6379").server(), None);
+    }
+
+    #[tokio::test]
+    async fn not_connected_before_connect() {
+        assert_eq!(
+            RedisBroker::new("redis://127.0.0.1:6379").is_connected(),
+            Some(false)
+        );
     }
 
     #[test]
