@@ -313,9 +313,9 @@ fn operations_carry_policies_bindings_replies_and_schemas() {
     );
     assert_eq!(
         messages["Order"]["headers"]["$ref"],
-        "#/components/schemas/BrookHeaders"
+        "#/components/schemas/brook.Headers"
     );
-    assert!(schemas["BrookHeaders"]["properties"]["correlation_id"].is_object());
+    assert!(schemas["brook.Headers"]["properties"]["correlation_id"].is_object());
 }
 
 // What `#[subscriber]` describes, for the shapes a handler can have.
@@ -336,11 +336,29 @@ async fn raw(msg: &Message, headers: &Headers) {
     let _ = (msg, headers);
 }
 
+/// A hand-written handler with an output: it describes nothing of itself.
+struct HandWritten;
+
+impl brook::Handler for HandWritten {
+    type Broker = brook::kind::Memory;
+
+    fn subscription(&self) -> brook::SubscriptionBuilder {
+        brook::Subscription::new(brook::BrokerKind::Memory, "hand")
+            .arg("topic", "orders:{eu}")
+            .arg("publish", "out.c")
+    }
+
+    async fn call(&self, _: &Message, _: &brook::Context) -> brook::HandlerResult {
+        Ok(None)
+    }
+}
+
 #[test]
 fn results_are_taken_out_of_result_option_and_publish() {
     let app = App::new(MemoryBroker::new())
         .subscribe(optional_publish)
-        .subscribe(raw);
+        .subscribe(raw)
+        .subscribe(HandWritten);
     let doc = app.asyncapi().to_value();
     let messages = &doc["components"]["messages"];
     // The payload is a string: sent as text.
@@ -355,6 +373,16 @@ fn results_are_taken_out_of_result_option_and_publish() {
         messages["Invoice"]["payload"]["$ref"],
         "#/components/schemas/Invoice"
     );
+    // An output is documented even when the handler cannot say what it publishes.
+    assert_eq!(
+        doc["operations"]["hand_publish"]["messages"][0]["$ref"],
+        "#/channels/memory_out_c/messages/UndescribedResult",
+        "{doc:#}"
+    );
+    // Braces in a name are literal: declared as a parameter with itself as the only value.
+    let channel = &doc["channels"]["memory_orders__eu_"];
+    assert_eq!(channel["address"], "orders:{eu}", "{doc:#}");
+    assert_eq!(channel["parameters"]["eu"]["enum"][0], "{eu}", "{doc:#}");
     // A handler that decodes nothing reads the raw message.
     assert_eq!(
         doc["operations"]["raw"]["messages"][0]["$ref"],

@@ -450,12 +450,41 @@ fn published_type(ty: &syn::Type) -> Option<syn::Type> {
                     })?;
                     published_type(inner)
                 }
-                _ if quote!(#ty).to_string().contains("impl ") => None,
+                _ if has_impl_trait(ty) => None,
                 _ => Some(ty.clone()),
             }
         }
-        other if quote!(#other).to_string().contains("impl ") => None,
+        other if has_impl_trait(other) => None,
         other => Some(other.clone()),
+    }
+}
+
+/// Whether `impl Trait` occurs anywhere in `ty` (such a type cannot be named in the
+/// generated `describe`).
+fn has_impl_trait(ty: &syn::Type) -> bool {
+    use syn::{GenericArgument, PathArguments, Type};
+    match ty {
+        Type::ImplTrait(_) => true,
+        Type::Paren(t) => has_impl_trait(&t.elem),
+        Type::Group(t) => has_impl_trait(&t.elem),
+        Type::Reference(t) => has_impl_trait(&t.elem),
+        Type::Ptr(t) => has_impl_trait(&t.elem),
+        Type::Slice(t) => has_impl_trait(&t.elem),
+        Type::Array(t) => has_impl_trait(&t.elem),
+        Type::Tuple(t) => t.elems.iter().any(has_impl_trait),
+        Type::Path(p) => p
+            .path
+            .segments
+            .iter()
+            .any(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(args) => args.args.iter().any(|a| match a {
+                    GenericArgument::Type(t) => has_impl_trait(t),
+                    _ => false,
+                }),
+                PathArguments::Parenthesized(args) => args.inputs.iter().any(has_impl_trait),
+                PathArguments::None => false,
+            }),
+        _ => false,
     }
 }
 

@@ -239,13 +239,14 @@ impl HealthHandle {
             if want(&health) {
                 return Ok(health);
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(HealthTimeout {
                     timeout,
                     last: Box::new(health),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
         }
     }
 }

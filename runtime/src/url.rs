@@ -36,8 +36,23 @@ impl<'a> UrlParts<'a> {
             Some((scheme, after)) => (Some(scheme), after),
             None => (None, url),
         };
-        let (userinfo, rest) = match after.rsplit_once('@') {
-            Some((userinfo, rest)) => (Some(userinfo), rest),
+        // The user information ends at the last `@` before the query, so that an `@` in a
+        // query value (`?sentinelPassword=p@ss`) never ends it. A password may hold unencoded
+        // `/`, `?` and `#`, so a `?` starts the query only after a `/` and when a `key=value`
+        // follows it before any `@`.
+        let authority_end = after
+            .match_indices('?')
+            .map(|(i, _)| i)
+            .find(|&i| {
+                after[..i].contains('/')
+                    && after[i..]
+                        .split('@')
+                        .next()
+                        .is_some_and(|q| q.contains('='))
+            })
+            .unwrap_or(after.len());
+        let (userinfo, rest) = match after[..authority_end].rfind('@') {
+            Some(at) => (Some(&after[..at]), &after[at + 1..]),
             None => (None, after),
         };
         UrlParts {
@@ -171,6 +186,15 @@ mod tests {
         assert_eq!(redact("h:1"), "h:1");
         assert_eq!(redact("redis://u:pa,ss@h:6379"), "redis://h:6379");
         assert_eq!(redact("redis://h/0?sentinelPassword=a,b"), "redis://h/0");
+        // An `@` in the query is not the end of user information.
+        let query = UrlParts::split("redis-sentinel://h:26379/0?sentinelPassword=p@ss");
+        assert_eq!(
+            (query.userinfo, query.rest),
+            (None, "h:26379/0?sentinelPassword=p@ss")
+        );
+        let both = UrlParts::split("redis://u:p/w@h:1/0?x=a@b");
+        assert_eq!(both.password().as_deref(), Some("p/w"));
+        assert_eq!(both.rest, "h:1/0?x=a@b");
     }
 
     #[test]

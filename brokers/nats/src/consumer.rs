@@ -714,6 +714,20 @@ impl JetStreamConsumer {
                     fence_out = false;
                     self.outstanding = self.outstanding.saturating_sub(1);
                 }
+                // A status without a pending count while the fence is out (a 409 such as
+                // "Exceeded MaxWaiting") answers the fence, not an earlier request: counting it
+                // as "everything owed" would end the wait while deliveries are still coming.
+                Some(_)
+                    if fence_out
+                        && msg
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Nats-Pending-Messages"))
+                            .is_none() =>
+                {
+                    fence_out = false;
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
                 Some(_) => self.request_ended(&msg),
             }
         }

@@ -60,11 +60,30 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// A result brook publishes but the handler could not describe (a hand-written handler, a
+    /// return type the macro cannot name).
+    pub(crate) fn undescribed() -> Shape {
+        Shape {
+            rust_type: "UndescribedResult",
+            content_type: codec::JSON,
+            schema: Some(serde_json::json!({
+                "description": "Not described: the handler's result type is not known here (a hand-written Handler, or a return type behind `impl Trait`)."
+            })),
+        }
+    }
+
     fn of<T: ?Sized>(schema: Option<serde_json::Value>) -> Shape {
         let rust_type = std::any::type_name::<T>();
+        // As brook's codec sends it: a value that serializes as a plain string goes as text.
+        let string_schema = schema.as_ref().is_some_and(|s| {
+            s.get("type").and_then(|t| t.as_str()) == Some("string")
+                && s.get("enum").is_none()
+                && s.get("const").is_none()
+        });
         let content_type = match rust_type {
             "alloc::string::String" | "&str" | "alloc::borrow::Cow<str>" => codec::TEXT,
             "bytes::bytes::Bytes" => codec::OCTET_STREAM,
+            _ if string_schema => codec::TEXT,
             _ => codec::JSON,
         };
         Shape {
@@ -108,7 +127,7 @@ impl Describe {
     /// The payload is bytes (no content type), taken as they are.
     pub fn bytes_payload(&mut self) {
         self.payload = Some(Shape {
-            rust_type: "bytes::Bytes",
+            rust_type: "bytes::bytes::Bytes",
             content_type: codec::OCTET_STREAM,
             schema: Some(serde_json::json!({ "type": "string", "format": "binary" })),
         });

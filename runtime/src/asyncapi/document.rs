@@ -14,6 +14,10 @@ use crate::headers::{CORRELATION_ID, REPLY_TO};
 use crate::message::Settlement;
 use crate::subscription::Subscription;
 
+/// The headers schema's key in `components.schemas`: a `.` no schemars name has, so it never
+/// replaces a user type's schema.
+const HEADERS: &str = "brook.Headers";
+
 /// The AsyncAPI version written.
 pub const ASYNCAPI_VERSION: &str = "3.0.0";
 
@@ -165,7 +169,7 @@ impl AsyncApi {
             );
             builder.operations.insert(id, Value::Object(op));
         }
-        schemas.insert("BrookHeaders".into(), headers_schema());
+        schemas.insert(HEADERS.into(), headers_schema());
         let mut info = Map::new();
         info.insert("title".into(), json!(self.title));
         info.insert("version".into(), json!(self.version));
@@ -268,9 +272,13 @@ impl Builder {
                 );
             }
             self.operations.insert(id.clone(), Value::Object(op));
-            if let (Some(output), Some(result)) = (sub.output(), described.result.as_ref()) {
+            // brook publishes the output whatever the handler could say of its type.
+            if let Some(output) = sub.output() {
                 let channel = self.channel(output.broker, &output.destination, None);
-                let message = self.message(&channel, Some(result));
+                let message = match described.result.as_ref() {
+                    Some(result) => self.message(&channel, Some(result)),
+                    None => self.message(&channel, Some(&Shape::undescribed())),
+                };
                 let send = self.unique_operation(&format!("{id}_publish"));
                 let mut op = operation("send", &channel, &[message]);
                 op.insert("title".into(), json!(format!("{} (output)", sub.name())));
@@ -310,6 +318,9 @@ impl Builder {
         let mut channel = Map::new();
         channel.insert("address".into(), json!(address));
         channel.insert("title".into(), json!(address));
+        if let Some(parameters) = literal_parameters(address) {
+            channel.insert("parameters".into(), parameters);
+        }
         self.channel_servers(&mut channel, broker);
         channel.insert("messages".into(), json!({}));
         if let Some(bindings) = bindings {
@@ -422,6 +433,29 @@ fn short_name(rust_type: &str) -> String {
     }
 }
 
+/// AsyncAPI reads `{x}` in an address as a parameter; in brook's names braces are literal (a
+/// Redis Cluster hash tag, `orders:{eu}`), so each such part is declared as a parameter whose
+/// only value is itself.
+fn literal_parameters(address: &str) -> Option<Value> {
+    let mut parameters = Map::new();
+    let mut rest = address;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let name = &rest[open + 1..open + close];
+        parameters.insert(
+            name.to_owned(),
+            json!({
+                "enum": [format!("{{{name}}}")],
+                "description": "Part of the name as written: braces in brook's names are literal.",
+            }),
+        );
+        rest = &rest[open + close + 1..];
+    }
+    (!parameters.is_empty()).then_some(Value::Object(parameters))
+}
+
 fn channel_ref(channel: &ChannelRef) -> Value {
     json!({ "$ref": format!("#/channels/{}", channel.0) })
 }
@@ -498,7 +532,7 @@ fn message_object(id: &str, rust_type: &str, shape: Option<&Shape>) -> Value {
         "title": short_name(rust_type),
         "contentType": content_type,
         "payload": payload,
-        "headers": { "$ref": "#/components/schemas/BrookHeaders" },
+        "headers": { "$ref": format!("#/components/schemas/{HEADERS}") },
         "correlationId": { "$ref": "#/components/correlationIds/CorrelationId" },
         "x-brook-rust-type": rust_type,
     })

@@ -75,9 +75,35 @@ fn inline(value: &Value) -> String {
     match value {
         Value::Object(_) => "{}".into(),
         Value::Array(_) => "[]".into(),
-        // JSON's text for null, booleans, numbers and (escaped, quoted) strings is YAML's.
+        // JSON's text for null, booleans and numbers is YAML's; a JSON string is a YAML
+        // double-quoted scalar once the characters YAML may not hold raw (DEL, C1 controls,
+        // U+FFFE/U+FFFF) or reads as line breaks (NEL, U+2028, U+2029) are escaped too.
+        Value::String(text) => yaml_string(text),
         other => other.to_string(),
     }
+}
+
+fn yaml_string(text: &str) -> String {
+    let json = Value::String(text.to_owned()).to_string();
+    if !json.chars().any(needs_escape) {
+        return json;
+    }
+    json.chars()
+        .map(|c| {
+            if needs_escape(c) {
+                format!("\\u{:04x}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn needs_escape(c: char) -> bool {
+    matches!(
+        c,
+        '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}'
+    )
 }
 
 fn key_text(key: &str) -> String {
@@ -95,7 +121,7 @@ fn key_text(key: &str) -> String {
     if plain {
         key.to_owned()
     } else {
-        Value::String(key.to_owned()).to_string()
+        yaml_string(key)
     }
 }
 
@@ -131,11 +157,17 @@ list:
       - "two"
   - "plain"
   - []
-n: 3
+"n": 3
 none: null
 "weird key: #": "line\nbreak \"quoted\""
 "yes": true
 "##
         );
+    }
+
+    #[test]
+    fn characters_yaml_may_not_hold_raw_are_escaped() {
+        let yaml = to_yaml(&json!({ "a": "del\u{7f} nel\u{85} ls\u{2028} ok é" }));
+        assert_eq!(yaml, "a: \"del\\u007f nel\\u0085 ls\\u2028 ok é\"\n");
     }
 }
