@@ -100,14 +100,22 @@ impl Link {
 
 impl ClientContext for Link {
     /// Up while a connection to a real broker (a bootstrap server or one learned from the
-    /// metadata, not librdkafka's internal or logical ones) is up.
+    /// metadata, not librdkafka's internal or logical ones) is up; down while none is and one
+    /// is down or being (re)connected. An idle producer may hold no connection at all
+    /// (librdkafka connects sparsely: learned brokers stay `INIT` until needed, the bootstrap
+    /// connection may be dropped once they are known): that changes nothing.
     fn stats(&self, statistics: Statistics) {
-        self.set(
-            statistics
-                .brokers
-                .values()
-                .any(|b| matches!(b.source.as_str(), "configured" | "learned") && b.state == "UP"),
-        );
+        let real: Vec<&str> = statistics
+            .brokers
+            .values()
+            .filter(|b| matches!(b.source.as_str(), "configured" | "learned"))
+            .map(|b| b.state.as_str())
+            .collect();
+        if real.contains(&"UP") {
+            self.set(true);
+        } else if real.iter().any(|state| *state != "INIT") {
+            self.set(false);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
