@@ -62,6 +62,7 @@ pub struct Shape {
 impl Shape {
     /// A result brook publishes but the handler could not describe (a hand-written handler, a
     /// return type the macro cannot name).
+    #[cfg(feature = "asyncapi")]
     pub(crate) fn undescribed() -> Shape {
         Shape {
             rust_type: "UndescribedResult",
