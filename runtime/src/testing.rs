@@ -27,7 +27,7 @@ use crate::message::Message;
 mod live;
 #[cfg(feature = "conformance")]
 pub use live::{assert_stopped, wait_disconnected, wait_ready};
-pub use live::{Bodies, Seen, SeenError, Watcher};
+pub use live::{Bodies, Call, Calls, Probe, Seen, SeenError, Watcher};
 
 /// How long the harness waits for a message's fate by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
@@ -78,7 +78,7 @@ impl TestApp {
         &self.broker
     }
 
-    /// Publishes `value` (encoded as [`Broker::publish`](crate::Broker::publish) would, with a
+    /// Publishes `value` (encoded as [`Broker::publish`] would, with a
     /// new `correlation_id`) to `topic`.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
@@ -121,7 +121,7 @@ impl TestApp {
     }
 
     /// Sends `value` to `destination` as a request and waits (at most [`DEFAULT_WAIT`]) for
-    /// the reply, as [`Broker::request`](crate::Broker::request) does on a real broker.
+    /// the reply, as [`Broker::request`] does on a real broker.
     pub async fn request<T: Serialize + ?Sized + Sync>(
         &self,
         value: &T,

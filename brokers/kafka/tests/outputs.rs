@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brook::prelude::*;
 use brook::{BrokerError, Outgoing};
+use brook_runtime::testing::{Calls, Probe};
 use bytes::Bytes;
 use common::*;
 use rdkafka::config::ClientConfig;
@@ -19,7 +19,6 @@ use rdkafka::message::Headers as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Semaphore};
 
 #[derive(Debug, Deserialize, Serialize, PartialEq)]
 struct Order {
@@ -33,42 +32,7 @@ struct Invoice {
     total: u32,
 }
 
-/// What a handler saw: (correlation_id, reply_to, delivery count); and a gate it passes
-/// before returning (permits given by the test).
-struct Probe {
-    calls: mpsc::UnboundedSender<Call>,
-    gate: Arc<Semaphore>,
-}
-
-type Call = (Option<String>, Option<String>, Option<u32>);
-
-/// Permits enough for any test.
-const OPEN: usize = 1_000_000;
-
-impl Probe {
-    fn new(permits: usize) -> (Self, mpsc::UnboundedReceiver<Call>, Arc<Semaphore>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(permits));
-        (
-            Probe {
-                calls: tx,
-                gate: gate.clone(),
-            },
-            rx,
-            gate,
-        )
-    }
-
-    async fn pass(&self, msg: &Message) -> anyhow::Result<()> {
-        let _ = self.calls.send((
-            msg.correlation_id().map(str::to_owned),
-            msg.reply_to().map(str::to_owned),
-            msg.delivery_count(),
-        ));
-        self.gate.acquire().await?.forget();
-        Ok(())
-    }
-}
+const OPEN: usize = Probe::OPEN;
 
 #[brook::kafka::subscriber(
     topic = _,
@@ -96,11 +60,10 @@ async fn square(n: u64, msg: &Message, probe: State<Probe>) -> anyhow::Result<u6
     Ok(n * n)
 }
 
-async fn next_call(rx: &mut mpsc::UnboundedReceiver<Call>) -> Call {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("a handler call in time")
-        .expect("probe open")
+/// The next handler call: (correlation_id, reply_to, delivery count).
+async fn next_call(calls: &mut Calls) -> (Option<String>, Option<String>, Option<u32>) {
+    let c = calls.next(WAIT).await.expect("a handler call in time");
+    (c.correlation_id, c.reply_to, c.delivery_count)
 }
 
 /// A record as the broker holds it.

@@ -5,15 +5,14 @@
 //! of request/reply on MQTT 3.1.1.
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brook::mqtt::{MqttBroker, MqttConsumer, ProtocolVersion};
 use brook::prelude::*;
 use brook::{BrokerError, BrokerKind, Consumer, Outgoing, Subscription};
+use brook_runtime::testing::{Calls, Probe};
 use common::{unique, SHARED};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -29,41 +28,7 @@ struct Invoice {
     total: u32,
 }
 
-/// (correlation_id, reply_to) of each handler call.
-type Call = (Option<String>, Option<String>);
-
-/// What a handler saw, and a gate it passes before returning (permits given by the test).
-struct Probe {
-    calls: mpsc::UnboundedSender<Call>,
-    gate: Arc<Semaphore>,
-}
-
-/// Permits enough for any test.
-const OPEN: usize = 1_000_000;
-
-impl Probe {
-    fn new(permits: usize) -> (Self, mpsc::UnboundedReceiver<Call>, Arc<Semaphore>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let gate = Arc::new(Semaphore::new(permits));
-        (
-            Probe {
-                calls: tx,
-                gate: gate.clone(),
-            },
-            rx,
-            gate,
-        )
-    }
-
-    async fn pass(&self, msg: &Message) -> anyhow::Result<()> {
-        let _ = self.calls.send((
-            msg.correlation_id().map(str::to_owned),
-            msg.reply_to().map(str::to_owned),
-        ));
-        self.gate.acquire().await?.forget();
-        Ok(())
-    }
-}
+const OPEN: usize = Probe::OPEN;
 
 #[brook::mqtt::subscriber(topic = _, publish = _, qos = 1)]
 async fn bill(order: Order, msg: &Message, probe: State<Probe>) -> anyhow::Result<Invoice> {
@@ -115,11 +80,10 @@ async fn next(consumer: &mut MqttConsumer) -> Message {
     msg
 }
 
-async fn next_call(rx: &mut mpsc::UnboundedReceiver<Call>) -> Call {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("a handler call in time")
-        .expect("probe open")
+/// The next handler call: (correlation_id, reply_to).
+async fn next_call(calls: &mut Calls) -> (Option<String>, Option<String>) {
+    let c = calls.next(WAIT).await.expect("a handler call in time");
+    (c.correlation_id, c.reply_to)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

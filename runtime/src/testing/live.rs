@@ -207,3 +207,80 @@ impl<K: crate::kind::Kind> crate::Handler for Bodies<K> {
         Ok(None)
     }
 }
+
+/// What a handler saw of one message, as a [`Probe`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The message's `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// The message's `reply_to`.
+    pub reply_to: Option<String>,
+    /// The broker's delivery count, where it keeps one.
+    pub delivery_count: Option<u32>,
+}
+
+/// A handler's state for tests of outputs and replies: each call is recorded (see [`Calls`]),
+/// then the handler waits at a gate for a permit the test gives, so a test can hold a
+/// handler back (a late reply, an unsettled input) and let it go.
+///
+/// ```
+/// use std::time::Duration;
+/// use brook_runtime::testing::Probe;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (probe, mut calls, gate) = Probe::new(0);
+/// let app = brook_runtime::App::new(brook_runtime::MemoryBroker::new()).state(probe);
+/// // A handler with `probe: State<Probe>` calls `probe.pass(msg).await?` and waits there;
+/// // the test reads `calls.next(Duration::from_secs(5)).await` and lets it go with
+/// gate.add_permits(Probe::OPEN);
+/// assert!(calls.next(Duration::from_millis(10)).await.is_none(), "no handler ran");
+/// # drop(app);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Probe {
+    calls: mpsc::UnboundedSender<Call>,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// The calls a [`Probe`] recorded, in order.
+#[derive(Debug)]
+pub struct Calls(mpsc::UnboundedReceiver<Call>);
+
+impl Probe {
+    /// Permits enough for any test: the gate left open.
+    pub const OPEN: usize = 1_000_000;
+
+    /// A probe whose gate holds `permits`; the calls it records; the gate, to add permits.
+    pub fn new(permits: usize) -> (Self, Calls, std::sync::Arc<tokio::sync::Semaphore>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(permits));
+        let probe = Probe {
+            calls: tx,
+            gate: gate.clone(),
+        };
+        (probe, Calls(rx), gate)
+    }
+
+    /// Records `msg`, then waits for a permit (each call takes one).
+    pub async fn pass(&self, msg: &crate::Message) -> Result<(), tokio::sync::AcquireError> {
+        // The test may have stopped listening: the gate still applies.
+        let _ = self.calls.send(Call {
+            correlation_id: msg.correlation_id().map(str::to_owned),
+            reply_to: msg.reply_to().map(str::to_owned),
+            delivery_count: msg.delivery_count(),
+        });
+        self.gate.acquire().await?.forget();
+        Ok(())
+    }
+}
+
+impl Calls {
+    /// The next call, if one comes within `timeout` (`None` also once the probe is gone).
+    pub async fn next(&mut self, timeout: Duration) -> Option<Call> {
+        tokio::time::timeout(timeout, self.0.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
