@@ -151,7 +151,8 @@ pub trait Settler: Send + Sync + 'static {
     ///
     /// Why it exists: awaiting each settlement's round trip before taking the next message
     /// makes a consumer as slow as its broker's latency. A broker crate whose protocol can
-    /// settle many messages at once (Redis: one `XACK key group id1 id2 ...`) overrides this to
+    /// settle many messages at once (Redis: one `XACK key group id1 id2 ...`; RabbitMQ: one
+    /// `basic.ack multiple = true`) overrides this to
     /// put the settlement in its consumer's settlement pipeline and return at once; the pipeline
     /// then sends it promptly (batching what accumulates meanwhile), logs a failure (the message
     /// stays unsettled on the broker and is redelivered, as when [`Settler::settle`] fails), and

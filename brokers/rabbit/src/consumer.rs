@@ -32,6 +32,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
+use crate::acks::Acks;
 use crate::broker::{Inner, Link};
 use crate::message::to_message;
 
@@ -174,6 +175,8 @@ struct Session {
     connection: Connection,
     channel: Channel,
     deliveries: lapin::Consumer,
+    /// The channel's settlement pipeline; `None` with `no_ack` (AckFirst).
+    acks: Option<Arc<Acks>>,
 }
 
 /// The deliveries of one subscription; see the module docs for reconnection.
@@ -288,10 +291,12 @@ async fn open_session(broker: &Inner, topology: &Topology) -> Result<Session, Br
         )
         .await
         .map_err(|e| BrokerError::operation(KIND, "basic.consume", e))?;
+    let acks = (!topology.no_ack).then(|| Acks::start(channel.clone(), topology.queue.clone()));
     Ok(Session {
         connection,
         channel,
         deliveries,
+        acks,
     })
 }
 
@@ -309,7 +314,7 @@ impl Consumer for RabbitConsumer {
                     return Some(Ok(to_message(
                         &self.topology.queue,
                         delivery,
-                        self.topology.no_ack,
+                        session.acks.as_ref(),
                     )))
                 }
                 Some(Err(error)) => tracing::warn!(
@@ -341,8 +346,9 @@ impl Consumer for RabbitConsumer {
         }
     }
 
-    /// Cancels the consumer and closes its channel and connection: RabbitMQ requeues every
-    /// delivery still unacknowledged (prefetched, or left unsettled by the handler).
+    /// Sends the settlements still in the pipeline, then cancels the consumer and closes its
+    /// channel and connection: RabbitMQ requeues every delivery still unacknowledged
+    /// (prefetched, or left unsettled by the handler).
     async fn close(mut self) -> Result<(), BrokerError> {
         self.set_link(None);
         let sessions: Vec<Session> = self
@@ -368,8 +374,14 @@ impl Consumer for RabbitConsumer {
     }
 }
 
-/// Cancels the consumer (if RabbitMQ has not), closes the channel and the connection.
+/// Flushes the settlement pipeline, cancels the consumer (if RabbitMQ has not), closes the
+/// channel and the connection.
 async fn close_session(session: Session) {
+    if let Some(acks) = &session.acks {
+        if let Err(error) = acks.flush().await {
+            tracing::warn!(%error, "settling the last deliveries while closing failed; RabbitMQ requeues them");
+        }
+    }
     let tag = session.deliveries.tag();
     if let Err(e) = session
         .channel

@@ -5,7 +5,7 @@
 //!
 //! | brook | RabbitMQ |
 //! |---|---|
-//! | ack | `basic.ack` |
+//! | ack | `basic.ack` (a run of acks from the lowest unsettled delivery as one `multiple = true`) |
 //! | nack | `basic.nack` with `requeue = true` (no delay: RabbitMQ has none) |
 //! | reject | `basic.reject` with `requeue = false`: the queue's dead-letter exchange gets it, if it has one |
 //! | `AckFirst` | `basic.consume` with `no_ack` (RabbitMQ forgets the message once sent) |
@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod acks;
 mod broker;
 mod consumer;
 mod message;

@@ -11,16 +11,17 @@
 //! `x-acquired-count + 1`, else `x-delivery-count + 1`, else no count at all (a classic queue:
 //! brook does not guess, so `max_deliveries` cannot apply).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use brook_runtime::headers::{CONTENT_TYPE, CORRELATION_ID, MESSAGE_ID, REPLY_TO};
 use brook_runtime::{
-    BrokerError, BrokerKind, BrokerMessage, Headers, Message, MessageId, SettleFuture, Settlement,
-    Settler,
+    BrokerKind, BrokerMessage, Headers, Message, MessageId, SettleFuture, Settlement, Settler,
 };
 use bytes::Bytes;
+
+use crate::acks::Acks;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
@@ -117,8 +118,12 @@ impl BrokerMessage for RabbitMessage {
     type Kind = brook_runtime::kind::Rabbit;
 }
 
-/// Turns a delivery into a [`Message`].
-pub(crate) fn to_message(queue: &Arc<str>, mut delivery: Delivery, no_ack: bool) -> Message {
+/// Turns a delivery into a [`Message`] settled through `acks` (`None`: consumed with `no_ack`).
+pub(crate) fn to_message(
+    queue: &Arc<str>,
+    mut delivery: Delivery,
+    acks: Option<&Arc<Acks>>,
+) -> Message {
     let body = Bytes::from(std::mem::take(&mut delivery.data));
     let headers = headers_from(&delivery.properties);
     let id = match delivery.properties.message_id() {
@@ -126,8 +131,16 @@ pub(crate) fn to_message(queue: &Arc<str>, mut delivery: Delivery, no_ack: bool)
         None => MessageId::Number(delivery.delivery_tag),
     };
     let count = delivery_count(delivery.redelivered, &delivery.properties);
-    let raw = RabbitMessage { delivery, no_ack };
-    let mut msg = Message::new(BrokerKind::Rabbit, queue.clone(), body, RabbitSettler(raw))
+    let raw = RabbitMessage {
+        delivery,
+        no_ack: acks.is_none(),
+    };
+    let settler = RabbitSettler {
+        raw,
+        acks: acks.cloned(),
+        settled: AtomicBool::new(false),
+    };
+    let mut msg = Message::new(BrokerKind::Rabbit, queue.clone(), body, settler)
         .with_headers(headers)
         .with_id(id);
     if let Some(count) = count {
@@ -209,64 +222,61 @@ pub(crate) fn properties_from(headers: &Headers) -> BasicProperties {
     props
 }
 
-/// Settles one delivery on the channel it came from.
-struct RabbitSettler(RabbitMessage);
+/// Settles one delivery through its channel's settlement pipeline ([`Acks`]).
+struct RabbitSettler {
+    raw: RabbitMessage,
+    /// `None` when consumed with `no_ack` (AckFirst): nothing to send.
+    acks: Option<Arc<Acks>>,
+    /// Whether a settlement was handed to the pipeline (else dropping it abandons the tag).
+    settled: AtomicBool,
+}
 
-/// Why a settlement did not reach RabbitMQ.
-#[derive(Debug, thiserror::Error)]
-#[error("the channel of this delivery is closed (connection lost?); RabbitMQ requeues the message itself")]
-struct ChannelGone;
+impl RabbitSettler {
+    /// The pipeline to settle through, or `None` (after a warning where it matters) when the
+    /// delivery was consumed with `no_ack`.
+    fn acks(&self, settlement: Settlement) -> Option<&Acks> {
+        let acks = self.acks.as_deref();
+        match acks {
+            Some(_) => self.settled.store(true, Ordering::Relaxed),
+            // Consumed with no_ack (AckFirst): RabbitMQ took the delivery as acknowledged.
+            None if settlement != Settlement::Ack => tracing::warn!(
+                delivery_tag = self.raw.delivery_tag(),
+                "ack_policy = AckFirst consumes with no_ack: the message was acknowledged on delivery, so {:?} has no effect",
+                settlement.kind()
+            ),
+            None => {}
+        }
+        acks
+    }
+}
 
 impl Settler for RabbitSettler {
     fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
-        if self.0.no_ack {
-            // Consumed with no_ack (AckFirst): RabbitMQ took the delivery as acknowledged.
-            if settlement != Settlement::Ack {
-                tracing::warn!(
-                    delivery_tag = self.0.delivery_tag(),
-                    "ack_policy = AckFirst consumes with no_ack: the message was acknowledged on delivery, so {:?} has no effect",
-                    settlement.kind()
-                );
-            }
-            return SettleFuture::ready(Ok(()));
+        match self.acks(settlement) {
+            Some(acks) => SettleFuture::new(acks.settle_now(self.raw.delivery_tag(), settlement)),
+            None => SettleFuture::ready(Ok(())),
         }
-        let acker = &self.0.delivery.acker;
-        SettleFuture::new(async move {
-            let (operation, done) = match settlement {
-                Settlement::Ack => ("basic.ack", acker.ack(BasicAckOptions::default()).await),
-                Settlement::Nack { delay } => {
-                    if delay.is_some() {
-                        tracing::debug!(
-                            "RabbitMQ has no delayed redelivery; the message is requeued at once"
-                        );
-                    }
-                    let options = BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    };
-                    ("basic.nack", acker.nack(options).await)
-                }
-                Settlement::Reject => {
-                    let options = BasicRejectOptions { requeue: false };
-                    ("basic.reject", acker.reject(options).await)
-                }
-            };
-            match done {
-                Ok(true) => Ok(()),
-                // lapin answers false for a delivery whose channel is gone (the message is
-                // settled only once, so "already used" cannot happen here).
-                Ok(false) => Err(BrokerError::operation(
-                    BrokerKind::Rabbit,
-                    operation,
-                    ChannelGone,
-                )),
-                Err(e) => Err(BrokerError::operation(BrokerKind::Rabbit, operation, e)),
-            }
-        })
+    }
+
+    fn settle_later(&self, settlement: Settlement) -> SettleFuture<'_> {
+        if let Some(acks) = self.acks(settlement) {
+            acks.queue(self.raw.delivery_tag(), settlement);
+        }
+        SettleFuture::ready(Ok(()))
     }
 
     fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
-        Some(&self.0)
+        Some(&self.raw)
+    }
+}
+
+impl Drop for RabbitSettler {
+    fn drop(&mut self) {
+        if let Some(acks) = &self.acks {
+            if !self.settled.load(Ordering::Relaxed) {
+                acks.abandon(self.raw.delivery_tag());
+            }
+        }
     }
 }
 

@@ -79,7 +79,8 @@ async fn a_silent_server_hits_the_connect_timeout() {
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
 
-/// Records each delivery; holds the delivery named `hold` until released.
+/// Records each delivery (once acked; the held one before it waits); holds the first delivery
+/// of `hold` until released.
 struct Holding {
     sub: SubscriptionBuilder,
     hold: &'static [u8],
@@ -100,8 +101,9 @@ impl Handler for Holding {
         let done: Result<(), HandlerError> = async move {
             let rabbit = <&RabbitMessage>::from_message(msg, ctx)?;
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let _ = self.seen.send((msg.body().clone(), rabbit.redelivered()));
+            let seen = (msg.body().clone(), rabbit.redelivered());
             if &msg.body()[..] == self.hold && !rabbit.redelivered() {
+                let _ = self.seen.send(seen);
                 self.release.notified().await;
                 // Settle here (Manual) to observe how a settlement on the dead channel fails.
                 let result = msg.ack().await.map(drop).map_err(|e| e.to_string());
@@ -111,6 +113,9 @@ impl Handler for Holding {
             msg.ack()
                 .await
                 .map_err(|e| HandlerError::Failed(e.into()))?;
+            // Reported once acked: a test that cuts the connection next must not find this
+            // delivery unacknowledged (it would be redelivered first).
+            let _ = self.seen.send(seen);
             Ok(())
         }
         .await;

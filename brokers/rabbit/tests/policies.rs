@@ -26,6 +26,10 @@ pub enum Act {
     Fail,
     /// Wait until notified, then succeed.
     Wait(Arc<Notify>),
+    /// Wait until notified, then fail.
+    WaitThenFail(Arc<Notify>),
+    /// Return the `brook::Ack` interrupt (the engine acks, under every policy).
+    AckInterrupt,
 }
 
 /// One handler call, with what RabbitMQ said about the delivery.
@@ -70,6 +74,11 @@ impl Handler for Scripted {
                     n.notified().await;
                     Ok(())
                 }
+                Act::WaitThenFail(n) => {
+                    n.notified().await;
+                    Err(HandlerError::Failed(anyhow::anyhow!("scripted failure")))
+                }
+                Act::AckInterrupt => Err(HandlerError::Failed(brook_runtime::Ack.into())),
             }
         }
         .await;
@@ -628,4 +637,146 @@ fn declaration_arguments_without_declaring_are_refused() {
             brook_runtime::Source::RabbitQueue { quorum: true }
         );
     }
+}
+
+// The settlement pipeline (`basic.ack multiple` for runs of acks from the lowest unsettled
+// tag; everything else one frame each): what it sends must settle exactly what the handlers
+// settled. A multiple ack that covered the wrong tag would ack a message that must come back,
+// or hit a tag already settled (RabbitMQ then closes the channel and every unacknowledged
+// delivery comes again: seen twice).
+
+/// Publishes `bodies` to `queue` before the subscriber starts, so they are prefetched
+/// together (consecutive delivery tags on one channel).
+async fn prefill(queue: &str, bodies: &[&'static [u8]]) {
+    use brook_runtime::Broker as _;
+    let broker = RabbitBroker::new(URL);
+    for body in bodies {
+        broker
+            .publish_message(Outgoing::new(queue, Bytes::from_static(body)))
+            .await
+            .expect("publish");
+    }
+    broker.close().await.expect("close the publisher");
+}
+
+/// Takes `n` handler calls, then checks for [`common::QUIET`] that no other comes.
+async fn calls(run: &mut Running, n: usize) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        seen.push(run.next().await);
+    }
+    if let Ok(Some(extra)) = tokio::time::timeout(common::QUIET, run.seen.recv()).await {
+        panic!("an extra delivery after {n}: {extra:?}");
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_after_a_delivery_left_unsettled_do_not_acknowledge_it() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "pipe-unsettled").await;
+    prefill(&queue, &[b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"]).await;
+    // Manual: the engine acks each interrupt; m2 is left unsettled by its handler.
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::Manual),
+        |n| match n {
+            2 => Act::Ok,
+            _ => Act::AckInterrupt,
+        },
+    )
+    .await;
+    let seen = calls(&mut run, 6).await;
+    assert!(seen.iter().all(|s| !s.redelivered), "{seen:?}");
+    run.stop().await;
+    // The channel closed with m2 unacknowledged: RabbitMQ requeued exactly it.
+    let back = admin.drain(&queue).await;
+    assert_eq!(common::bodies(&back), vec![Bytes::from_static(b"m2")]);
+    assert!(back[0].redelivered);
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_between_acks_are_redelivered_and_the_acks_hold() {
+    let admin = Admin::new().await;
+    let (queue, dlq, args) = setup(&admin, "pipe-nack").await;
+    prefill(&queue, &[b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"]).await;
+    // Fails calls 1 and 3: the first deliveries of m1 and m3 (concurrency 1, in order).
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::NackOnError),
+        |n| match n {
+            1 | 3 => Act::Fail,
+            _ => Act::Ok,
+        },
+    )
+    .await;
+    let seen = calls(&mut run, 8).await;
+    let first: Vec<_> = seen
+        .iter()
+        .filter(|s| !s.redelivered)
+        .map(|s| s.body.clone())
+        .collect();
+    let again: Vec<_> = seen
+        .iter()
+        .filter(|s| s.redelivered)
+        .map(|s| s.body.clone())
+        .collect();
+    assert_eq!(first.len(), 6, "each message once first: {seen:?}");
+    assert_eq!(again.len(), 2, "the two failed ones again: {seen:?}");
+    assert!(
+        again.iter().all(|b| first[1] == b || first[3] == b),
+        "{seen:?}"
+    );
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    assert_eq!(admin.wait_no_consumer(&queue).await, 0);
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_later_messages_do_not_cover_one_still_being_handled() {
+    let admin = Admin::new().await;
+    let (queue, dlq, mut args) = setup(&admin, "pipe-order").await;
+    args.push(("concurrency", Value::from(4u64)));
+    prefill(
+        &queue,
+        &[b"m0", b"m1", b"m2", b"m3", b"m4", b"m5", b"m6", b"m7"],
+    )
+    .await;
+    // The first call is held while later messages are acked (one frame each: no multiple ack
+    // may cover it yet), then fails: m0 must come back. The acks after it then go out as one
+    // multiple ack passing the ones already sent.
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let mut run = Running::start(
+        RabbitBroker::new(URL),
+        with(args, AckPolicy::NackOnError),
+        move |n| match n {
+            0 => Act::WaitThenFail(held.clone()),
+            _ => Act::Ok,
+        },
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(run.next().await);
+    }
+    release.notify_one();
+    seen.extend(calls(&mut run, 3).await);
+    let again: Vec<_> = seen.iter().filter(|s| s.redelivered).collect();
+    assert_eq!(again.len(), 1, "{seen:?}");
+    assert_eq!(again[0].body, seen[0].body, "the held message came back");
+    assert_eq!(
+        seen.iter().filter(|s| !s.redelivered).count(),
+        8,
+        "{seen:?}"
+    );
+    run.stop().await;
+    admin.wait_depth(&queue, 0).await;
+    assert_eq!(admin.wait_no_consumer(&queue).await, 0);
+    admin.wait_depth(&dlq, 0).await;
+    admin.delete(&queue).await;
 }
