@@ -1,22 +1,36 @@
-//! Throughput: consume + settle N pre-published ~100-byte JSON messages (QoS 1, policy Ack),
-//! brook vs a hand-written rumqttc loop with the same settings (manual acks, persistent
-//! session, same broker), in the same run, on both tokio runtime flavours, over MQTT 3.1.1 and
-//! MQTT 5.
+//! Throughput: consume + settle N pre-published ~100-byte JSON messages (QoS 1, policy Ack,
+//! concurrency 1), brook vs a hand-written rumqttc loop with the same settings (manual acks,
+//! PUBACK each in arrival order, persistent session, same request queue, same broker), both
+//! decoding with `brook_runtime::bench::decode`, in the same run, on both tokio runtime
+//! flavours, over MQTT 3.1.1 and MQTT 5, alternating which side goes first.
 //!
 //! A private Mosquitto is started on a free loopback port with `max_queued_messages` raised
-//! (the default of 1000 would silently drop most of the backlog) and killed at the end.
+//! (the default of 1000 would silently drop most of the backlog) and killed at the end. Each
+//! round fills two fresh persistent sessions with N messages; each side then resumes its
+//! session. Both sides are timed from the first message received to the N-th acknowledged:
+//! the raw loop's N-th PUBACK written (rumqttc's `Outgoing::PubAck` event), brook's N-th
+//! handled (its Ack queues the PUBACK right after; MQTT has no way to ask the broker whether
+//! it arrived, and brook writes it on its own connection task). Connecting and resuming the
+//! session stay outside the window. The process CPU time is measured around each whole side
+//! (connecting, disconnecting, the App's start and stop included). Per round the bench prints
+//! both rates, both CPU µs/msg and the two brook/raw ratios, and per protocol and flavour their
+//! medians (`brook_runtime::bench`).
 //!
 //! ```text
 //! cargo bench -p brook-mqtt --bench throughput            # N = 50000
 //! BROOK_BENCH_N=200000 cargo bench -p brook-mqtt --bench throughput
 //! BROOK_BENCH_PROTOCOL=5 BROOK_BENCH_FLAVOUR=current_thread cargo bench -p brook-mqtt --bench throughput
 //! ```
+//! `BROOK_BENCH_N` (default 50000), `BROOK_BENCH_ROUNDS` (3),
+//! `BROOK_BENCH_FLAVOUR=current_thread|multi_thread` and `BROOK_BENCH_PROTOCOL=3.1.1|5` run one
+//! flavour or protocol only, `BROOK_BENCH_SIDE=raw|brook` one side only (for profiling).
+//! Needs `mosquitto` on the PATH.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use brook_mqtt::{MqttBroker, ProtocolVersion};
-use brook_runtime::bench::{decode, payload, report, run_brook};
+use brook_runtime::bench::{self, decode, payload, run_brook_until, Round, Side};
 use brook_runtime::kind;
 use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
@@ -169,25 +183,29 @@ fn handle(payload: &[u8]) {
 }
 
 /// The hand-written loop: resume the session, decode and PUBACK every message (in arrival
-/// order, as brook does), until `n`. Timed from before connecting, like `run_brook`.
+/// order, as brook does), until `n` PUBACKs are written. Returns the window: first message
+/// received to the N-th PUBACK written.
 async fn raw(port: u16, client_id: &str, n: u64) -> Duration {
-    let started = Instant::now();
     let (client, mut el) = AsyncClient::new(
         options(port, client_id, false, REQUEST_CAPACITY),
         REQUEST_CAPACITY,
     );
     connack(&mut el).await;
-    let mut seen = 0;
-    while seen < n {
-        if let Event::Incoming(Packet::Publish(p)) = el.poll().await.expect("raw loop") {
-            handle(&p.payload);
-            client.try_ack(&p).expect("queue PUBACK");
-            seen += 1;
+    let (mut first, mut acked) = (None, 0);
+    while acked < n {
+        match el.poll().await.expect("raw loop") {
+            Event::Incoming(Packet::Publish(p)) => {
+                first.get_or_insert_with(Instant::now);
+                handle(&p.payload);
+                client.try_ack(&p).expect("queue PUBACK");
+            }
+            Event::Outgoing(Outgoing::PubAck(_)) => acked += 1,
+            _ => {}
         }
     }
-    let elapsed = started.elapsed();
+    let window = first.map_or(Duration::ZERO, |f: Instant| f.elapsed());
     disconnect(client, el).await;
-    elapsed
+    window
 }
 
 /// MQTT 5 options: a persistent session is a session expiry interval.
@@ -232,63 +250,119 @@ async fn fill5(port: u16, client_id: &str, topic: &str, n: u64) {
 /// [`raw`] over MQTT 5.
 async fn raw5(port: u16, client_id: &str, n: u64) -> Duration {
     use rumqttc::v5::{AsyncClient, Event};
-    let started = Instant::now();
     let (client, mut el) = AsyncClient::new(
         options5(port, client_id, REQUEST_CAPACITY),
         REQUEST_CAPACITY,
     );
-    let mut seen = 0;
-    while seen < n {
-        if let Event::Incoming(Packet5::Publish(p)) = el.poll().await.expect("raw loop") {
-            handle(&p.payload);
-            client.try_ack(&p).expect("queue PUBACK");
-            seen += 1;
+    let (mut first, mut acked) = (None, 0);
+    while acked < n {
+        match el.poll().await.expect("raw loop") {
+            Event::Incoming(Packet5::Publish(p)) => {
+                first.get_or_insert_with(Instant::now);
+                handle(&p.payload);
+                client.try_ack(&p).expect("queue PUBACK");
+            }
+            Event::Outgoing(Outgoing::PubAck(_)) => acked += 1,
+            _ => {}
         }
     }
-    let elapsed = started.elapsed();
+    let window = first.map_or(Duration::ZERO, |f: Instant| f.elapsed());
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while el.poll().await.is_ok() {}
     })
     .await;
-    elapsed
+    window
 }
 
-async fn brook(
+/// The raw side of a round: the raw loop of `protocol` in a spawned task (as brook's consumer
+/// runs; on the multi-thread runtime `block_on` runs outside the worker threads).
+async fn raw_side(port: u16, protocol: ProtocolVersion, client_id: &str, n: u64) -> Side {
+    let client_id = client_id.to_owned();
+    Side::measure(async move {
+        tokio::spawn(async move {
+            match protocol {
+                ProtocolVersion::V5 => raw5(port, &client_id, n).await,
+                _ => raw(port, &client_id, n).await,
+            }
+        })
+        .await
+        .expect("raw loop")
+    })
+    .await
+}
+
+/// brook's side of a round: an App resuming `client_id`'s session.
+async fn brook_side(
     port: u16,
     protocol: ProtocolVersion,
     client_id: &str,
     topic: &str,
     n: u64,
-) -> Duration {
+) -> Side {
     let broker = MqttBroker::new(&format!("mqtt://127.0.0.1:{port}"))
         .client_id(client_id)
         .persistent_session(true)
         .protocol(protocol)
         .request_capacity(REQUEST_CAPACITY);
-    run_brook::<_, kind::Mqtt>(
-        broker,
-        vec![("topic", topic.to_owned().into()), ("qos", 1u64.into())],
-        n,
-        1,
-    )
+    Side::measure(async {
+        run_brook_until::<_, kind::Mqtt, _>(
+            broker,
+            vec![("topic", topic.to_owned().into()), ("qos", 1u64.into())],
+            n,
+            1,
+            async {},
+        )
+        .await
+        .expect("brook run")
+        .window()
+    })
     .await
-    .expect("brook run")
+}
+
+/// One round over `protocol`: fill two fresh sessions, then run both sides.
+async fn round(port: u16, protocol: ProtocolVersion, tag: &str, n: u64, i: u32) -> Round {
+    let only = std::env::var("BROOK_BENCH_SIDE").unwrap_or_default();
+    let raw_id = format!("bench-raw-{tag}-{i}");
+    let brook_id = format!("bench-brook-{tag}-{i}");
+    let raw_topic = format!("bench/{raw_id}");
+    let brook_topic = format!("bench/{brook_id}");
+    match protocol {
+        ProtocolVersion::V5 => {
+            fill5(port, &raw_id, &raw_topic, n).await;
+            fill5(port, &brook_id, &brook_topic, n).await;
+        }
+        _ => {
+            fill(port, &raw_id, &raw_topic, n).await;
+            fill(port, &brook_id, &brook_topic, n).await;
+        }
+    }
+    let (mut raw, mut brook) = (Side::SKIPPED, Side::SKIPPED);
+    // Odd rounds run brook first: neither side always meets the warmer broker.
+    let brook_first = i % 2 == 1;
+    for brook_turn in [brook_first, !brook_first] {
+        if brook_turn && only != "raw" {
+            brook = brook_side(port, protocol, &brook_id, &brook_topic, n).await;
+        } else if !brook_turn && only != "brook" {
+            raw = raw_side(port, protocol, &raw_id, n).await;
+        }
+    }
+    Round { raw, brook }
 }
 
 fn main() {
-    let n: u64 = std::env::var("BROOK_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
-    let rounds: u32 = std::env::var("BROOK_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = env("BROOK_BENCH_N", 50_000);
+    let rounds = env("BROOK_BENCH_ROUNDS", 3).max(1) as u32;
     let mosquitto = Mosquitto::start();
     let port = mosquitto.port;
     println!(
-        "MQTT (Mosquitto, private instance, max_inflight_messages {MAX_INFLIGHT}), QoS 1, {n} messages of {} bytes, best of {rounds}",
+        "MQTT (Mosquitto, private instance, max_inflight_messages {MAX_INFLIGHT}), QoS 1, {n} messages of {} bytes, {rounds} rounds",
         payload(0).len()
     );
     let only = std::env::var("BROOK_BENCH_FLAVOUR").ok();
@@ -297,60 +371,25 @@ fn main() {
         if only_protocol.as_deref().is_some_and(|p| p != label) {
             continue;
         }
-        for flavour in ["current_thread", "multi_thread"] {
+        for flavour in bench::FLAVOURS {
             if only.as_deref().is_some_and(|o| o != flavour) {
                 continue;
             }
-            let rt = match flavour {
-                "current_thread" => tokio::runtime::Builder::new_current_thread(),
-                _ => tokio::runtime::Builder::new_multi_thread(),
-            }
-            .enable_all()
-            .build()
-            .expect("runtime");
-            let (mut best_raw, mut best_brook) = (Duration::MAX, Duration::MAX);
-            for round in 0..rounds {
-                let (r, b) = rt.block_on(async {
-                    let raw_id = format!("bench-raw-{label}-{flavour}-{round}");
-                    let brook_id = format!("bench-brook-{label}-{flavour}-{round}");
-                    let raw_topic = format!("bench/{raw_id}");
-                    let brook_topic = format!("bench/{brook_id}");
-                    let raw_loop = || async {
-                        match protocol {
-                            ProtocolVersion::V5 => raw5(port, &raw_id, n).await,
-                            _ => raw(port, &raw_id, n).await,
-                        }
-                    };
-                    match protocol {
-                        ProtocolVersion::V5 => {
-                            fill5(port, &raw_id, &raw_topic, n).await;
-                            fill5(port, &brook_id, &brook_topic, n).await;
-                        }
-                        _ => {
-                            fill(port, &raw_id, &raw_topic, n).await;
-                            fill(port, &brook_id, &brook_topic, n).await;
-                        }
-                    }
-                    // Alternate which goes first, so neither always gets the warmer broker.
-                    if round % 2 == 0 {
-                        let r = raw_loop().await;
-                        (r, brook(port, protocol, &brook_id, &brook_topic, n).await)
-                    } else {
-                        let b = brook(port, protocol, &brook_id, &brook_topic, n).await;
-                        (raw_loop().await, b)
-                    }
-                });
-                best_raw = best_raw.min(r);
-                best_brook = best_brook.min(b);
-            }
+            let rt = bench::runtime(flavour).expect("runtime");
+            let tag = format!("{label}-{flavour}");
+            let results: Vec<Round> = (0..rounds)
+                .map(|i| {
+                    let r = rt.block_on(round(port, protocol, &tag, n, i));
+                    println!(
+                        "{}",
+                        r.line(&format!("  round {i}, mqtt {label}, {flavour}"), n)
+                    );
+                    r
+                })
+                .collect();
             println!(
                 "{}",
-                report(
-                    &format!("mqtt {label:>5} {flavour:>14}"),
-                    n,
-                    best_raw,
-                    best_brook
-                )
+                bench::summary(&format!("mqtt {label}, {flavour}"), n, &results)
             );
         }
     }

@@ -1,17 +1,30 @@
 //! Throughput: consume + ack N pre-published ~100-byte JSON messages from a JetStream durable
 //! pull consumer, brook (policy Ack, concurrency 1) vs a hand-written async-nats loop with the
-//! same pull settings (batch 64, 1 s idle heartbeat), both decoding with
-//! `brook_runtime::bench::decode`, in the same run, on both tokio runtime flavours.
+//! same consumer and pull settings (explicit acks, batch 64, 1 s idle heartbeat, `ack()` each),
+//! both decoding with `brook_runtime::bench::decode`, in the same run, on both tokio runtime
+//! flavours, alternating which side goes first.
 //!
-//! `cargo bench -p brook-nats` (N: `BROOK_BENCH_N`, default 20000; batch: `BROOK_BENCH_BATCH`,
-//! default 64; rounds: `BROOK_BENCH_ROUNDS`, default 5; `BROOK_BENCH_SIDE=raw|brook` runs one
-//! side only, for profiling). Needs nats-server with JetStream on 127.0.0.1:4222.
+//! Both sides are timed from the first message received to the N-th acknowledged on the
+//! server: once the N-th is handled, the bench polls the consumer's info (from its own
+//! connection) until `num_pending == 0` and `num_ack_pending == 0`. Creating the consumer and
+//! sending the first pull request stay outside the window. The process CPU time is measured
+//! around each whole side (connecting, the App's start and stop and the info polls included).
+//! Per round the bench prints both rates, both CPU µs/msg and the two brook/raw ratios, and per
+//! flavour their medians (`brook_runtime::bench`).
+//!
+//! ```text
+//! cargo bench -p brook-nats --bench throughput
+//! BROOK_BENCH_N=50000 BROOK_BENCH_BATCH=64 BROOK_BENCH_ROUNDS=5 cargo bench -p brook-nats --bench throughput
+//! ```
+//! `BROOK_BENCH_N` (default 20000), `BROOK_BENCH_BATCH` (64), `BROOK_BENCH_ROUNDS` (5);
+//! `BROOK_BENCH_SIDE=raw|brook` runs one side only, for profiling. Needs nats-server with
+//! JetStream on 127.0.0.1:4222.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use brook_nats::NatsBroker;
-use brook_runtime::bench;
+use brook_runtime::bench::{self, Round, Side};
 use brook_runtime::kind;
 use futures_util::StreamExt as _;
 
@@ -60,20 +73,51 @@ async fn prefill(js: &jetstream::Context, stream_name: &str, subject: &str, n: u
     }
 }
 
-/// The raw loop: same client, a durable pull consumer with the same settings and pull batch,
-/// the same decode, ack each message.
-async fn raw(stream_name: &str, subject: &str, durable: &str, n: u64, batch: usize) -> Duration {
-    let started = Instant::now();
+/// The consumer's (pending, ack pending) as the server reports them.
+async fn counts(observer: &stream::Stream, durable: &str) -> (u64, usize) {
+    let info = observer
+        .consumer_info(durable)
+        .await
+        .expect("consumer info");
+    (info.num_pending, info.num_ack_pending)
+}
+
+/// Polls the consumer's info until the server has delivered everything and holds no
+/// unacknowledged message: the N-th acknowledgement has arrived.
+async fn until_settled(observer: &stream::Stream, durable: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (pending, ack_pending) = counts(observer, durable).await;
+        if pending == 0 && ack_pending == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{durable}: {pending} pending, {ack_pending} unacknowledged after 30 s"
+        );
+    }
+}
+
+/// The raw loop: same client, a durable pull consumer with brook's settings and pull batch,
+/// the same decode, `ack()` each. Returns the window: first message received to the consumer
+/// info showing nothing pending or unacknowledged.
+async fn raw(
+    observer: stream::Stream,
+    subject: String,
+    durable: String,
+    n: u64,
+    batch: usize,
+) -> Duration {
     let client = async_nats::connect(URL).await.expect("connect");
     let js = jetstream::new(client.clone());
     let consumer = js
-        .get_stream(stream_name)
+        .get_stream(&observer.cached_info().config.name)
         .await
         .expect("stream")
         .create_consumer(pull::Config {
-            durable_name: Some(durable.into()),
-            name: Some(durable.into()),
-            filter_subject: subject.to_owned(),
+            durable_name: Some(durable.clone()),
+            name: Some(durable.clone()),
+            filter_subject: subject,
             ..Default::default()
         })
         .await
@@ -86,123 +130,104 @@ async fn raw(stream_name: &str, subject: &str, durable: &str, n: u64, batch: usi
         .messages()
         .await
         .expect("messages");
+    let mut first = None;
     let mut seen = 0;
-    while let Some(m) = messages.next().await {
-        let m = m.expect("message");
+    while seen < n {
+        let m = messages
+            .next()
+            .await
+            .expect("message stream ended")
+            .expect("message");
+        first.get_or_insert_with(Instant::now);
         std::hint::black_box(bench::decode(&m.payload));
         m.ack().await.expect("ack");
         seen += 1;
-        if seen == n {
-            break;
-        }
     }
-    let elapsed = started.elapsed();
+    until_settled(&observer, &durable).await;
+    let window = first.map_or(Duration::ZERO, |f| f.elapsed());
+    drop(messages);
     client.flush().await.expect("flush");
-    elapsed
+    window
 }
 
-/// CPU time (user + system, all threads) this process has used so far, from /proc (10 ms
-/// resolution); `None` where /proc is not available.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// Runs `f`, returning its wall time and the process CPU time it used.
-async fn measured<F: std::future::Future<Output = Duration>>(f: F) -> (Duration, Option<Duration>) {
-    let before = cpu_time();
-    let wall = f.await;
-    let cpu = cpu_time().zip(before).map(|(a, b)| a.saturating_sub(b));
-    (wall, cpu)
-}
-
-fn per_msg(cpu: Option<Duration>, n: u64) -> String {
-    cpu.map_or("n/a".into(), |c| {
-        format!("{:.1} µs", c.as_secs_f64() * 1e6 / n as f64)
+async fn raw_side(
+    observer: &stream::Stream,
+    subject: &str,
+    durable: String,
+    n: u64,
+    batch: u64,
+) -> Side {
+    let (observer, subject) = (observer.clone(), subject.to_owned());
+    // In a spawned task, as brook's consumer runs (on the multi-thread runtime `block_on` runs
+    // outside the worker threads).
+    Side::measure(async move {
+        tokio::spawn(raw(observer, subject, durable, n, batch as usize))
+            .await
+            .expect("raw loop")
     })
+    .await
 }
 
-/// Both sides `ROUNDS` times, alternating which goes first, each with a fresh durable consumer
-/// on one prefilled stream (so both read exactly the same data). The raw loop runs in a
-/// spawned task, as brook's consumer does. Reports each round (wall-time rates and process
-/// CPU time per message, which a busy machine disturbs less) and the best of each side.
+async fn brook_side(
+    observer: &stream::Stream,
+    subject: &str,
+    durable: String,
+    n: u64,
+    batch: u64,
+) -> Side {
+    let stream_name = observer.cached_info().config.name.clone();
+    Side::measure(async {
+        bench::run_brook_until::<_, kind::Nats, _>(
+            NatsBroker::new(URL),
+            vec![
+                ("subject", subject.to_owned().into()),
+                ("stream", stream_name.into()),
+                ("durable", durable.clone().into()),
+                ("batch", batch.into()),
+            ],
+            n,
+            1,
+            until_settled(observer, &durable),
+        )
+        .await
+        .expect("brook run")
+        .window()
+    })
+    .await
+}
+
+/// Both sides `rounds` times, alternating which goes first, each with a fresh durable consumer
+/// on one prefilled stream (so both read exactly the same data).
 async fn flavour(flavour: &str, n: u64, batch: u64, rounds: u32) {
     let client = async_nats::connect(URL).await.expect("connect");
     let js = jetstream::new(client);
     let (stream_name, subject) = fresh(&flavour.to_uppercase());
     prefill(&js, &stream_name, &subject, n).await;
-    // BROOK_BENCH_SIDE=brook (or raw) runs one side only, for profiling.
+    let observer = js.get_stream(&stream_name).await.expect("stream");
     let side = std::env::var("BROOK_BENCH_SIDE").unwrap_or_default();
 
-    let (mut best_raw, mut best_brook) = (Duration::MAX, Duration::MAX);
-    for round in 0..rounds {
-        let run_raw = || {
-            let (stream_name, subject) = (stream_name.clone(), subject.clone());
-            async move {
-                tokio::spawn(async move {
-                    raw(
-                        &stream_name,
-                        &subject,
-                        &format!("raw{round}"),
-                        n,
-                        batch as usize,
-                    )
-                    .await
-                })
-                .await
-                .expect("raw loop")
+    let mut results = Vec::new();
+    for i in 0..rounds {
+        let (mut raw, mut brook) = (Side::SKIPPED, Side::SKIPPED);
+        // Odd rounds run brook first: neither side always meets the warmer broker.
+        let brook_first = i % 2 == 1;
+        for brook_turn in [brook_first, !brook_first] {
+            if brook_turn && side != "raw" {
+                brook = brook_side(&observer, &subject, format!("brook{i}"), n, batch).await;
+            } else if !brook_turn && side != "brook" {
+                raw = raw_side(&observer, &subject, format!("raw{i}"), n, batch).await;
             }
-        };
-        let run_brook = || {
-            let (stream_name, subject) = (stream_name.clone(), subject.clone());
-            async move {
-                bench::run_brook::<_, kind::Nats>(
-                    NatsBroker::new(URL),
-                    vec![
-                        ("subject", subject.into()),
-                        ("stream", stream_name.into()),
-                        ("durable", format!("brook{round}").into()),
-                        ("batch", batch.into()),
-                    ],
-                    n,
-                    1,
-                )
-                .await
-                .expect("brook run")
-            }
-        };
-        let skip = (Duration::from_secs(1), None);
-        let ((raw_time, raw_cpu), (brook_time, brook_cpu)) = if side == "brook" {
-            (skip, measured(run_brook()).await)
-        } else if side == "raw" {
-            (measured(run_raw()).await, skip)
-        } else if round % 2 == 0 {
-            let r = measured(run_raw()).await;
-            (r, measured(run_brook()).await)
-        } else {
-            let b = measured(run_brook()).await;
-            (measured(run_raw()).await, b)
-        };
-        println!(
-            "  round {round}: {} | cpu/msg raw {} brook {}",
-            bench::report(flavour, n, raw_time, brook_time),
-            per_msg(raw_cpu, n),
-            per_msg(brook_cpu, n)
-        );
-        best_raw = best_raw.min(raw_time);
-        best_brook = best_brook.min(brook_time);
+        }
+        let r = Round { raw, brook };
+        println!("{}", r.line(&format!("  round {i}, {flavour}"), n));
+        results.push(r);
     }
     println!(
         "{}",
-        bench::report(
-            &format!("nats jetstream ack, batch {batch}, {flavour}, best of {rounds}"),
+        bench::summary(
+            &format!("nats jetstream ack, batch {batch}, {flavour}"),
             n,
-            best_raw,
-            best_brook
+            &results
         )
     );
     let _ = js.delete_stream(stream_name).await;
@@ -211,15 +236,10 @@ async fn flavour(flavour: &str, n: u64, batch: u64, rounds: u32) {
 fn main() {
     let n = env("BROOK_BENCH_N", 20_000);
     let batch = env("BROOK_BENCH_BATCH", 64);
-    let rounds = env("BROOK_BENCH_ROUNDS", 5) as u32;
-    let current = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    current.block_on(flavour("current_thread", n, batch, rounds));
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    multi.block_on(flavour("multi_thread", n, batch, rounds));
+    let rounds = env("BROOK_BENCH_ROUNDS", 5).max(1) as u32;
+    for f in bench::FLAVOURS {
+        bench::runtime(f)
+            .expect("runtime")
+            .block_on(flavour(f, n, batch, rounds));
+    }
 }

@@ -1,13 +1,32 @@
 //! Throughput: consume + ack N pre-published ~100-byte JSON messages, brook (`ack_policy =
-//! Ack`) against a hand-written lapin loop with the same prefetch, both decoding with
-//! `brook_runtime::bench::decode`, on both tokio runtime flavours, in the same run.
+//! Ack`, concurrency 1) against the strongest idiomatic hand-written lapin loop with the same
+//! prefetch, both decoding with `brook_runtime::bench::decode`, on both tokio runtime flavours,
+//! in the same run, alternating which side goes first.
+//!
+//! The raw loop acknowledges with `basic.ack multiple=true`: it keeps the last delivery's tag
+//! and sends one ack covering everything so far when no further delivery is ready at once (the
+//! next `consumer.next()` polled with `now_or_never`) or when half the prefetch has
+//! accumulated. Its window runs from the first delivery received to the ack covering the N-th
+//! having been sent (the ack's future resolved). brook's window runs from its handler's first
+//! call to the App's `stop` having returned: the stop flushes brook's settlements, and
+//! RabbitMQ cannot be asked from outside how many messages a connected consumer still holds
+//! unacknowledged (`queue.declare passive` counts only ready messages; the management API is
+//! not assumed to be there). So brook's window also holds closing its consumer, channel and
+//! connection (a few round trips; printed per round as `brook stop`). After each side, a
+//! passive declare must show 0 ready messages: nothing was requeued, everything was acked.
+//! Connecting, `basic.qos` and `basic.consume` stay outside both windows; the process CPU time
+//! is measured around each whole side (connecting and closing, the App's start and stop
+//! included). Per round the bench prints both rates, both CPU µs/msg and the two brook/raw
+//! ratios, and per flavour their medians (`brook_runtime::bench`).
 //!
 //! ```text
 //! cargo bench -p brook-rabbit --bench throughput            # N = 20000, prefetch = 64
 //! BENCH_N=50000 BENCH_PREFETCH=256 BENCH_ROUNDS=6 BENCH_FLAVOURS=current_thread \
 //!     cargo bench -p brook-rabbit --bench throughput
 //! ```
-//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest).
+//! `BENCH_N` (default 20000), `BENCH_PREFETCH` (64), `BENCH_ROUNDS` (4), `BENCH_FLAVOURS`
+//! (comma-separated, default `current_thread,multi_thread`), `BENCH_SIDE=raw|brook` runs one
+//! side only, for profiling. Needs RabbitMQ on 127.0.0.1:5672 (guest/guest).
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +38,9 @@ use brook_rabbit::lapin::options::{
 use brook_rabbit::lapin::types::{AMQPValue, FieldTable};
 use brook_rabbit::lapin::{BasicProperties, Connection, ConnectionProperties};
 use brook_rabbit::RabbitBroker;
-use brook_runtime::bench::{decode, payload, report, run_brook};
+use brook_runtime::bench::{self, decode, payload, run_brook_until, Round, Side};
 use brook_runtime::kind::Rabbit;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -80,26 +99,6 @@ async fn prepare(n: u64, tag: &str) -> BoxResult<String> {
     Ok(queue)
 }
 
-/// CPU time this process used so far (all threads: tokio's and lapin's I/O thread), from
-/// /proc/self/stat; None where that does not exist. Less sensitive to a busy machine than
-/// wall time.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // CLK_TCK is 100 on Linux.
-    Some(Duration::from_millis(ticks * 10))
-}
-
-fn per_msg(cpu: Option<Duration>, n: u64) -> String {
-    cpu.map_or("?".to_owned(), |d| {
-        format!("{:.1}", d.as_secs_f64() * 1e6 / n as f64)
-    })
-}
-
 fn rand_ish() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -115,10 +114,27 @@ async fn delete(queue: &str) -> BoxResult<()> {
     Ok(())
 }
 
-/// The hand-written loop: same prefetch, decode, ack one by one; timed from connecting to
-/// the n-th ack, as brook's side is.
+/// How many messages of `queue` are ready (not delivered to any consumer), by a passive declare.
+async fn ready(queue: &str) -> BoxResult<u32> {
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let count = ch
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await?
+        .message_count();
+    conn.close(200, "bye".into()).await?;
+    Ok(count)
+}
+
+/// The hand-written loop: same prefetch, decode each, one `basic.ack multiple=true` for what
+/// has accumulated whenever no further delivery is ready at once or half the prefetch is
+/// unacknowledged. Returns the window: first delivery received to the ack covering the N-th
+/// sent.
 async fn raw(queue: &str, n: u64, prefetch: u16) -> BoxResult<Duration> {
-    let started = Instant::now();
     let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -130,97 +146,118 @@ async fn raw(queue: &str, n: u64, prefetch: u16) -> BoxResult<Duration> {
             FieldTable::default(),
         )
         .await?;
-    let mut seen = 0;
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
+    // Half the prefetch: the broker keeps sending while the other half is still in flight.
+    let ack_every = u64::from(prefetch / 2).max(1);
+    let multiple = BasicAckOptions { multiple: true };
+    let (mut first, mut seen, mut unacked, mut last_tag) = (None, 0, 0, 0);
+    while seen < n {
+        // A delivery ready now is taken (never dropped); only when none is, the ones so far
+        // are acknowledged before waiting for more.
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if unacked > 0 {
+                    ch.basic_ack(last_tag, multiple).await?;
+                    unacked = 0;
+                }
+                consumer.next().await
+            }
+        };
+        let delivery = next.ok_or("the consumer was cancelled")??;
+        first.get_or_insert_with(Instant::now);
         std::hint::black_box(decode(&delivery.data));
-        delivery.ack(BasicAckOptions::default()).await?;
+        last_tag = delivery.delivery_tag;
         seen += 1;
-        if seen == n {
-            break;
+        unacked += 1;
+        if unacked >= ack_every || seen == n {
+            ch.basic_ack(last_tag, multiple).await?;
+            unacked = 0;
         }
     }
-    let elapsed = started.elapsed();
+    let window = first.map_or(Duration::ZERO, |f: Instant| f.elapsed());
     conn.close(200, "bye".into()).await?;
-    Ok(elapsed)
+    Ok(window)
 }
 
-async fn run_raw(queue: String, n: u64, prefetch: u16) -> BoxResult<Duration> {
+async fn raw_side(queue: &str, n: u64, prefetch: u16) -> BoxResult<Side> {
+    let queue = queue.to_owned();
     // In a task, as brook's consumer loop is (on a multi-thread runtime, `block_on` itself
     // runs outside the worker threads).
-    let task =
-        tokio::spawn(async move { raw(&queue, n, prefetch).await.map_err(|e| e.to_string()) });
-    Ok(task.await??)
+    let side = Side::measure(async move {
+        tokio::spawn(async move { raw(&queue, n, prefetch).await.map_err(|e| e.to_string()) })
+            .await
+            .expect("raw loop")
+            .expect("raw loop")
+    })
+    .await;
+    Ok(side)
 }
 
-async fn round(n: u64, prefetch: u16, flavour: &str, raw_first: bool) -> BoxResult<f64> {
-    let raw_queue = prepare(n, "raw").await?;
-    let brook_queue = prepare(n, "brook").await?;
+/// brook's side, and how long its App's stop took (part of its window).
+async fn brook_side(queue: &str, n: u64, prefetch: u16) -> BoxResult<(Side, Duration)> {
     let source = vec![
-        ("queue", Value::from(brook_queue.clone())),
+        ("queue", Value::from(queue.to_owned())),
         ("declare", Value::from(false)),
         ("prefetch", Value::from(u64::from(prefetch))),
     ];
-    let timed_raw = || async {
-        let before = cpu_time();
-        let wall = run_raw(raw_queue.clone(), n, prefetch).await?;
-        Ok::<_, Box<dyn std::error::Error>>((wall, cpu_time().zip(before).map(|(a, b)| a - b)))
-    };
-    let timed_brook = || async {
-        let before = cpu_time();
-        let wall = run_brook::<_, Rabbit>(RabbitBroker::new(URL), source.clone(), n, 1).await?;
-        Ok::<_, Box<dyn std::error::Error>>((wall, cpu_time().zip(before).map(|(a, b)| a - b)))
-    };
-    let ((raw_time, raw_cpu), (brook_time, brook_cpu)) = if raw_first {
-        let r = timed_raw().await?;
-        (r, timed_brook().await?)
-    } else {
-        let b = timed_brook().await?;
-        (timed_raw().await?, b)
-    };
-    println!(
-        "{} | cpu us/msg raw {} brook {}",
-        report(
-            &format!("rabbit {flavour:<14} prefetch={prefetch}"),
-            n,
-            raw_time,
-            brook_time
-        ),
-        per_msg(raw_cpu, n),
-        per_msg(brook_cpu, n)
-    );
+    let mut stop = Duration::ZERO;
+    let side = Side::measure(async {
+        let run = run_brook_until::<_, Rabbit, _>(RabbitBroker::new(URL), source, n, 1, async {})
+            .await
+            .expect("brook run");
+        stop = run.stopped - run.settled;
+        run.until_stopped()
+    })
+    .await;
+    Ok((side, stop))
+}
+
+async fn round(n: u64, prefetch: u16, flavour: &str, i: u64) -> BoxResult<Round> {
+    let only = std::env::var("BENCH_SIDE").unwrap_or_default();
+    let raw_queue = prepare(n, "raw").await?;
+    let brook_queue = prepare(n, "brook").await?;
+    let (mut raw, mut brook, mut stop) = (Side::SKIPPED, Side::SKIPPED, Duration::ZERO);
+    // Odd rounds run brook first: neither side always meets the warmer broker.
+    let brook_first = i % 2 == 1;
+    for brook_turn in [brook_first, !brook_first] {
+        if brook_turn && only != "raw" {
+            (brook, stop) = brook_side(&brook_queue, n, prefetch).await?;
+            assert_eq!(ready(&brook_queue).await?, 0, "brook: messages requeued");
+        } else if !brook_turn && only != "brook" {
+            raw = raw_side(&raw_queue, n, prefetch).await?;
+            assert_eq!(ready(&raw_queue).await?, 0, "raw: messages requeued");
+        }
+    }
     delete(&raw_queue).await?;
     delete(&brook_queue).await?;
-    Ok(raw_time.as_secs_f64() / brook_time.as_secs_f64())
+    let r = Round { raw, brook };
+    println!(
+        "{} | brook stop {:.1} ms",
+        r.line(&format!("  round {i}, {flavour}, prefetch {prefetch}"), n),
+        stop.as_secs_f64() * 1e3
+    );
+    Ok(r)
 }
 
 fn main() -> BoxResult<()> {
     let n = env("BENCH_N", 20_000);
     let prefetch = u16::try_from(env("BENCH_PREFETCH", 64))?;
-    let rounds = env("BENCH_ROUNDS", 4);
-    let flavours = std::env::var("BENCH_FLAVOURS")
-        .unwrap_or_else(|_| "current_thread,multi_thread".to_owned());
+    let rounds = env("BENCH_ROUNDS", 4).max(1);
+    let flavours = std::env::var("BENCH_FLAVOURS").unwrap_or_else(|_| bench::FLAVOURS.join(","));
     for flavour in flavours.split(',') {
-        let rt = match flavour {
-            "current_thread" => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            _ => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?,
-        };
-        // Alternate which side runs first, so neither always gets the warmer broker.
-        let mut ratios = Vec::new();
+        let rt = bench::runtime(flavour)?;
+        let mut results = Vec::new();
         for i in 0..rounds {
-            ratios.push(rt.block_on(round(n, prefetch, flavour, i % 2 == 0))?);
+            results.push(rt.block_on(round(n, prefetch, flavour, i))?);
         }
-        ratios.sort_by(f64::total_cmp);
-        let median = match ratios.len() {
-            0 => f64::NAN,
-            len if len % 2 == 1 => ratios[len / 2],
-            len => (ratios[len / 2 - 1] + ratios[len / 2]) / 2.0,
-        };
-        println!("rabbit {flavour}: median brook/raw over {rounds} rounds = {median:.2}");
+        println!(
+            "{}",
+            bench::summary(
+                &format!("rabbit ack, prefetch {prefetch}, {flavour}"),
+                n,
+                &results
+            )
+        );
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! whole read), both decoding with `brook_runtime::bench::decode`, in the same run, on both
 //! tokio runtime flavours. Both sides are timed from the first message received to the N-th
 //! acknowledged on the server (brook: until XPENDING says 0, polled once the N-th is handled);
-//! after each run the group must have no pending entry.
+//! after each run the group must have no pending entry. The process CPU time is measured around
+//! each whole side (connecting and the App's start and stop included); see
+//! `brook_runtime::bench` for the shared measurement and report lines.
 //!
 //! `cargo bench -p brook-redis --bench throughput` (Redis on 127.0.0.1:6379). `BENCH_N`,
 //! `BENCH_BATCH` and `BENCH_ROUNDS` override the defaults (50 000 entries, batch 100, 5 rounds);
@@ -13,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use brook_redis::{envelope, RedisBroker};
-use brook_runtime::bench::{decode, payload, rate, run_brook_until};
+use brook_runtime::bench::{self, decode, payload, run_brook_until, Round, Side};
 use brook_runtime::{kind, Headers};
 use bytes::Bytes;
 use fred::prelude::*;
@@ -175,108 +177,50 @@ async fn until_settled(c: &Client, stream: &str) {
     }
 }
 
-/// CPU time this process has used so far (user + system, all threads). Wall-clock rates on a
-/// shared machine swing with other load; CPU per message shows what each side costs.
-fn cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn per_msg(d: Duration, n: u64) -> f64 {
-    d.as_secs_f64() * 1e6 / n as f64
-}
-
-/// One side's result: the window (first received to last acknowledged) and the process CPU
-/// time it used (connecting and the App's start and stop included).
-#[derive(Clone, Copy)]
-struct Side {
-    window: Duration,
-    cpu: Duration,
-}
-
-#[derive(Clone, Copy)]
-struct Round {
-    raw: Side,
-    brook: Side,
-}
-
-impl Round {
-    fn rate_ratio(&self) -> f64 {
-        self.raw.window.as_secs_f64() / self.brook.window.as_secs_f64()
-    }
-
-    fn cpu_ratio(&self) -> f64 {
-        self.brook.cpu.as_secs_f64() / self.raw.cpu.as_secs_f64().max(1e-9)
-    }
-
-    fn line(&self, what: &str, n: u64) -> String {
-        format!(
-            "{what}: {n} msgs | raw {:>7.0} msg/s {:>5.1} µs/msg | brook {:>7.0} msg/s {:>5.1} µs/msg | brook/raw rate {:.2}, CPU {:.2}",
-            rate(n, self.raw.window),
-            per_msg(self.raw.cpu, n),
-            rate(n, self.brook.window),
-            per_msg(self.brook.cpu, n),
-            self.rate_ratio(),
-            self.cpu_ratio(),
-        )
-    }
-}
-
 async fn raw_side(c: &Client, n: u64, batch: u64) -> Side {
     let stream = prepare(c, n, "raw").await;
     // On a worker thread, as brook's consumer runs (block_on's own thread is not a worker, and
     // every wake-up would cross threads on the multi-thread runtime).
-    let cpu0 = cpu();
     let s2 = stream.clone();
-    let window = tokio::spawn(async move { raw_loop(&s2, n, batch).await })
-        .await
-        .expect("raw loop");
-    let cpu = cpu() - cpu0;
+    let side = Side::measure(async move {
+        tokio::spawn(async move { raw_loop(&s2, n, batch).await })
+            .await
+            .expect("raw loop")
+    })
+    .await;
     assert_eq!(pending(c, &stream).await, 0, "raw: entries left pending");
     call(c, "DEL", false, vec![s(&stream)]).await;
-    Side { window, cpu }
+    side
 }
 
 async fn brook_side(c: &Client, n: u64, batch: u64) -> Side {
     let stream = prepare(c, n, "brook").await;
-    let cpu0 = cpu();
-    let run = run_brook_until::<_, kind::Redis, _>(
-        RedisBroker::new(URL),
-        vec![
-            ("stream", stream.clone().into()),
-            ("group", "bench".into()),
-            ("batch", batch.into()),
-        ],
-        n,
-        1,
-        until_settled(c, &stream),
-    )
-    .await
-    .expect("brook run");
-    let cpu = cpu() - cpu0;
+    let side = Side::measure(async {
+        run_brook_until::<_, kind::Redis, _>(
+            RedisBroker::new(URL),
+            vec![
+                ("stream", stream.clone().into()),
+                ("group", "bench".into()),
+                ("batch", batch.into()),
+            ],
+            n,
+            1,
+            until_settled(c, &stream),
+        )
+        .await
+        .expect("brook run")
+        .window()
+    })
+    .await;
     assert_eq!(pending(c, &stream).await, 0, "brook: entries left pending");
     call(c, "DEL", false, vec![s(&stream)]).await;
-    Side {
-        window: run.window(),
-        cpu,
-    }
+    side
 }
 
 async fn round(n: u64, batch: u64, brook_first: bool) -> Round {
     let c = client().await;
     let side = std::env::var("BENCH_SIDE").unwrap_or_default();
-    let skipped = Side {
-        window: Duration::from_secs(1),
-        cpu: Duration::from_secs(1),
-    };
-    let (mut raw, mut brook) = (skipped, skipped);
+    let (mut raw, mut brook) = (Side::SKIPPED, Side::SKIPPED);
     for turn in [brook_first, !brook_first] {
         if turn && side != "raw" {
             brook = brook_side(&c, n, batch).await;
@@ -288,23 +232,12 @@ async fn round(n: u64, batch: u64, brook_first: bool) -> Round {
     Round { raw, brook }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let n = env("BENCH_N", 50_000);
     let batch = env("BENCH_BATCH", 100);
     let rounds = env("BENCH_ROUNDS", 5).max(1) as usize;
-    for flavour in ["current_thread", "multi_thread"] {
-        let rt = match flavour {
-            "current_thread" => tokio::runtime::Builder::new_current_thread(),
-            _ => tokio::runtime::Builder::new_multi_thread(),
-        }
-        .enable_all()
-        .build()
-        .unwrap();
+    for flavour in bench::FLAVOURS {
+        let rt = bench::runtime(flavour).expect("runtime");
         rt.block_on(round(n / 10, batch, false)); // warm-up
         let results: Vec<Round> = (0..rounds)
             .map(|i| {
@@ -313,16 +246,13 @@ fn main() {
                 r
             })
             .collect();
-        // Medians: one noisy round (the machine is shared) does not decide.
-        let med = |f: &dyn Fn(&Round) -> f64| median(results.iter().map(f).collect());
         println!(
-            "redis stream, batch {batch}, {flavour}, median of {rounds}: raw {:.0} msg/s {:.1} µs/msg | brook {:.0} msg/s {:.1} µs/msg | brook/raw rate {:.2}, CPU {:.2}",
-            med(&|r| rate(n, r.raw.window)),
-            med(&|r| per_msg(r.raw.cpu, n)),
-            med(&|r| rate(n, r.brook.window)),
-            med(&|r| per_msg(r.brook.cpu, n)),
-            med(&Round::rate_ratio),
-            med(&Round::cpu_ratio),
+            "{}",
+            bench::summary(
+                &format!("redis stream, batch {batch}, {flavour}"),
+                n,
+                &results
+            )
         );
     }
 }

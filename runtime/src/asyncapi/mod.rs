@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `servers` | each broker's [`Broker::server`](crate::Broker::server) |
 //! | `channels` | each subscriber's source and each output's destination, with the `kafka`, `amqp` bindings |
-//! | `operations` | `receive` per subscriber (`x-brook-ack-policy`, `x-brook-max-deliveries`, ...; `nats`, `mqtt`, `kafka`, `amqp` bindings), `send` per output and per [`AsyncApi::publishes`] |
+//! | `operations` | `receive` per subscriber (`x-brook-ack-policy`, `x-brook-max-deliveries`, ...; `nats`, `mqtt`, `kafka`, `amqp` bindings), `send` per output and per `AsyncApi::publishes` |
 //! | `reply` | a subscriber whose handler returns a value answers requests at their `reply_to` |
 //! | `components.messages` | payload and result types, content type, `correlation_id`/`reply_to` headers |
 //!
