@@ -12,8 +12,8 @@
 //! a seek, or because the partition was revoked and maybe assigned back) finds no matching
 //! entry and is ignored, so an old owner never commits for a partition it lost.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +34,29 @@ use crate::message::{headers, KafkaMessage};
 use crate::{KafkaBroker, KIND};
 
 type Stream = StreamConsumer<Context>;
+
+/// The librdkafka consumer, shared by the [`KafkaConsumer`] and its messages' settlers; the last
+/// reference dropped closes it.
+struct Handle(Stream);
+
+impl std::ops::Deref for Handle {
+    type Target = Stream;
+
+    fn deref(&self) -> &Stream {
+        &self.0
+    }
+}
+
+impl Drop for Handle {
+    /// Releases every [`Partition::store`] list before the client goes: each holds a reference
+    /// to librdkafka's partition object, which must not outlive the client. Nothing stored is
+    /// lost: librdkafka commits its stored offsets when the closing consumer gives the
+    /// partitions up (`enable.auto.commit`), and [`Consumer::close`](brook_runtime::Consumer::close)
+    /// has committed synchronously already.
+    fn drop(&mut self) {
+        self.0.context().shared.lock().partitions.clear();
+    }
+}
 
 /// Consumer settings brook derives from the subscription and its ack policy, refused as
 /// passthrough (`with_consumer_config`), with what to do instead.
@@ -61,7 +84,8 @@ struct Partition {
     id: u64,
     topic: Arc<str>,
     partition: i32,
-    /// Messages handed out (or parked) whose settler is still alive.
+    /// Messages handed out (or parked) not released yet: a message is released when the engine
+    /// settles it after its handler returned ([`Settler::settle_later`]), or when it is dropped.
     held: usize,
     /// Paused in librdkafka because it had too many messages held (see [`MAX_HELD`]).
     paused: bool,
@@ -74,6 +98,15 @@ struct Partition {
     stored: Option<i64>,
     /// The last offset committed synchronously by us.
     committed: Option<i64>,
+    /// This partition alone, the list every offset store of it goes through: librdkafka keeps
+    /// its partition object in the list's element after the first store, so a store is a lock
+    /// and a write, where `store_offset` looks the topic up and allocates its name twice each
+    /// time. Released before the client (see [`Handle`]).
+    store: TopicPartitionList,
+    /// offset -> deliveries so far, for messages of this partition this consumer nacked (Kafka
+    /// keeps no delivery count). Per partition, so a revocation forgets them with it; almost
+    /// always empty, so a delivery checks it without hashing anything.
+    nacked: Vec<(i64, u32)>,
     /// Bumped when deliveries handed out from this partition are superseded (a seek back after
     /// a nack, a revocation): a settler compares it with the value at its delivery, without a
     /// lock, so the engine skips deliveries that will come again instead of handling them twice.
@@ -89,8 +122,6 @@ const MAX_HELD: usize = 2;
 #[derive(Default)]
 struct Tracker {
     partitions: Vec<Partition>,
-    /// (topic, partition, offset) -> deliveries so far, for messages this consumer nacked.
-    deliveries: HashMap<(Arc<str>, i32, i64), u32>,
     next_seq: u64,
 }
 
@@ -208,10 +239,6 @@ impl ConsumerContext for Context {
             }
             keep
         });
-        // Delivery counts of partitions we no longer own would only accumulate.
-        tracker
-            .deliveries
-            .retain(|(t, p, _), _| revoked.find_partition(t, *p).is_none());
         drop(tracker);
         // librdkafka keeps an application pause across revocation and re-assignment: a
         // partition paused now and assigned back later would never be fetched again.
@@ -241,7 +268,7 @@ impl ConsumerContext for Context {
 
 /// A subscription's consumer: yields messages from the subscribed topics.
 pub struct KafkaConsumer {
-    consumer: Arc<Stream>,
+    consumer: Arc<Handle>,
     shared: Arc<Shared>,
     topics: Vec<Arc<str>>,
     /// Messages read from a partition that already had [`MAX_HELD`] messages out; the
@@ -358,7 +385,7 @@ pub(crate) async fn subscribe(
             address: broker.address().to_owned(),
             source: e.into(),
         })?;
-    let consumer = Arc::new(consumer);
+    let consumer = Arc::new(Handle(consumer));
     let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
     if group.is_some() {
         consumer
@@ -506,15 +533,12 @@ impl brook_runtime::Consumer for KafkaConsumer {
                 let mut tracker = self.shared.lock();
                 seq = tracker.next_seq;
                 tracker.next_seq += 1;
-                if !tracker.deliveries.is_empty() {
-                    if let Some(n) = tracker.deliveries.get(&(topic.clone(), partition, offset)) {
-                        deliveries = n + 1;
-                    }
-                }
                 let part = match tracker.find(&topic, partition) {
                     Some(p) => p,
                     None => {
                         let id = seq;
+                        let mut store = TopicPartitionList::with_capacity(1);
+                        store.add_partition(&topic, partition);
                         tracker.partitions.push(Partition {
                             id,
                             held: 0,
@@ -525,6 +549,8 @@ impl brook_runtime::Consumer for KafkaConsumer {
                             rewind_to: None,
                             stored: None,
                             committed: None,
+                            store,
+                            nacked: Vec::new(),
                             epoch: Arc::default(),
                         });
                         tracker
@@ -540,6 +566,9 @@ impl brook_runtime::Consumer for KafkaConsumer {
                     }
                     Some(_) => part.rewind_to = None,
                     None => {}
+                }
+                if let Some((_, n)) = part.nacked.iter().find(|(o, _)| *o == offset) {
+                    deliveries = n + 1;
                 }
                 // Offsets only grow within a partition, except after a seek: drop what the
                 // new position supersedes.
@@ -575,19 +604,21 @@ impl brook_runtime::Consumer for KafkaConsumer {
             drop(m);
             let settler = KafkaSettler {
                 consumer: self.consumer.clone(),
-                shared: self.shared.clone(),
                 raw,
                 seq,
                 part_id,
                 deliveries,
                 epoch,
+                released: AtomicBool::new(false),
             };
-            let msg = Message::new(KIND, topic.clone(), body, settler)
+            // The topic moves into the message; a parked message's bookkeeping needs its own.
+            let parked_topic = park.then(|| topic.clone());
+            let msg = Message::new(KIND, topic, body, settler)
                 .with_headers(headers)
                 .with_id(MessageId::Number(offset as u64))
                 .with_delivery_count(deliveries)
                 .with_ordering_key(partition as u64);
-            if park {
+            if let Some(topic) = parked_topic {
                 self.parked.push_back(Parked {
                     msg,
                     topic,
@@ -652,8 +683,9 @@ fn commit_now(consumer: &Stream, shared: &Shared) -> Result<(), BrokerError> {
 }
 
 struct KafkaSettler {
-    consumer: Arc<Stream>,
-    shared: Arc<Shared>,
+    /// Also the way to the offset bookkeeping ([`Context::shared`]): one reference per message
+    /// instead of two.
+    consumer: Arc<Handle>,
     raw: KafkaMessage,
     seq: u64,
     /// The [`Partition::id`] it was handed out under.
@@ -661,45 +693,62 @@ struct KafkaSettler {
     deliveries: u32,
     /// Its partition's [`Partition::epoch`], and the value when it was handed out.
     epoch: Option<(Arc<AtomicU64>, u64)>,
+    /// Its [`Partition::held`] slot was given back at settlement (see [`Settler::settle_later`]
+    /// below), so dropping it has nothing left to do.
+    released: AtomicBool,
 }
 
 impl Drop for KafkaSettler {
-    /// The message is gone from brook (settled or not): its partition may take another.
+    /// The message is gone from brook (unless released at settlement): its partition may take
+    /// another.
     fn drop(&mut self) {
-        if !self.shared.tracking {
+        if *self.released.get_mut() || !self.shared().tracking {
             return;
         }
-        let mut tracker = self.shared.lock();
+        let mut tracker = self.shared().lock();
         if let Some(part) = tracker.by_id(self.part_id) {
-            part.held = part.held.saturating_sub(1);
-            if part.paused && part.held <= MAX_HELD {
-                drop(tracker);
-                self.shared.freed.notify_one();
-            }
+            give_back_slot(part, &self.shared().freed);
         }
     }
 }
 
+/// Gives back one of `part`'s [`Partition::held`] slots, waking the consumer if that lets a
+/// parked message of it go. Under the tracker lock.
+fn give_back_slot(part: &mut Partition, freed: &tokio::sync::Notify) {
+    part.held = part.held.saturating_sub(1);
+    if part.paused && part.held <= MAX_HELD {
+        // Notify keeps one permit: the consumer sees it even if it is not waiting yet.
+        freed.notify_one();
+    }
+}
+
 impl KafkaSettler {
+    fn shared(&self) -> &Shared {
+        &self.consumer.context().shared
+    }
+
     /// Counts an ack / reject for [`KafkaBroker::commit_every`]: every `n`th starts an
     /// asynchronous commit of the stored offsets (librdkafka's `rd_kafka_commit` with no
     /// list: it only enqueues the request; the result comes to [`Context::commit_callback`]).
     fn count_settled(&self) {
-        if !self.shared.cadence.settled() {
+        if !self.shared().cadence.settled() {
             return;
         }
         match self.consumer.commit_consumer_state(CommitMode::Async) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!(
                 error = %e,
-                every = self.shared.cadence.every,
+                every = self.shared().cadence.every,
                 "Kafka commit after settled messages failed"
             ),
         }
     }
 
-    fn settle_now(&self, settlement: Settlement) -> Result<(), BrokerError> {
-        if !self.shared.tracking {
+    /// Applies `settlement`; with `release`, also gives back the message's held slot in the
+    /// same lock section (the engine is done with the message: see [`Settler::settle_later`]).
+    fn settle_now(&self, settlement: Settlement, release: bool) -> Result<(), BrokerError> {
+        let shared = self.shared();
+        if !shared.tracking {
             // AckFirst: librdkafka stored the offset when it handed the message out.
             // Without a group there is nothing to commit or rewind to (`commit_every` is 0).
             if matches!(settlement, Settlement::Ack | Settlement::Reject) {
@@ -713,11 +762,21 @@ impl KafkaSettler {
             offset,
             ..
         } = &self.raw;
-        let mut tracker = self.shared.lock();
-        let Some(part) = tracker.find(topic, *partition) else {
+        let mut tracker = shared.lock();
+        // By the id of the assignment it was handed out under: a partition revoked (and maybe
+        // assigned back since, as a new `Partition`) is not found.
+        let Some(part) = tracker.by_id(self.part_id) else {
+            if release {
+                self.released.store(true, Ordering::Relaxed);
+            }
             tracing::debug!(%topic, partition, offset, "partition no longer assigned; settlement ignored");
             return Ok(());
         };
+        if release {
+            // Whatever follows (even an error): the engine drops the message next.
+            give_back_slot(part, &shared.freed);
+            self.released.store(true, Ordering::Relaxed);
+        }
         let Some(i) = part
             .pending
             .iter()
@@ -734,19 +793,20 @@ impl KafkaSettler {
                     next = Some(o + 1);
                     part.pending.pop_front();
                 }
+                if !part.nacked.is_empty() {
+                    part.nacked.retain(|(o, _)| o != offset);
+                }
                 if let Some(next) = next {
                     part.stored = Some(next);
-                    // Under the lock, so stores of one partition never go backwards.
-                    // `store_offset` is librdkafka's legacy `rd_kafka_offset_store`, which
-                    // stores offset + 1 itself: pass the last settled offset.
+                    // Under the lock, so stores of one partition never go backwards. A list
+                    // holds the next offset to read (unlike `store_offset`, which adds 1).
+                    let store_error = |e| BrokerError::operation(KIND, "store offset", e);
+                    part.store
+                        .set_all_offsets(Offset::Offset(next))
+                        .map_err(store_error)?;
                     self.consumer
-                        .store_offset(topic, *partition, next - 1)
-                        .map_err(|e| BrokerError::operation(KIND, "store offset", e))?;
-                }
-                if !tracker.deliveries.is_empty() {
-                    tracker
-                        .deliveries
-                        .remove(&(topic.clone(), *partition, *offset));
+                        .store_offsets(&part.store)
+                        .map_err(store_error)?;
                 }
                 drop(tracker);
                 self.count_settled();
@@ -770,9 +830,10 @@ impl KafkaSettler {
                 part.pending.truncate(i);
                 part.epoch.fetch_add(1, Ordering::AcqRel);
                 part.rewind_to = Some(*offset);
-                tracker
-                    .deliveries
-                    .insert((topic.clone(), *partition, *offset), self.deliveries);
+                match part.nacked.iter_mut().find(|(o, _)| o == offset) {
+                    Some((_, n)) => *n = self.deliveries,
+                    None => part.nacked.push((*offset, self.deliveries)),
+                }
                 Ok(())
             }
         }
@@ -781,7 +842,16 @@ impl KafkaSettler {
 
 impl Settler for KafkaSettler {
     fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
-        SettleFuture::ready(self.settle_now(settlement))
+        // A handler's own settlement: it may still be running, so the message keeps its held
+        // slot until it is dropped.
+        SettleFuture::ready(self.settle_now(settlement, false))
+    }
+
+    /// The engine's settlement once the handler returned: nothing runs the message again, so
+    /// its held slot is given back in the settlement's lock section instead of a second one
+    /// when it is dropped (the per-message cost of a consumer).
+    fn settle_later(&self, settlement: Settlement) -> SettleFuture<'_> {
+        SettleFuture::ready(self.settle_now(settlement, true))
     }
 
     fn raw(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
