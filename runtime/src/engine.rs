@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use brook_caps::AckPolicy;
 use brook_caps::BrokerKind;
-use futures_util::future::Either;
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
@@ -24,7 +23,7 @@ use crate::handler::{Handler, HandlerError};
 use crate::headers::CORRELATION_ID;
 use crate::interrupt::find_interrupt;
 use crate::layer::{Delivery, Layers, PublishKind, Published};
-use crate::message::{Message, SettleReport, Settled, Settlement};
+use crate::message::{Message, SettleReport, Settled, Settlement, Settling};
 use crate::output::{new_correlation_id, Output};
 use crate::subscription::Subscription;
 
@@ -49,6 +48,7 @@ pub enum Completion {
 /// Interrupts apply under every policy, `Manual` included; a payload that cannot be decoded
 /// gets `on_decode_error` (reject by default: redelivery cannot fix it) under every policy
 /// but `AckFirst`, where the message is gone already.
+#[inline]
 pub fn decide(
     policy: AckPolicy,
     completion: Completion,
@@ -130,8 +130,16 @@ pub async fn process<H: Handler>(
     });
     // Instrument a pinned reference, so the (large) future is not moved into the wrapper.
     let run = std::pin::pin!(run(handler, sub, ctx, &msg));
-    let outcome = run.instrument(span.clone()).await;
-    span.record("outcome", outcome.as_str());
+    // A span no subscriber took stays disabled for good, and entering it does nothing: then
+    // the wrapper that enters it on every poll is skipped.
+    let outcome = match span.is_disabled() {
+        true => run.await,
+        false => run.instrument(span.clone()).await,
+    };
+    // Only a span a subscriber takes records anything: skip naming the outcome otherwise.
+    if !span.is_disabled() {
+        span.record("outcome", outcome.as_str());
+    }
     if let Some(hook) = &mut settled {
         hook.outcome = outcome;
     }
@@ -185,11 +193,21 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
     }
 
     let layers = sub.layers();
-    let call = match layers.is_empty() {
-        true => Either::Left(handler.call(msg, ctx)),
-        false => Either::Right(layers.call(handler, msg, sub, ctx)),
+    // Two awaits rather than one on an `Either`: the common one (no layers) polls the
+    // handler's future directly.
+    let result = match layers.is_empty() {
+        true => {
+            AssertUnwindSafe(handler.call(msg, ctx))
+                .catch_unwind()
+                .await
+        }
+        false => {
+            AssertUnwindSafe(layers.call(handler, msg, sub, ctx))
+                .catch_unwind()
+                .await
+        }
     };
-    let (completion, failure) = match AssertUnwindSafe(call).catch_unwind().await {
+    let (completion, failure) = match result {
         Ok(Ok(output)) => match publishes(sub, msg, output.as_deref()) {
             // Most messages publish nothing: keep the publishing future (large) out of this
             // one, which every message moves around.
@@ -248,12 +266,19 @@ async fn run<H: Handler>(handler: &H, sub: &Subscription, ctx: &Context, msg: &M
         );
     }
     match decision {
-        Some(settlement) => settle(sub, msg, settlement).await,
+        // `settle`, with its common case (nothing to wait for) inline: this future is polled
+        // once per message, a nested one would be too.
+        Some(settlement) => match msg.start_settle(settlement, true) {
+            Settling::Done(Ok(SettleReport::Settled(kind))) => Outcome::Settled(kind),
+            Settling::Done(result) => settle_outcome(sub, msg, settlement, result),
+            pending => settle_outcome(sub, msg, settlement, pending.finish().await),
+        },
         None => msg.settled().map_or(Outcome::Unsettled, Outcome::Settled),
     }
 }
 
 /// Whether the handler's result goes anywhere: a reply to `reply_to`, or an output.
+#[inline]
 fn publishes(sub: &Subscription, msg: &Message, output: Option<&Output>) -> bool {
     (sub.replies() && msg.reply_to().is_some())
         || output.is_some_and(|out| out.destination.is_some() || sub.output().is_some())
@@ -381,7 +406,23 @@ pub(crate) fn tell_layers(
 /// unsettled and is redelivered). AckFirst's ack before the handler is not one of these: it
 /// is awaited, since the handler must not run on a message the broker did not take.
 async fn settle(sub: &Subscription, msg: &Message, settlement: Settlement) -> Outcome {
-    match msg.settle_later(settlement).await {
+    let result = match msg.start_settle(settlement, true) {
+        // The common case (a broker whose settlement is local, or one with a pipeline): no
+        // future to poll.
+        Settling::Done(result) => result,
+        pending => pending.finish().await,
+    };
+    settle_outcome(sub, msg, settlement, result)
+}
+
+/// What an engine settlement's `result` makes of the message, logged.
+fn settle_outcome(
+    sub: &Subscription,
+    msg: &Message,
+    settlement: Settlement,
+    result: Result<SettleReport, BrokerError>,
+) -> Outcome {
+    match result {
         Ok(SettleReport::Settled(kind)) => Outcome::Settled(kind),
         Ok(SettleReport::AlreadySettled(kind)) => {
             tracing::debug!("already settled as {kind} by the handler; the engine sends nothing");
@@ -509,10 +550,16 @@ async fn next_message<C: Consumer>(
 ) -> Option<Message> {
     let mut last_error = None;
     loop {
+        // The stop is checked first with a load, then the consumer is polled before the stop
+        // token: a message that is ready is taken without registering (and removing again) a
+        // waiter on the token, about 100 instructions per message.
+        if stop.is_cancelled() {
+            return None;
+        }
         let next = tokio::select! {
             biased;
-            _ = stop.cancelled() => return None,
             next = consumer.next() => next,
+            _ = stop.cancelled() => return None,
         };
         match next {
             Some(Ok(msg)) => return Some(msg),
@@ -540,13 +587,22 @@ async fn run_until_abort<H: Handler>(
     msg: Message,
     abort: &CancellationToken,
 ) -> Outcome {
+    let cancelled = || {
+        tracing::warn!(
+            subscriber = sub.name(),
+            "graceful shutdown timed out; message left unsettled for redelivery"
+        );
+        Outcome::Cancelled
+    };
+    if abort.is_cancelled() {
+        return cancelled();
+    }
+    // The handler first, as in `next_message`: one that completes without waiting never
+    // registers a waiter on the abort token.
     tokio::select! {
         biased;
-        _ = abort.cancelled() => {
-            tracing::warn!(subscriber = sub.name(), "graceful shutdown timed out; message left unsettled for redelivery");
-            Outcome::Cancelled
-        }
         outcome = process(handler, sub, ctx, msg) => outcome,
+        _ = abort.cancelled() => cancelled(),
     }
 }
 

@@ -29,11 +29,13 @@ struct Sampled {
 }
 
 impl HealthCell {
+    #[inline]
     pub(crate) fn received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A handler run ended: `ok` resets the run of failures.
+    #[inline]
     pub(crate) fn handled(&self, ok: bool) {
         if ok {
             if self.failed_in_a_row.load(Ordering::Relaxed) != 0 {

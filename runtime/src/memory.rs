@@ -13,7 +13,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -28,7 +28,7 @@ use crate::broker::{Accepts, Broker, Consumer, Outgoing};
 use crate::error::BrokerError;
 use crate::handler::kind::Kind;
 use crate::headers::{Headers, REPLY_TO};
-use crate::message::{Message, MessageId, SettleFuture, Settled, Settlement, Settler};
+use crate::message::{Message, MessageId, SettleFuture, Settled, Settlement, SharedSettler};
 use crate::subscription::Subscription;
 
 /// The in-memory broker. Clones share the same topics.
@@ -96,27 +96,76 @@ struct Group {
     name: String,
     ready: VecDeque<Stored>,
     delayed: Vec<(Instant, Stored)>,
-    in_flight: HashMap<u64, (u64, Stored), BuildHasherDefault<IdHasher>>,
+    in_flight: InFlight,
 }
 
-/// Message ids are sequential numbers we make ourselves: a multiplicative hash is enough, and
-/// SipHash was the largest single cost of the in-memory path.
+/// A group's deliveries not settled yet, each in a slot of its own. A delivery's settler
+/// addresses it by its slot, so settling is an index, not a lookup (the map this replaces
+/// was the largest cost of settling). Slots are reused once free; a slot is only freed by
+/// settling its delivery (once: the `Message` sees to that) or by its consumer closing, so
+/// checking the holder is enough to tell a late settlement from a current one.
 #[derive(Default)]
-struct IdHasher(u64);
+struct InFlight {
+    slots: Vec<Slot>,
+    /// The first free slot, if any; free slots are chained (no allocation of their own, so
+    /// freeing one never reallocates).
+    free: Option<usize>,
+    len: usize,
+}
 
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(self.0 ^ u64::from(*b));
+enum Slot {
+    Held(u64, Stored),
+    Free(Option<usize>),
+}
+
+impl InFlight {
+    /// Keeps `stored`, held by consumer `holder`; returns its slot.
+    fn insert(&mut self, holder: u64, stored: Stored) -> usize {
+        self.len += 1;
+        if let Some(slot) = self.free {
+            if let Some(entry) = self.slots.get_mut(slot) {
+                if let Slot::Free(next) = *entry {
+                    self.free = next;
+                    *entry = Slot::Held(holder, stored);
+                    return slot;
+                }
+            }
         }
+        self.slots.push(Slot::Held(holder, stored));
+        self.slots.len() - 1
     }
 
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    /// Takes out the delivery in `slot`, if consumer `holder` holds it.
+    fn take(&mut self, slot: usize, holder: u64) -> Option<Stored> {
+        let entry = self.slots.get_mut(slot)?;
+        if !matches!(entry, Slot::Held(h, _) if *h == holder) {
+            return None;
+        }
+        let Slot::Held(_, stored) = std::mem::replace(entry, Slot::Free(self.free)) else {
+            return None;
+        };
+        self.free = Some(slot);
+        self.len -= 1;
+        Some(stored)
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    /// Takes out every delivery consumer `holder` holds.
+    fn take_all(&mut self, holder: u64) -> Vec<Stored> {
+        let mut taken = Vec::new();
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if matches!(entry, Slot::Held(h, _) if *h == holder) {
+                if let Slot::Held(_, stored) = std::mem::replace(entry, Slot::Free(self.free)) {
+                    taken.push(stored);
+                    self.free = Some(slot);
+                }
+            }
+        }
+        self.len -= taken.len();
+        taken
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -418,10 +467,16 @@ impl Broker for MemoryBroker {
             .memory()
             .and_then(|o| o.group_id.as_deref());
         let group = lock(&topic.state).group_index(group_id.unwrap_or(""));
+        let id = self.shared.next_consumer.fetch_add(1, Ordering::Relaxed);
         Ok(MemoryConsumer {
+            settler: Arc::new(MemorySettler {
+                topic: topic.clone(),
+                group,
+                consumer: id,
+            }),
             topic,
             group,
-            id: self.shared.next_consumer.fetch_add(1, Ordering::Relaxed),
+            id,
             closed: false,
             ended: false,
         })
@@ -471,6 +526,8 @@ impl Broker for MemoryBroker {
 /// A consumer of one topic and group of the [`MemoryBroker`].
 pub struct MemoryConsumer {
     topic: Arc<Topic>,
+    /// Settles this consumer's deliveries, each told apart by its slot in the group's `in_flight`.
+    settler: Arc<MemorySettler>,
     group: usize,
     id: u64,
     closed: bool,
@@ -509,27 +566,23 @@ impl MemoryConsumer {
             ));
         };
         stored.deliveries += 1;
-        let settler = MemorySettler {
-            topic: self.topic.clone(),
-            group: self.group,
-            consumer: self.id,
-            id: stored.id,
-        };
-        let mut msg = Message::new(
+        let (id, deliveries, key) = (stored.id, stored.deliveries, stored.key);
+        let (body, headers) = (stored.body.clone(), stored.headers.clone());
+        let slot = group.in_flight.insert(self.id, stored);
+        drop(state);
+        let mut msg = Message::shared(
             BrokerKind::Memory,
             self.topic.name.clone(),
-            stored.body.clone(),
-            settler,
+            body,
+            self.settler.clone(),
+            slot as u64,
         )
-        .with_headers(stored.headers.clone())
-        .with_id(MessageId::Number(stored.id))
-        .with_delivery_count(stored.deliveries);
-        if let Some(key) = stored.key {
+        .with_headers(headers)
+        .with_id(MessageId::Number(id))
+        .with_delivery_count(deliveries);
+        if let Some(key) = key {
             msg = msg.with_ordering_key(key);
         }
-        let (id, deliveries) = (stored.id, stored.deliveries);
-        group.in_flight.insert(stored.id, (self.id, stored));
-        drop(state);
         self.topic
             .recorder
             .record(id, |t| t.deliveries = deliveries);
@@ -543,14 +596,7 @@ impl MemoryConsumer {
         self.closed = true;
         let mut state = lock(&self.topic.state);
         if let Some(group) = state.groups.get_mut(self.group) {
-            let mut mine: Vec<Stored> = Vec::new();
-            group.in_flight.retain(|_, (consumer, stored)| {
-                let is_mine = *consumer == self.id;
-                if is_mine {
-                    mine.push(stored.clone());
-                }
-                !is_mine
-            });
+            let mut mine = group.in_flight.take_all(self.id);
             mine.sort_by_key(|s| std::cmp::Reverse(s.id));
             for s in mine {
                 group.ready.push_front(s);
@@ -606,60 +652,152 @@ impl Drop for MemoryConsumer {
     }
 }
 
+/// The settler of one consumer's deliveries; the tag is the delivery's slot in `in_flight`.
 struct MemorySettler {
     topic: Arc<Topic>,
     group: usize,
     consumer: u64,
-    id: u64,
 }
 
-impl Settler for MemorySettler {
-    fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
-        let mut guard = lock(&self.topic.state);
-        let state = &mut *guard;
+impl SharedSettler for MemorySettler {
+    fn settle(&self, slot: u64, settlement: Settlement) -> SettleFuture<'_> {
+        let mut state = lock(&self.topic.state);
         let Some(group) = state.groups.get_mut(self.group) else {
             return SettleFuture::ready(Ok(()));
         };
         // Only the consumer that holds the delivery may settle it: after that consumer closed,
         // the message was handed back and a late settlement must not touch the new delivery.
-        match group.in_flight.get(&self.id) {
-            Some((holder, _)) if *holder == self.consumer => {}
-            _ => {
-                return SettleFuture::ready(Err(BrokerError::Invalid {
-                    broker: BrokerKind::Memory,
-                    message: format!("message {} is no longer held by this consumer; it was handed back for redelivery", self.id),
-                }))
-            }
-        }
-        let Some((_, stored)) = group.in_flight.remove(&self.id) else {
-            return SettleFuture::ready(Ok(()));
+        let held = usize::try_from(slot)
+            .ok()
+            .and_then(|slot| group.in_flight.take(slot, self.consumer));
+        let Some(stored) = held else {
+            return SettleFuture::ready(Err(not_held()));
         };
-        let mut notify = false;
-        match settlement {
-            Settlement::Ack => {}
-            Settlement::Nack { delay: Some(delay) } if !delay.is_zero() => {
-                group.delayed.push((Instant::now() + delay, stored));
-                notify = true;
-            }
-            Settlement::Nack { .. } => {
-                group.ready.push_front(stored);
-                notify = true;
-            }
-            Settlement::Reject => state.dead_letters.push(DeadLetter {
-                id: stored.id,
-                group: group.name.clone(),
-                body: stored.body,
-                headers: stored.headers,
-                deliveries: stored.deliveries,
-            }),
-        }
-        drop(guard);
+        let id = stored.id;
+        // An ack only drops the stored copy; the rest is kept out of the common path.
+        let notify =
+            settlement != Settlement::Ack && state.put_back(self.group, stored, settlement);
+        drop(state);
         if notify {
             self.topic.ready.notify_waiters();
         }
         self.topic
             .recorder
-            .record(self.id, |t| t.settlements.push(settlement.kind()));
+            .record(id, |t| t.settlements.push(settlement.kind()));
         SettleFuture::ready(Ok(()))
+    }
+}
+
+#[cold]
+fn not_held() -> BrokerError {
+    BrokerError::Invalid {
+        broker: BrokerKind::Memory,
+        message:
+            "the message is no longer held by this consumer; it was handed back for redelivery"
+                .to_owned(),
+    }
+}
+
+impl TopicState {
+    /// Where a nacked or rejected message goes; whether consumers should look again.
+    #[cold]
+    fn put_back(&mut self, group: usize, stored: Stored, settlement: Settlement) -> bool {
+        let Some(g) = self.groups.get_mut(group) else {
+            return false;
+        };
+        match settlement {
+            Settlement::Ack => false,
+            Settlement::Nack { delay: Some(delay) } if !delay.is_zero() => {
+                g.delayed.push((Instant::now() + delay, stored));
+                true
+            }
+            Settlement::Nack { .. } => {
+                g.ready.push_front(stored);
+                true
+            }
+            Settlement::Reject => {
+                self.dead_letters.push(DeadLetter {
+                    id: stored.id,
+                    group: g.name.clone(),
+                    body: stored.body,
+                    headers: stored.headers,
+                    deliveries: stored.deliveries,
+                });
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::Subscription;
+
+    #[tokio::test]
+    async fn a_late_settlement_does_not_touch_the_delivery_that_reused_its_slot() {
+        let broker = MemoryBroker::new();
+        let sub = Subscription::new(BrokerKind::Memory, "h")
+            .arg("topic", "t")
+            .build()
+            .unwrap();
+        let mut first = broker.subscribe(&sub).await.unwrap();
+        broker
+            .publish_message(Outgoing::new("t", "m"))
+            .await
+            .unwrap();
+        let stale = first.next().await.unwrap().unwrap();
+        // The consumer closes while holding it: handed back, and the slot is free again.
+        first.close().await.unwrap();
+        let mut second = broker.subscribe(&sub).await.unwrap();
+        let again = second.next().await.unwrap().unwrap();
+        assert_eq!(again.delivery_count(), Some(2));
+        assert!(
+            stale.ack().await.is_err(),
+            "the first consumer no longer holds it"
+        );
+        assert_eq!(broker.snapshot("t").group("").unwrap().in_flight, 1);
+        again.ack().await.unwrap();
+        let snapshot = broker.snapshot("t");
+        let group = snapshot.group("").unwrap();
+        assert_eq!((group.in_flight, group.waiting.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn freed_slots_are_reused_and_each_delivery_settles_its_own_message() {
+        let broker = MemoryBroker::new();
+        let sub = Subscription::new(BrokerKind::Memory, "h")
+            .arg("topic", "t")
+            .build()
+            .unwrap();
+        let mut consumer = broker.subscribe(&sub).await.unwrap();
+        for body in ["a", "b", "c"] {
+            broker
+                .publish_message(Outgoing::new("t", body))
+                .await
+                .unwrap();
+        }
+        let a = consumer.next().await.unwrap().unwrap();
+        let b = consumer.next().await.unwrap().unwrap();
+        b.reject().await.unwrap();
+        // `c` takes the slot `b` left.
+        let c = consumer.next().await.unwrap().unwrap();
+        a.nack().await.unwrap();
+        c.ack().await.unwrap();
+        let a_again = consumer.next().await.unwrap().unwrap();
+        assert_eq!(
+            (a_again.body().as_ref(), a_again.delivery_count()),
+            (&b"a"[..], Some(2))
+        );
+        a_again.ack().await.unwrap();
+        let snapshot = broker.snapshot("t");
+        let group = snapshot.group("").unwrap();
+        assert_eq!((group.in_flight, group.waiting.len()), (0, 0));
+        let dead: Vec<_> = snapshot
+            .dead_letters
+            .iter()
+            .map(|d| d.body.clone())
+            .collect();
+        assert_eq!(dead, vec![Bytes::from_static(b"b")]);
     }
 }

@@ -136,6 +136,24 @@ impl Future for SettleFuture<'_> {
     }
 }
 
+/// A settlement under way: see [`Message::start_settle`].
+pub(crate) enum Settling<'a> {
+    /// Done already.
+    Done(Result<SettleReport, BrokerError>),
+    /// Settled as this once the broker's future completes.
+    Pending(Settled, SettleFuture<'a>),
+}
+
+impl Settling<'_> {
+    /// Waits for the broker, if there is anything to wait for.
+    pub(crate) async fn finish(self) -> Result<SettleReport, BrokerError> {
+        match self {
+            Settling::Done(result) => result,
+            Settling::Pending(kind, sent) => sent.await.map(|()| SettleReport::Settled(kind)),
+        }
+    }
+}
+
 /// The broker side of one delivery: how to settle it on the wire.
 ///
 /// Implemented by broker crates; it only maps a [`Settlement`] to protocol calls. It is called
@@ -183,6 +201,59 @@ pub trait Settler: Send + Sync + 'static {
     /// instead of handling it twice. The default: never.
     fn superseded(&self) -> bool {
         false
+    }
+}
+
+/// A settler shared by all the deliveries of one consumer, told which delivery by a tag: the
+/// in-memory broker's, so that handing out a message allocates no settler of its own.
+pub(crate) trait SharedSettler: Send + Sync + 'static {
+    /// Apply `settlement` to the delivery `tag`.
+    fn settle(&self, tag: u64, settlement: Settlement) -> SettleFuture<'_>;
+}
+
+/// How a [`Message`] reaches its broker.
+enum SettlerSlot {
+    /// A broker crate's settler, one per delivery.
+    Boxed(Box<dyn Settler>),
+    /// A consumer-wide settler and the delivery's tag.
+    Shared(Arc<dyn SharedSettler>, u64),
+}
+
+impl SettlerSlot {
+    fn settle(&self, settlement: Settlement) -> SettleFuture<'_> {
+        match self {
+            SettlerSlot::Boxed(s) => s.settle(settlement),
+            SettlerSlot::Shared(s, tag) => s.settle(*tag, settlement),
+        }
+    }
+
+    fn settle_later(&self, settlement: Settlement) -> SettleFuture<'_> {
+        match self {
+            SettlerSlot::Boxed(s) => s.settle_later(settlement),
+            SettlerSlot::Shared(s, tag) => s.settle(*tag, settlement),
+        }
+    }
+
+    fn in_progress(&self) -> SettleFuture<'_> {
+        match self {
+            SettlerSlot::Boxed(s) => s.in_progress(),
+            SettlerSlot::Shared(..) => SettleFuture::ready(Ok(())),
+        }
+    }
+
+    fn raw(&self) -> Option<&(dyn Any + Send + Sync)> {
+        match self {
+            SettlerSlot::Boxed(s) => s.raw(),
+            SettlerSlot::Shared(..) => None,
+        }
+    }
+
+    #[inline]
+    fn superseded(&self) -> bool {
+        match self {
+            SettlerSlot::Boxed(s) => s.superseded(),
+            SettlerSlot::Shared(..) => false,
+        }
     }
 }
 
@@ -236,25 +307,49 @@ pub struct Message {
     body: Bytes,
     headers: Headers,
     id: MessageId,
-    delivery_count: Option<u32>,
+    // `delivery_count` as a number and a flag rather than an `Option<u32>`: the flag packs with
+    // the other small fields, which keeps `Message` (moved into every engine future) small.
+    delivery_count: u32,
+    counted: bool,
     ordering_key: Option<u64>,
     settled: AtomicU8,
-    settler: Box<dyn Settler>,
+    settler: SettlerSlot,
 }
 
 impl Message {
     /// A message from `broker`, read from `topic`, settled through `settler`.
     pub fn new(broker: BrokerKind, topic: Arc<str>, body: Bytes, settler: impl Settler) -> Message {
+        Message::with_settler(broker, topic, body, SettlerSlot::Boxed(Box::new(settler)))
+    }
+
+    /// A message settled through the consumer-wide `settler`, as delivery `tag`.
+    pub(crate) fn shared(
+        broker: BrokerKind,
+        topic: Arc<str>,
+        body: Bytes,
+        settler: Arc<dyn SharedSettler>,
+        tag: u64,
+    ) -> Message {
+        Message::with_settler(broker, topic, body, SettlerSlot::Shared(settler, tag))
+    }
+
+    fn with_settler(
+        broker: BrokerKind,
+        topic: Arc<str>,
+        body: Bytes,
+        settler: SettlerSlot,
+    ) -> Message {
         Message {
             broker,
             topic,
             body,
             headers: Headers::new(),
             id: MessageId::None,
-            delivery_count: None,
+            delivery_count: 0,
+            counted: false,
             ordering_key: None,
             settled: AtomicU8::new(0),
-            settler: Box::new(settler),
+            settler,
         }
     }
 
@@ -279,7 +374,8 @@ impl Message {
     /// Sets how many times the message has been delivered, this delivery included (1 = first),
     /// where the broker knows.
     pub fn with_delivery_count(mut self, count: u32) -> Self {
-        self.delivery_count = Some(count);
+        self.delivery_count = count;
+        self.counted = true;
         self
     }
 
@@ -317,8 +413,9 @@ impl Message {
 
     /// How many times the message has been delivered, this delivery included, where the broker
     /// knows (`None`: it does not; `max_deliveries` cannot apply then).
+    #[inline]
     pub fn delivery_count(&self) -> Option<u32> {
-        self.delivery_count
+        self.counted.then_some(self.delivery_count)
     }
 
     /// The ordering key (see [`Message::with_ordering_key`]).
@@ -328,12 +425,14 @@ impl Message {
 
     /// Whether the broker took this delivery back after handing it out (see
     /// [`Settler::superseded`]).
+    #[inline]
     pub fn superseded(&self) -> bool {
         self.settler.superseded()
     }
 
     /// The `content-type` header; an empty one counts as none (FastStream sends
     /// `content-type: ""` for raw bytes on Kafka and NATS and reads it as unset, JSON first).
+    #[inline]
     pub fn content_type(&self) -> Option<&str> {
         self.headers
             .get(CONTENT_TYPE)
@@ -351,6 +450,7 @@ impl Message {
     }
 
     /// What the message has been settled as so far, if anything.
+    #[inline]
     pub fn settled(&self) -> Option<Settled> {
         Settled::from_code(self.settled.load(Ordering::Acquire))
     }
@@ -385,27 +485,38 @@ impl Message {
     /// Settle the message, unless it already was: the first settlement wins, and later calls
     /// report [`SettleReport::AlreadySettled`] without talking to the broker.
     pub async fn settle(&self, settlement: Settlement) -> Result<SettleReport, BrokerError> {
-        let kind = match self.claim(settlement) {
-            Ok(kind) => kind,
-            Err(earlier) => return Ok(earlier),
-        };
-        self.settler.settle(settlement).await?;
-        Ok(SettleReport::Settled(kind))
+        self.start_settle(settlement, false).finish().await
     }
 
     /// [`Message::settle`] through [`Settler::settle_later`]: the engine's settlements after the
     /// handler returned, handed to the broker crate's settlement pipeline where it has one.
     /// Settle-once holds as for `settle`: both record the settlement here first.
+    #[cfg(test)]
     pub(crate) async fn settle_later(
         &self,
         settlement: Settlement,
     ) -> Result<SettleReport, BrokerError> {
+        self.start_settle(settlement, true).finish().await
+    }
+
+    /// Starts settling: through [`Settler::settle_later`] when `later`, else
+    /// [`Settler::settle`]. The result is there at once when the message was settled before or
+    /// the broker's settlement is a local operation, so the engine's common path awaits nothing.
+    pub(crate) fn start_settle(&self, settlement: Settlement, later: bool) -> Settling<'_> {
         let kind = match self.claim(settlement) {
             Ok(kind) => kind,
-            Err(earlier) => return Ok(earlier),
+            Err(earlier) => return Settling::Done(Ok(earlier)),
         };
-        self.settler.settle_later(settlement).await?;
-        Ok(SettleReport::Settled(kind))
+        let sent = match later {
+            true => self.settler.settle_later(settlement),
+            false => self.settler.settle(settlement),
+        };
+        match sent.0 {
+            SettleInner::Ready(Some(result)) => {
+                Settling::Done(result.map(|()| SettleReport::Settled(kind)))
+            }
+            inner => Settling::Pending(kind, SettleFuture(inner)),
+        }
     }
 
     /// Records `settlement` as the message's one settlement: `Ok` with its kind if it is the
@@ -436,7 +547,7 @@ impl fmt::Debug for Message {
             .field("broker", &self.broker)
             .field("topic", &self.topic)
             .field("id", &self.id)
-            .field("delivery_count", &self.delivery_count)
+            .field("delivery_count", &self.delivery_count())
             .field("headers", &self.headers)
             .field("body_len", &self.body.len())
             .field("settled", &self.settled())
