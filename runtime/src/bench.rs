@@ -11,10 +11,11 @@
 //!   `XPENDING`, JetStream consumer info) the bench polls it once the N-th is handled
 //!   ([`run_brook_until`]'s `settled`); otherwise the raw loop's own ack and brook's handler or
 //!   [`App`] stop mark the end ([`BrookRun`]).
-//! - **CPU**: the process CPU time ([`cpu`], all threads, user + system) measured around each
-//!   whole side ([`Side::measure`]): unlike the window it includes connecting, the App's start
-//!   and stop and the bench's own settlement polls. Wall-clock rates on a shared machine swing
-//!   with other load; CPU per message shows what each side costs.
+//! - **CPU**: the process CPU time ([`cpu`], all threads, user + system) used in the same
+//!   window ([`Mark`] at both ends): connecting, joining and the App's start stay outside, the
+//!   bench's own settlement polls (where it polls the broker) are inside for both sides.
+//!   Wall-clock rates on a shared machine swing with other load; CPU per message shows what
+//!   each side costs.
 //! - **Report**: [`Round::line`] per round (both rates, both CPU µs/msg, brook/raw of the rate
 //!   and of the CPU) and [`summary`] per tokio flavour, with medians over the rounds, so one
 //!   noisy round does not decide. Benches run both [`FLAVOURS`] and alternate which side goes
@@ -75,7 +76,7 @@ struct Counting<K> {
     seen: Arc<AtomicU64>,
     target: u64,
     done: Arc<Notify>,
-    first: Arc<OnceLock<Instant>>,
+    first: Arc<OnceLock<Mark>>,
     kind: std::marker::PhantomData<K>,
 }
 
@@ -88,7 +89,7 @@ impl<K: Kind> Handler for Counting<K> {
 
     async fn call(&self, msg: &Message, _: &Context) -> crate::HandlerResult {
         if self.first.get().is_none() {
-            let _ = self.first.set(Instant::now());
+            let _ = self.first.set(Mark::now());
         }
         let order: BenchOrder = codec::decode(msg.body(), msg.content_type())?;
         std::hint::black_box(order);
@@ -103,29 +104,29 @@ impl<K: Kind> Handler for Counting<K> {
 #[derive(Clone, Copy, Debug)]
 pub struct BrookRun {
     /// The handler was called for the first time.
-    pub first: Instant,
+    pub first: Mark,
     /// The handler finished the `n`-th message.
     pub handled: Instant,
     /// `settled` (the caller's check that the broker has every settlement) returned.
-    pub settled: Instant,
+    pub settled: Mark,
     /// The App's [`stop`](crate::RunningApp::stop) returned: every settlement brook still
     /// held has been sent and the connections are closed.
-    pub stopped: Instant,
+    pub stopped: Mark,
 }
 
 impl BrookRun {
     /// From the first message received to the last one settled on the broker (as `settled`
     /// saw it; with a no-op `settled`, to the `n`-th handled).
-    pub fn window(&self) -> Duration {
-        self.settled.saturating_duration_since(self.first)
+    pub fn window(&self) -> Side {
+        self.first.to(self.settled)
     }
 
     /// From the first message received to the App's stop having returned: the window for
     /// brokers that cannot be asked whether every acknowledgement arrived (RabbitMQ without
     /// the management API), since the stop flushes brook's settlements. Includes closing the
     /// connection.
-    pub fn until_stopped(&self) -> Duration {
-        self.stopped.saturating_duration_since(self.first)
+    pub fn until_stopped(&self) -> Side {
+        self.first.to(self.stopped)
     }
 }
 
@@ -170,11 +171,11 @@ where
     done.notified().await;
     let handled = Instant::now();
     settled.await;
-    let settled = Instant::now();
+    let settled = Mark::now();
     running.stop().await?;
-    let stopped = Instant::now();
+    let stopped = Mark::now();
     Ok(BrookRun {
-        first: first.get().copied().unwrap_or(handled),
+        first: first.get().copied().unwrap_or(settled),
         handled,
         settled,
         stopped,
@@ -225,12 +226,45 @@ pub fn runtime(flavour: &str) -> std::io::Result<tokio::runtime::Runtime> {
     .build()
 }
 
+/// A moment of a side's run, with the process CPU time used by then: the two ends of a
+/// window ([`Mark::to`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    /// When.
+    pub at: Instant,
+    /// [`cpu`] then.
+    pub cpu: Duration,
+}
+
+impl Mark {
+    /// Now.
+    pub fn now() -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: cpu(),
+        }
+    }
+
+    /// The window from this mark to `end`, and the CPU time used in it.
+    pub fn to(self, end: Mark) -> Side {
+        Side {
+            window: end.at.saturating_duration_since(self.at),
+            cpu: end.cpu.saturating_sub(self.cpu),
+        }
+    }
+
+    /// The window from this mark to now.
+    pub fn until_now(self) -> Side {
+        self.to(Mark::now())
+    }
+}
+
 /// One side's result in a round.
 #[derive(Clone, Copy, Debug)]
 pub struct Side {
     /// From the first message received to the `n`-th acknowledged.
     pub window: Duration,
-    /// Process CPU time the side used, from before it connected to after it closed.
+    /// Process CPU time used in the window (all threads).
     pub cpu: Duration,
 }
 
@@ -241,17 +275,6 @@ impl Side {
         window: Duration::from_secs(1),
         cpu: Duration::from_secs(1),
     };
-
-    /// Runs a whole side (connect, consume, close), which returns its window, and measures the
-    /// process CPU time around it.
-    pub async fn measure<F: Future<Output = Duration>>(side: F) -> Side {
-        let before = cpu();
-        let window = side.await;
-        Side {
-            window,
-            cpu: cpu().saturating_sub(before),
-        }
-    }
 
     /// Messages per second over the window.
     pub fn rate(&self, n: u64) -> f64 {

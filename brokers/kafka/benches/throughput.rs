@@ -8,9 +8,8 @@
 //! Both sides are timed from the first message received to the N-th settled: the raw loop's
 //! N-th offset store, brook's N-th handled (its Ack then stores the offset, locally, before
 //! the consumer asks for the next message). Creating the consumer, subscribing and joining the group
-//! happen before the first message and stay outside the window. The process CPU time is
-//! measured around each whole side (creating the consumer, the group join, the App's start
-//! and stop and the final commit included). Per round the bench prints both rates, both CPU
+//! happen before the first message and stay outside the window. The process CPU time
+//! used in the same window is measured too (`bench::Mark` at both ends). Per round the bench prints both rates, both CPU
 //! µs/msg and the two brook/raw ratios, and per flavour their medians (`brook_runtime::bench`).
 //!
 //! ```text
@@ -20,10 +19,10 @@
 //! `BROOK_BENCH_N` (default 20000), `BROOK_BENCH_ROUNDS` (3); `BROOK_BENCH_SIDE=raw|brook`
 //! runs one side only, for profiling. Needs a Kafka-protocol broker on 127.0.0.1:9092.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use brook_kafka::KafkaBroker;
-use brook_runtime::bench::{self, Round, Side};
+use brook_runtime::bench::{self, Mark, Round, Side};
 use brook_runtime::kind;
 use brook_runtime::{Broker as _, Outgoing};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -94,7 +93,7 @@ async fn prefill(topic: &str, n: u64) {
 /// The raw loop: same client and settings, same decode, store each offset for the background
 /// commit, commit synchronously at the end (as brook does on close). Returns the window: first
 /// message received to the N-th offset stored.
-async fn raw(topic: String, group: String, n: u64) -> Duration {
+async fn raw(topic: String, group: String, n: u64) -> Side {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", ADDR)
@@ -112,13 +111,13 @@ async fn raw(topic: String, group: String, n: u64) -> Duration {
     let mut seen = 0;
     while seen < n {
         let m = consumer.recv().await.expect("message");
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(Mark::now);
         std::hint::black_box(bench::decode(m.payload().unwrap_or_default()));
         // The cheapest store rdkafka offers: the message's own topic handle, no name lookup.
         consumer.store_offset_from_message(&m).expect("store");
         seen += 1;
     }
-    let window = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let window = first.map_or(Side::SKIPPED, Mark::until_now);
     consumer
         .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
         .expect("commit");
@@ -129,7 +128,7 @@ async fn raw_side(topic: &str, group: String, n: u64) -> Side {
     let topic = topic.to_owned();
     // In a spawned task, as brook's consumer runs (on the multi-thread runtime `block_on` runs
     // outside the worker threads).
-    Side::measure(async move { tokio::spawn(raw(topic, group, n)).await.expect("raw loop") }).await
+    async move { tokio::spawn(raw(topic, group, n)).await.expect("raw loop") }.await
 }
 
 async fn brook_side(topic: &str, group: String, n: u64) -> Side {
@@ -137,7 +136,7 @@ async fn brook_side(topic: &str, group: String, n: u64) -> Side {
     for (k, v) in CONSUMER {
         broker = broker.with_consumer_config(*k, *v);
     }
-    Side::measure(async {
+    async {
         bench::run_brook_until::<_, kind::Kafka, _>(
             broker,
             vec![
@@ -157,7 +156,7 @@ async fn brook_side(topic: &str, group: String, n: u64) -> Side {
         .await
         .expect("brook run")
         .window()
-    })
+    }
     .await
 }
 

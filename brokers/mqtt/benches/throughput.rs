@@ -11,8 +11,8 @@
 //! the raw loop's N-th PUBACK written (rumqttc's `Outgoing::PubAck` event), brook's N-th
 //! handled (its Ack queues the PUBACK right after; MQTT has no way to ask the broker whether
 //! it arrived, and brook writes it on its own connection task). Connecting and resuming the
-//! session stay outside the window. The process CPU time is measured around each whole side
-//! (connecting, disconnecting, the App's start and stop included). Per round the bench prints
+//! session stay outside the window. The process CPU time used
+//! in the same window is measured too (`bench::Mark` at both ends). Per round the bench prints
 //! both rates, both CPU µs/msg and the two brook/raw ratios, and per protocol and flavour their
 //! medians (`brook_runtime::bench`).
 //!
@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use brook_mqtt::{MqttBroker, ProtocolVersion};
-use brook_runtime::bench::{self, decode, payload, run_brook_until, Round, Side};
+use brook_runtime::bench::{self, decode, payload, run_brook_until, Mark, Round, Side};
 use brook_runtime::kind;
 use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
@@ -185,7 +185,7 @@ fn handle(payload: &[u8]) {
 /// The hand-written loop: resume the session, decode and PUBACK every message (in arrival
 /// order, as brook does), until `n` PUBACKs are written. Returns the window: first message
 /// received to the N-th PUBACK written.
-async fn raw(port: u16, client_id: &str, n: u64) -> Duration {
+async fn raw(port: u16, client_id: &str, n: u64) -> Side {
     let (client, mut el) = AsyncClient::new(
         options(port, client_id, false, REQUEST_CAPACITY),
         REQUEST_CAPACITY,
@@ -195,7 +195,7 @@ async fn raw(port: u16, client_id: &str, n: u64) -> Duration {
     while acked < n {
         match el.poll().await.expect("raw loop") {
             Event::Incoming(Packet::Publish(p)) => {
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(Mark::now);
                 handle(&p.payload);
                 client.try_ack(&p).expect("queue PUBACK");
             }
@@ -203,7 +203,7 @@ async fn raw(port: u16, client_id: &str, n: u64) -> Duration {
             _ => {}
         }
     }
-    let window = first.map_or(Duration::ZERO, |f: Instant| f.elapsed());
+    let window = first.map_or(Side::SKIPPED, Mark::until_now);
     disconnect(client, el).await;
     window
 }
@@ -248,7 +248,7 @@ async fn fill5(port: u16, client_id: &str, topic: &str, n: u64) {
 }
 
 /// [`raw`] over MQTT 5.
-async fn raw5(port: u16, client_id: &str, n: u64) -> Duration {
+async fn raw5(port: u16, client_id: &str, n: u64) -> Side {
     use rumqttc::v5::{AsyncClient, Event};
     let (client, mut el) = AsyncClient::new(
         options5(port, client_id, REQUEST_CAPACITY),
@@ -258,7 +258,7 @@ async fn raw5(port: u16, client_id: &str, n: u64) -> Duration {
     while acked < n {
         match el.poll().await.expect("raw loop") {
             Event::Incoming(Packet5::Publish(p)) => {
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(Mark::now);
                 handle(&p.payload);
                 client.try_ack(&p).expect("queue PUBACK");
             }
@@ -266,7 +266,7 @@ async fn raw5(port: u16, client_id: &str, n: u64) -> Duration {
             _ => {}
         }
     }
-    let window = first.map_or(Duration::ZERO, |f: Instant| f.elapsed());
+    let window = first.map_or(Side::SKIPPED, Mark::until_now);
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while el.poll().await.is_ok() {}
@@ -279,7 +279,7 @@ async fn raw5(port: u16, client_id: &str, n: u64) -> Duration {
 /// runs; on the multi-thread runtime `block_on` runs outside the worker threads).
 async fn raw_side(port: u16, protocol: ProtocolVersion, client_id: &str, n: u64) -> Side {
     let client_id = client_id.to_owned();
-    Side::measure(async move {
+    async move {
         tokio::spawn(async move {
             match protocol {
                 ProtocolVersion::V5 => raw5(port, &client_id, n).await,
@@ -288,7 +288,7 @@ async fn raw_side(port: u16, protocol: ProtocolVersion, client_id: &str, n: u64)
         })
         .await
         .expect("raw loop")
-    })
+    }
     .await
 }
 
@@ -305,7 +305,7 @@ async fn brook_side(
         .persistent_session(true)
         .protocol(protocol)
         .request_capacity(REQUEST_CAPACITY);
-    Side::measure(async {
+    async {
         run_brook_until::<_, kind::Mqtt, _>(
             broker,
             vec![("topic", topic.to_owned().into()), ("qos", 1u64.into())],
@@ -316,7 +316,7 @@ async fn brook_side(
         .await
         .expect("brook run")
         .window()
-    })
+    }
     .await
 }
 

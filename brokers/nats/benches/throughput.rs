@@ -7,8 +7,8 @@
 //! Both sides are timed from the first message received to the N-th acknowledged on the
 //! server: once the N-th is handled, the bench polls the consumer's info (from its own
 //! connection) until `num_pending == 0` and `num_ack_pending == 0`. Creating the consumer and
-//! sending the first pull request stay outside the window. The process CPU time is measured
-//! around each whole side (connecting, the App's start and stop and the info polls included).
+//! sending the first pull request stay outside the window. The process CPU time used in
+//! the same window is measured too (`bench::Mark` at both ends; the info polls are inside).
 //! Per round the bench prints both rates, both CPU µs/msg and the two brook/raw ratios, and per
 //! flavour their medians (`brook_runtime::bench`).
 //!
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use brook_nats::NatsBroker;
-use brook_runtime::bench::{self, Round, Side};
+use brook_runtime::bench::{self, Mark, Round, Side};
 use brook_runtime::kind;
 use futures_util::StreamExt as _;
 
@@ -107,7 +107,7 @@ async fn raw(
     durable: String,
     n: u64,
     batch: usize,
-) -> Duration {
+) -> Side {
     let client = async_nats::connect(URL).await.expect("connect");
     let js = jetstream::new(client.clone());
     let consumer = js
@@ -138,13 +138,13 @@ async fn raw(
             .await
             .expect("message stream ended")
             .expect("message");
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(Mark::now);
         std::hint::black_box(bench::decode(&m.payload));
         m.ack().await.expect("ack");
         seen += 1;
     }
     until_settled(&observer, &durable).await;
-    let window = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let window = first.map_or(Side::SKIPPED, Mark::until_now);
     drop(messages);
     client.flush().await.expect("flush");
     window
@@ -160,11 +160,11 @@ async fn raw_side(
     let (observer, subject) = (observer.clone(), subject.to_owned());
     // In a spawned task, as brook's consumer runs (on the multi-thread runtime `block_on` runs
     // outside the worker threads).
-    Side::measure(async move {
+    async move {
         tokio::spawn(raw(observer, subject, durable, n, batch as usize))
             .await
             .expect("raw loop")
-    })
+    }
     .await
 }
 
@@ -176,7 +176,7 @@ async fn brook_side(
     batch: u64,
 ) -> Side {
     let stream_name = observer.cached_info().config.name.clone();
-    Side::measure(async {
+    async {
         bench::run_brook_until::<_, kind::Nats, _>(
             NatsBroker::new(URL),
             vec![
@@ -192,7 +192,7 @@ async fn brook_side(
         .await
         .expect("brook run")
         .window()
-    })
+    }
     .await
 }
 

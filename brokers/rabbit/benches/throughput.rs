@@ -14,9 +14,8 @@
 //! not assumed to be there). So brook's window also holds closing its consumer, channel and
 //! connection (a few round trips; printed per round as `brook stop`). After each side, a
 //! passive declare must show 0 ready messages: nothing was requeued, everything was acked.
-//! Connecting, `basic.qos` and `basic.consume` stay outside both windows; the process CPU time
-//! is measured around each whole side (connecting and closing, the App's start and stop
-//! included). Per round the bench prints both rates, both CPU µs/msg and the two brook/raw
+//! Connecting, `basic.qos` and `basic.consume` stay outside both windows; the process CPU time used
+//! in the same window is measured too (`bench::Mark` at both ends). Per round the bench prints both rates, both CPU µs/msg and the two brook/raw
 //! ratios, and per flavour their medians (`brook_runtime::bench`).
 //!
 //! ```text
@@ -38,7 +37,7 @@ use brook_rabbit::lapin::options::{
 use brook_rabbit::lapin::types::{AMQPValue, FieldTable};
 use brook_rabbit::lapin::{BasicProperties, Connection, ConnectionProperties};
 use brook_rabbit::RabbitBroker;
-use brook_runtime::bench::{self, decode, payload, run_brook_until, Round, Side};
+use brook_runtime::bench::{self, decode, payload, run_brook_until, Mark, Round, Side};
 use brook_runtime::kind::Rabbit;
 use futures_util::{FutureExt as _, StreamExt as _};
 
@@ -134,7 +133,7 @@ async fn ready(queue: &str) -> BoxResult<u32> {
 /// has accumulated whenever no further delivery is ready at once or half the prefetch is
 /// unacknowledged. Returns the window: first delivery received to the ack covering the N-th
 /// sent.
-async fn raw(queue: &str, n: u64, prefetch: u16) -> BoxResult<Duration> {
+async fn raw(queue: &str, n: u64, prefetch: u16) -> BoxResult<Side> {
     let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -164,7 +163,7 @@ async fn raw(queue: &str, n: u64, prefetch: u16) -> BoxResult<Duration> {
             }
         };
         let delivery = next.ok_or("the consumer was cancelled")??;
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(Mark::now);
         std::hint::black_box(decode(&delivery.data));
         last_tag = delivery.delivery_tag;
         seen += 1;
@@ -174,7 +173,7 @@ async fn raw(queue: &str, n: u64, prefetch: u16) -> BoxResult<Duration> {
             unacked = 0;
         }
     }
-    let window = first.map_or(Duration::ZERO, |f: Instant| f.elapsed());
+    let window = first.map_or(Side::SKIPPED, Mark::until_now);
     conn.close(200, "bye".into()).await?;
     Ok(window)
 }
@@ -183,12 +182,12 @@ async fn raw_side(queue: &str, n: u64, prefetch: u16) -> BoxResult<Side> {
     let queue = queue.to_owned();
     // In a task, as brook's consumer loop is (on a multi-thread runtime, `block_on` itself
     // runs outside the worker threads).
-    let side = Side::measure(async move {
+    let side = async move {
         tokio::spawn(async move { raw(&queue, n, prefetch).await.map_err(|e| e.to_string()) })
             .await
             .expect("raw loop")
             .expect("raw loop")
-    })
+    }
     .await;
     Ok(side)
 }
@@ -201,13 +200,13 @@ async fn brook_side(queue: &str, n: u64, prefetch: u16) -> BoxResult<(Side, Dura
         ("prefetch", Value::from(u64::from(prefetch))),
     ];
     let mut stop = Duration::ZERO;
-    let side = Side::measure(async {
+    let side = async {
         let run = run_brook_until::<_, Rabbit, _>(RabbitBroker::new(URL), source, n, 1, async {})
             .await
             .expect("brook run");
-        stop = run.stopped - run.settled;
+        stop = run.stopped.at - run.settled.at;
         run.until_stopped()
-    })
+    }
     .await;
     Ok((side, stop))
 }

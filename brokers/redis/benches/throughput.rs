@@ -4,18 +4,15 @@
 //! whole read), both decoding with `brook_runtime::bench::decode`, in the same run, on both
 //! tokio runtime flavours. Both sides are timed from the first message received to the N-th
 //! acknowledged on the server (brook: until XPENDING says 0, polled once the N-th is handled);
-//! after each run the group must have no pending entry. The process CPU time is measured around
-//! each whole side (connecting and the App's start and stop included); see
-//! `brook_runtime::bench` for the shared measurement and report lines.
-//!
-//! `cargo bench -p brook-redis --bench throughput` (Redis on 127.0.0.1:6379). `BENCH_N`,
+//! after each run the group must have no pending entry. The process CPU time used
+//! in the same window is measured too (`bench::Mark` at both ends). `BENCH_N`,
 //! `BENCH_BATCH` and `BENCH_ROUNDS` override the defaults (50 000 entries, batch 100, 5 rounds);
 //! `BENCH_SIDE=raw` or `brook` runs one side only (for profiling).
 
 use std::time::{Duration, Instant};
 
 use brook_redis::{envelope, RedisBroker};
-use brook_runtime::bench::{self, decode, payload, run_brook_until, Round, Side};
+use brook_runtime::bench::{self, decode, payload, run_brook_until, Mark, Round, Side};
 use brook_runtime::{kind, Headers};
 use bytes::Bytes;
 use fred::prelude::*;
@@ -96,7 +93,7 @@ fn rand_ish() -> u128 {
 /// The hand-written loop: what one would write with fred alone, acknowledging each read's
 /// entries with one XACK. Returns the time from the first entry received to the last XACK's
 /// reply.
-async fn raw_loop(stream: &str, n: u64, batch: u64) -> Duration {
+async fn raw_loop(stream: &str, n: u64, batch: u64) -> Side {
     let reader = client().await;
     let acker = client().await;
     let mut seen = 0;
@@ -120,7 +117,7 @@ async fn raw_loop(stream: &str, n: u64, batch: u64) -> Duration {
             ],
         )
         .await;
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(Mark::now);
         let mut xack = vec![s(stream), s("bench")];
         for st in reply.into_array() {
             let mut parts = st.into_array().into_iter();
@@ -149,7 +146,7 @@ async fn raw_loop(stream: &str, n: u64, batch: u64) -> Duration {
             call(&acker, "XACK", false, xack).await;
         }
     }
-    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let elapsed = first.map_or(Side::SKIPPED, Mark::until_now);
     let _ = reader.quit().await;
     let _ = acker.quit().await;
     elapsed
@@ -182,11 +179,11 @@ async fn raw_side(c: &Client, n: u64, batch: u64) -> Side {
     // On a worker thread, as brook's consumer runs (block_on's own thread is not a worker, and
     // every wake-up would cross threads on the multi-thread runtime).
     let s2 = stream.clone();
-    let side = Side::measure(async move {
+    let side = async move {
         tokio::spawn(async move { raw_loop(&s2, n, batch).await })
             .await
             .expect("raw loop")
-    })
+    }
     .await;
     assert_eq!(pending(c, &stream).await, 0, "raw: entries left pending");
     call(c, "DEL", false, vec![s(&stream)]).await;
@@ -195,7 +192,7 @@ async fn raw_side(c: &Client, n: u64, batch: u64) -> Side {
 
 async fn brook_side(c: &Client, n: u64, batch: u64) -> Side {
     let stream = prepare(c, n, "brook").await;
-    let side = Side::measure(async {
+    let side = async {
         run_brook_until::<_, kind::Redis, _>(
             RedisBroker::new(URL),
             vec![
@@ -210,7 +207,7 @@ async fn brook_side(c: &Client, n: u64, batch: u64) -> Side {
         .await
         .expect("brook run")
         .window()
-    })
+    }
     .await;
     assert_eq!(pending(c, &stream).await, 0, "brook: entries left pending");
     call(c, "DEL", false, vec![s(&stream)]).await;
