@@ -34,6 +34,9 @@ use tokio::sync::Notify;
 
 const KIND: BrokerKind = BrokerKind::Rabbit;
 
+/// The most slots a channel's pipeline keeps: far more deliveries than any prefetch lets out.
+const MAX_SPAN: usize = 1 << 17;
+
 /// The settlement pipeline of one channel (see the module docs).
 pub(crate) struct Acks {
     channel: Channel,
@@ -99,10 +102,13 @@ impl State {
                 Settlement::Nack { .. } => Frame::Nack { tag },
                 Settlement::Reject => Frame::Reject { tag },
             };
+            // A tag below the base, or implausibly far above it (the prefetch is a u16, so
+            // a channel never has more deliveries out), goes out on its own: a slot list is
+            // never grown on a bad tag.
             let Some(index) = tag
                 .checked_sub(self.base)
                 .and_then(|i| usize::try_from(i).ok())
-                .filter(|_| !self.one_by_one)
+                .filter(|i| !self.one_by_one && *i <= MAX_SPAN)
             else {
                 singles.push(single);
                 continue;
@@ -338,6 +344,17 @@ mod tests {
             (vec![Frame::Nack { tag: 5 }], None)
         );
         assert_eq!(s.base, 6);
+    }
+
+    #[test]
+    fn a_tag_out_of_range_is_a_single_frame_and_grows_nothing() {
+        let mut s = State::new();
+        let far = 1 + MAX_SPAN as u64 + 1;
+        assert_eq!(
+            plan(&mut s, &[(far, Settlement::Ack)]),
+            (vec![ack(far, false)], None)
+        );
+        assert!(s.slots.is_empty());
     }
 
     #[test]
