@@ -136,28 +136,25 @@ async fn brook_side(topic: &str, group: String, n: u64) -> Side {
     for (k, v) in CONSUMER {
         broker = broker.with_consumer_config(*k, *v);
     }
-    async {
-        bench::run_brook_until::<_, kind::Kafka, _>(
-            broker,
-            vec![
-                ("topic", topic.to_owned().into()),
-                ("group_id", group.into()),
-                (
-                    "auto_offset_reset",
-                    brook_runtime::ArgValue::Ident("earliest".into()),
-                ),
-            ],
-            n,
-            1,
-            // brook's Ack stores the offset (local, no I/O) as soon as the handler returns:
-            // there is nothing on the broker to wait for.
-            async {},
-        )
-        .await
-        .expect("brook run")
-        .window()
-    }
+    bench::run_brook_until::<_, kind::Kafka, _>(
+        broker,
+        vec![
+            ("topic", topic.to_owned().into()),
+            ("group_id", group.into()),
+            (
+                "auto_offset_reset",
+                brook_runtime::ArgValue::Ident("earliest".into()),
+            ),
+        ],
+        n,
+        1,
+        // brook's Ack stores the offset (local, no I/O) as soon as the handler returns:
+        // there is nothing on the broker to wait for.
+        async {},
+    )
     .await
+    .expect("brook run")
+    .window()
 }
 
 async fn flavour(flavour: &str, n: u64, rounds: u32) {

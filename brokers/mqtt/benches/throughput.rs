@@ -279,17 +279,14 @@ async fn raw5(port: u16, client_id: &str, n: u64) -> Side {
 /// runs; on the multi-thread runtime `block_on` runs outside the worker threads).
 async fn raw_side(port: u16, protocol: ProtocolVersion, client_id: &str, n: u64) -> Side {
     let client_id = client_id.to_owned();
-    async move {
-        tokio::spawn(async move {
-            match protocol {
-                ProtocolVersion::V5 => raw5(port, &client_id, n).await,
-                _ => raw(port, &client_id, n).await,
-            }
-        })
-        .await
-        .expect("raw loop")
-    }
+    tokio::spawn(async move {
+        match protocol {
+            ProtocolVersion::V5 => raw5(port, &client_id, n).await,
+            _ => raw(port, &client_id, n).await,
+        }
+    })
     .await
+    .expect("raw loop")
 }
 
 /// brook's side of a round: an App resuming `client_id`'s session.
@@ -305,19 +302,16 @@ async fn brook_side(
         .persistent_session(true)
         .protocol(protocol)
         .request_capacity(REQUEST_CAPACITY);
-    async {
-        run_brook_until::<_, kind::Mqtt, _>(
-            broker,
-            vec![("topic", topic.to_owned().into()), ("qos", 1u64.into())],
-            n,
-            1,
-            async {},
-        )
-        .await
-        .expect("brook run")
-        .window()
-    }
+    run_brook_until::<_, kind::Mqtt, _>(
+        broker,
+        vec![("topic", topic.to_owned().into()), ("qos", 1u64.into())],
+        n,
+        1,
+        async {},
+    )
     .await
+    .expect("brook run")
+    .window()
 }
 
 /// One round over `protocol`: fill two fresh sessions, then run both sides.

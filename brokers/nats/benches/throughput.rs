@@ -160,12 +160,9 @@ async fn raw_side(
     let (observer, subject) = (observer.clone(), subject.to_owned());
     // In a spawned task, as brook's consumer runs (on the multi-thread runtime `block_on` runs
     // outside the worker threads).
-    async move {
-        tokio::spawn(raw(observer, subject, durable, n, batch as usize))
-            .await
-            .expect("raw loop")
-    }
-    .await
+    tokio::spawn(raw(observer, subject, durable, n, batch as usize))
+        .await
+        .expect("raw loop")
 }
 
 async fn brook_side(
@@ -176,24 +173,21 @@ async fn brook_side(
     batch: u64,
 ) -> Side {
     let stream_name = observer.cached_info().config.name.clone();
-    async {
-        bench::run_brook_until::<_, kind::Nats, _>(
-            NatsBroker::new(URL),
-            vec![
-                ("subject", subject.to_owned().into()),
-                ("stream", stream_name.into()),
-                ("durable", durable.clone().into()),
-                ("batch", batch.into()),
-            ],
-            n,
-            1,
-            until_settled(observer, &durable),
-        )
-        .await
-        .expect("brook run")
-        .window()
-    }
+    bench::run_brook_until::<_, kind::Nats, _>(
+        NatsBroker::new(URL),
+        vec![
+            ("subject", subject.to_owned().into()),
+            ("stream", stream_name.into()),
+            ("durable", durable.clone().into()),
+            ("batch", batch.into()),
+        ],
+        n,
+        1,
+        until_settled(observer, &durable),
+    )
     .await
+    .expect("brook run")
+    .window()
 }
 
 /// Both sides `rounds` times, alternating which goes first, each with a fresh durable consumer

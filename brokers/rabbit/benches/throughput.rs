@@ -182,13 +182,9 @@ async fn raw_side(queue: &str, n: u64, prefetch: u16) -> BoxResult<Side> {
     let queue = queue.to_owned();
     // In a task, as brook's consumer loop is (on a multi-thread runtime, `block_on` itself
     // runs outside the worker threads).
-    let side = async move {
+    let side =
         tokio::spawn(async move { raw(&queue, n, prefetch).await.map_err(|e| e.to_string()) })
-            .await
-            .expect("raw loop")
-            .expect("raw loop")
-    }
-    .await;
+            .await??;
     Ok(side)
 }
 
@@ -199,16 +195,9 @@ async fn brook_side(queue: &str, n: u64, prefetch: u16) -> BoxResult<(Side, Dura
         ("declare", Value::from(false)),
         ("prefetch", Value::from(u64::from(prefetch))),
     ];
-    let mut stop = Duration::ZERO;
-    let side = async {
-        let run = run_brook_until::<_, Rabbit, _>(RabbitBroker::new(URL), source, n, 1, async {})
-            .await
-            .expect("brook run");
-        stop = run.stopped.at - run.settled.at;
-        run.until_stopped()
-    }
-    .await;
-    Ok((side, stop))
+    let run =
+        run_brook_until::<_, Rabbit, _>(RabbitBroker::new(URL), source, n, 1, async {}).await?;
+    Ok((run.until_stopped(), run.stopped.at - run.settled.at))
 }
 
 async fn round(n: u64, prefetch: u16, flavour: &str, i: u64) -> BoxResult<Round> {

@@ -659,6 +659,22 @@ async fn prefill(queue: &str, bodies: &[&'static [u8]]) {
     broker.close().await.expect("close the publisher");
 }
 
+/// Stops the App, then checks on the broker that nothing came back (every delivery was
+/// acknowledged, none requeued when the channel closed, none dead-lettered), and deletes the
+/// queue.
+async fn stop_and_expect_everything_acked(
+    run: &mut Running,
+    admin: &Admin,
+    queue: &str,
+    dlq: &str,
+) {
+    run.stop().await;
+    admin.wait_depth(queue, 0).await;
+    assert_eq!(admin.wait_no_consumer(queue).await, 0);
+    admin.wait_depth(dlq, 0).await;
+    admin.delete(queue).await;
+}
+
 /// Takes `n` handler calls, then checks for [`common::QUIET`] that no other comes.
 async fn calls(run: &mut Running, n: usize) -> Vec<Seen> {
     let mut seen = Vec::new();
@@ -729,11 +745,7 @@ async fn nacks_between_acks_are_redelivered_and_the_acks_hold() {
         again.iter().all(|b| first[1] == b || first[3] == b),
         "{seen:?}"
     );
-    run.stop().await;
-    admin.wait_depth(&queue, 0).await;
-    assert_eq!(admin.wait_no_consumer(&queue).await, 0);
-    admin.wait_depth(&dlq, 0).await;
-    admin.delete(&queue).await;
+    stop_and_expect_everything_acked(&mut run, &admin, &queue, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -774,9 +786,5 @@ async fn acks_of_later_messages_do_not_cover_one_still_being_handled() {
         8,
         "{seen:?}"
     );
-    run.stop().await;
-    admin.wait_depth(&queue, 0).await;
-    assert_eq!(admin.wait_no_consumer(&queue).await, 0);
-    admin.wait_depth(&dlq, 0).await;
-    admin.delete(&queue).await;
+    stop_and_expect_everything_acked(&mut run, &admin, &queue, &dlq).await;
 }

@@ -179,12 +179,9 @@ async fn raw_side(c: &Client, n: u64, batch: u64) -> Side {
     // On a worker thread, as brook's consumer runs (block_on's own thread is not a worker, and
     // every wake-up would cross threads on the multi-thread runtime).
     let s2 = stream.clone();
-    let side = async move {
-        tokio::spawn(async move { raw_loop(&s2, n, batch).await })
-            .await
-            .expect("raw loop")
-    }
-    .await;
+    let side = tokio::spawn(async move { raw_loop(&s2, n, batch).await })
+        .await
+        .expect("raw loop");
     assert_eq!(pending(c, &stream).await, 0, "raw: entries left pending");
     call(c, "DEL", false, vec![s(&stream)]).await;
     side
@@ -192,23 +189,20 @@ async fn raw_side(c: &Client, n: u64, batch: u64) -> Side {
 
 async fn brook_side(c: &Client, n: u64, batch: u64) -> Side {
     let stream = prepare(c, n, "brook").await;
-    let side = async {
-        run_brook_until::<_, kind::Redis, _>(
-            RedisBroker::new(URL),
-            vec![
-                ("stream", stream.clone().into()),
-                ("group", "bench".into()),
-                ("batch", batch.into()),
-            ],
-            n,
-            1,
-            until_settled(c, &stream),
-        )
-        .await
-        .expect("brook run")
-        .window()
-    }
-    .await;
+    let side = run_brook_until::<_, kind::Redis, _>(
+        RedisBroker::new(URL),
+        vec![
+            ("stream", stream.clone().into()),
+            ("group", "bench".into()),
+            ("batch", batch.into()),
+        ],
+        n,
+        1,
+        until_settled(c, &stream),
+    )
+    .await
+    .expect("brook run")
+    .window();
     assert_eq!(pending(c, &stream).await, 0, "brook: entries left pending");
     call(c, "DEL", false, vec![s(&stream)]).await;
     side
