@@ -217,19 +217,23 @@ impl Outgoing {
     }
 
     /// Adds a header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_header(
+        mut self,
+        name: impl AsRef<str> + Into<String>,
+        value: impl AsRef<str> + Into<String>,
+    ) -> Self {
         self.headers.insert(name, value);
         self
     }
 
     /// Sets `correlation_id`.
     pub fn with_correlation_id(self, id: impl Into<String>) -> Self {
-        self.with_header(CORRELATION_ID, id)
+        self.with_header(CORRELATION_ID, id.into())
     }
 
     /// Sets `reply_to`.
     pub fn with_reply_to(self, destination: impl Into<String>) -> Self {
-        self.with_header(REPLY_TO, destination)
+        self.with_header(REPLY_TO, destination.into())
     }
 
     /// Sets the key.

@@ -1,7 +1,10 @@
 //! Message headers, with FastStream's names for the well-known ones.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 /// `content-type` (FastStream's name; brokers with a native field map it there).
 pub const CONTENT_TYPE: &str = "content-type";
@@ -25,7 +28,39 @@ pub const MESSAGE_ID: &str = "message_id";
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Option<Arc<Vec<(String, String)>>>,
+    entries: Option<Arc<Entries>>,
+}
+
+/// Consumers build headers for every delivery, so a set of up to two (the usual content type
+/// and correlation id) lives in the one allocation of its `Arc`, and the well-known names and
+/// content types are not copied at all ([`known`]).
+type Entries = SmallVec<[(Text, Text); 2]>;
+type Text = Cow<'static, str>;
+
+/// The names and values that arrive on most deliveries, kept as `&'static str`.
+const KNOWN: &[&str] = &[
+    CONTENT_TYPE,
+    CORRELATION_ID,
+    REPLY_TO,
+    MESSAGE_ID,
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "application/msgpack",
+];
+
+fn known(s: &str) -> Option<&'static str> {
+    KNOWN.iter().copied().find(|k| *k == s)
+}
+
+fn text(s: impl AsRef<str> + Into<String>) -> Text {
+    match known(s.as_ref()) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s.into()),
+    }
 }
 
 impl Headers {
@@ -40,13 +75,15 @@ impl Headers {
     }
 
     /// Sets `name` to `value`, replacing an earlier value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let name = name.into();
-        let value = value.into();
+    pub fn insert(
+        &mut self,
+        name: impl AsRef<str> + Into<String>,
+        value: impl AsRef<str> + Into<String>,
+    ) {
         let entries = Arc::make_mut(self.entries.get_or_insert_with(Default::default));
-        match entries.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => entries.push((name, value)),
+        match entries.iter_mut().find(|(n, _)| n == name.as_ref()) {
+            Some(slot) => slot.1 = text(value),
+            None => entries.push((text(name), text(value))),
         }
     }
 
@@ -54,7 +91,7 @@ impl Headers {
     pub fn remove(&mut self, name: &str) -> Option<String> {
         let entries = Arc::make_mut(self.entries.as_mut()?);
         let at = entries.iter().position(|(n, _)| n == name)?;
-        Some(entries.remove(at).1)
+        Some(entries.remove(at).1.into_owned())
     }
 
     /// The headers in insertion order.
@@ -62,7 +99,7 @@ impl Headers {
         self.entries
             .iter()
             .flat_map(|e| e.iter())
-            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     /// How many headers there are.
@@ -82,7 +119,11 @@ impl fmt::Debug for Headers {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+impl<K, V> FromIterator<(K, V)> for Headers
+where
+    K: AsRef<str> + Into<String>,
+    V: AsRef<str> + Into<String>,
+{
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut h = Headers::new();
         for (k, v) in iter {
@@ -113,5 +154,20 @@ mod tests {
         b.insert("k", "w");
         assert_eq!(a.get("k"), Some("v"));
         assert_eq!(b.get("k"), Some("w"));
+    }
+
+    #[test]
+    fn known_names_and_values_are_not_copied() {
+        let mut h = Headers::new();
+        h.insert(String::from(CONTENT_TYPE), String::from("application/json"));
+        h.insert("x-tenant", "acme");
+        let entries = h.entries.as_deref().expect("two headers");
+        assert!(matches!(entries[0], (Cow::Borrowed(_), Cow::Borrowed(_))));
+        assert!(matches!(entries[1], (Cow::Owned(_), Cow::Owned(_))));
+        assert!(
+            !entries.spilled(),
+            "two headers fit in the Arc's own allocation"
+        );
+        assert_eq!(h.get(CONTENT_TYPE), Some("application/json"));
     }
 }

@@ -110,14 +110,18 @@ impl<T> Publish<T> {
     }
 
     /// Adds a header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn header(
+        mut self,
+        name: impl AsRef<str> + Into<String>,
+        value: impl AsRef<str> + Into<String>,
+    ) -> Self {
         self.headers.insert(name, value);
         self
     }
 
     /// Sets the `correlation_id` (by default the input's).
     pub fn correlation_id(self, id: impl Into<String>) -> Self {
-        self.header(CORRELATION_ID, id)
+        self.header(CORRELATION_ID, id.into())
     }
 
     /// Sets the key (Kafka key, RabbitMQ routing key, ...).
