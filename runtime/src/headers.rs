@@ -71,7 +71,12 @@ impl Headers {
 
     /// The value of `name` (exact match), if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        // Asked of every delivery (content type, reply_to), most often with no headers at all.
+        let entries = self.entries.as_deref()?;
+        entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Sets `name` to `value`, replacing an earlier value.

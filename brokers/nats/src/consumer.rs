@@ -50,17 +50,9 @@ const FENCE_REQUEST: &[u8] = br#"{"batch":1,"no_wait":true}"#;
 /// The description of the 408 the server answers a fence with while it is still sending what
 /// earlier pull requests asked for.
 const REQUESTS_PENDING: &str = "Requests Pending";
-/// While closing with no fence out (it could not be sent), this long without a delivery means
-/// the server has nothing more to send.
+/// While closing, this long without a delivery (nor an answer to the fence) means the server
+/// has nothing more to send. Only a backstop: the fence is answered in one round trip.
 const CLOSE_QUIET: Duration = Duration::from_millis(250);
-/// While closing with a fence out, this long without a delivery or an answer means the server
-/// is not answering (the consumer gone). Long on purpose: a server that is still sending, only
-/// slowly (a loaded machine), must not be taken for one that has finished, or its last
-/// deliveries land on the dead inbox and come back only after `ack_wait`. The fence is
-/// normally answered in one round trip, so an idle close does not wait for this.
-const FENCE_SILENCE: Duration = Duration::from_secs(3);
-/// How long `close` waits in all for the server to finish sending.
-const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 /// How long `close` waits for the server to confirm the pull inbox's unsubscription.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How long to wait before pulling again after the server refused a pull request.
@@ -680,13 +672,10 @@ impl JetStreamConsumer {
         //    408 "Requests Pending" while it is still sending what the earlier requests asked
         //    for (then another fence follows the next delivery). A fence the server queues
         //    instead (more messages than requested) gets a message like any request. A short
-        //    silence (FENCE_SILENCE once a fence went out), an idle heartbeat, a lost
-        //    connection or the deadline end the wait too, for a server that does not answer.
-        let deadline = tokio::time::Instant::now() + CLOSE_LIMIT;
+        //    silence, an idle heartbeat, or the deadline end the wait too, for a server that
+        //    does not answer (the consumer gone, the connection lost).
+        let deadline = tokio::time::Instant::now() + PULL_SILENCE;
         let mut fence_out = false;
-        // Whether the server answers fences: then silence is read as "not answering" only
-        // after FENCE_SILENCE (a 408 answer means deliveries are still coming, too).
-        let mut fenced = false;
         let mut progress = self.outstanding > 0;
         let waited = tokio::time::Instant::now();
         let mut ended = "filled";
@@ -694,15 +683,8 @@ impl JetStreamConsumer {
             if !fence_out && progress {
                 progress = false;
                 fence_out = self.fence().await;
-                fenced |= fence_out;
             }
-            if self.shared.client.connection_state() != State::Connected {
-                // What the server sends now is lost with the connection anyway.
-                ended = "disconnected";
-                break;
-            }
-            let silence = if fenced { FENCE_SILENCE } else { CLOSE_QUIET };
-            let quiet = (tokio::time::Instant::now() + silence).min(deadline);
+            let quiet = (tokio::time::Instant::now() + CLOSE_QUIET).min(deadline);
             let Ok(Some(msg)) = tokio::time::timeout_at(quiet, self.subscriber.next()).await else {
                 ended = "silence";
                 break;
