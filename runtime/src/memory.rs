@@ -734,13 +734,18 @@ mod tests {
     use super::*;
     use crate::subscription::Subscription;
 
+    /// A subscription to topic `t`, default group.
+    fn on_topic_t() -> Subscription {
+        Subscription::new(BrokerKind::Memory, "h")
+            .arg("topic", "t")
+            .build()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_late_settlement_does_not_touch_the_delivery_that_reused_its_slot() {
         let broker = MemoryBroker::new();
-        let sub = Subscription::new(BrokerKind::Memory, "h")
-            .arg("topic", "t")
-            .build()
-            .unwrap();
+        let sub = on_topic_t();
         let mut first = broker.subscribe(&sub).await.unwrap();
         broker
             .publish_message(Outgoing::new("t", "m"))
@@ -766,10 +771,7 @@ mod tests {
     #[tokio::test]
     async fn freed_slots_are_reused_and_each_delivery_settles_its_own_message() {
         let broker = MemoryBroker::new();
-        let sub = Subscription::new(BrokerKind::Memory, "h")
-            .arg("topic", "t")
-            .build()
-            .unwrap();
+        let sub = on_topic_t();
         let mut consumer = broker.subscribe(&sub).await.unwrap();
         for body in ["a", "b", "c"] {
             broker

@@ -7,10 +7,11 @@
 //!
 //! Both sides are timed from the first message received to the N-th settled: the raw loop's
 //! N-th offset store, brook's N-th handled (its Ack then stores the offset, locally, before
-//! the consumer asks for the next message). Creating the consumer, subscribing and joining the group
-//! happen before the first message and stay outside the window. The process CPU time
-//! used in the same window is measured too (`bench::Mark` at both ends). Per round the bench prints both rates, both CPU
-//! µs/msg and the two brook/raw ratios, and per flavour their medians (`brook_runtime::bench`).
+//! the consumer asks for the next message). Creating the consumer, subscribing and joining the
+//! group happen before the first message and stay outside the window. The process CPU time
+//! used in the same window is measured too (`bench::Mark` at both ends). Per round the bench
+//! prints both rates, both CPU µs/msg and the two brook/raw ratios, and per flavour their
+//! medians (`brook_runtime::bench`).
 //!
 //! ```text
 //! cargo bench -p brook-kafka --bench throughput
@@ -128,7 +129,7 @@ async fn raw_side(topic: &str, group: String, n: u64) -> Side {
     let topic = topic.to_owned();
     // In a spawned task, as brook's consumer runs (on the multi-thread runtime `block_on` runs
     // outside the worker threads).
-    async move { tokio::spawn(raw(topic, group, n)).await.expect("raw loop") }.await
+    tokio::spawn(raw(topic, group, n)).await.expect("raw loop")
 }
 
 async fn brook_side(topic: &str, group: String, n: u64) -> Side {

@@ -1,11 +1,14 @@
 //! Consume + acknowledge N pre-published ~100-byte JSON entries from a Redis stream through a
 //! consumer group, brook (policy Ack) vs the strongest idiomatic hand-written fred loop
 //! (XREADGROUP COUNT = batch, handle every entry, then one `XACK key group id1 id2 ...` for the
-//! whole read), both decoding with `brook_runtime::bench::decode`, in the same run, on both
+//! whole read, sent on a second connection together with the next XREADGROUP), both decoding with `brook_runtime::bench::decode`, in the same run, on both
 //! tokio runtime flavours. Both sides are timed from the first message received to the N-th
 //! acknowledged on the server (brook: until XPENDING says 0, polled once the N-th is handled);
-//! after each run the group must have no pending entry. The process CPU time used
-//! in the same window is measured too (`bench::Mark` at both ends). `BENCH_N`,
+//! after each run the group must have no pending entry. The process CPU time used in the same
+//! window is measured too (`bench::Mark` at both ends); see `brook_runtime::bench` for the
+//! shared measurement and report lines.
+//!
+//! `cargo bench -p brook-redis --bench throughput` (Redis on 127.0.0.1:6379). `BENCH_N`,
 //! `BENCH_BATCH` and `BENCH_ROUNDS` override the defaults (50 000 entries, batch 100, 5 rounds);
 //! `BENCH_SIDE=raw` or `brook` runs one side only (for profiling).
 
@@ -91,15 +94,19 @@ fn rand_ish() -> u128 {
 }
 
 /// The hand-written loop: what one would write with fred alone, acknowledging each read's
-/// entries with one XACK. Returns the time from the first entry received to the last XACK's
+/// entries with one XACK, sent while the next XREADGROUP is already on its way (on a second
+/// connection, so the blocking read never holds an XACK back): the acks never wait for a read,
+/// nor a read for the acks. Returns the time from the first entry received to the last XACK's
 /// reply.
 async fn raw_loop(stream: &str, n: u64, batch: u64) -> Side {
     let reader = client().await;
     let acker = client().await;
     let mut seen = 0;
     let mut first = None;
+    // The previous read's XACK, sent together with the next read.
+    let mut unsent: Option<Vec<Value>> = None;
     while seen < n {
-        let reply = call(
+        let read = call(
             &reader,
             "XREADGROUP",
             true,
@@ -115,8 +122,11 @@ async fn raw_loop(stream: &str, n: u64, batch: u64) -> Side {
                 s(stream),
                 s(">"),
             ],
-        )
-        .await;
+        );
+        let reply = match unsent.take() {
+            Some(xack) => tokio::join!(call(&acker, "XACK", false, xack), read).1,
+            None => read.await,
+        };
         first.get_or_insert_with(Mark::now);
         let mut xack = vec![s(stream), s("bench")];
         for st in reply.into_array() {
@@ -143,8 +153,11 @@ async fn raw_loop(stream: &str, n: u64, batch: u64) -> Side {
             }
         }
         if xack.len() > 2 {
-            call(&acker, "XACK", false, xack).await;
+            unsent = Some(xack);
         }
+    }
+    if let Some(xack) = unsent {
+        call(&acker, "XACK", false, xack).await;
     }
     let elapsed = first.map_or(Side::SKIPPED, Mark::until_now);
     let _ = reader.quit().await;
